@@ -1,0 +1,153 @@
+"""The ``rllmtop`` command. Parses arguments and calls one core function per subcommand; no logic here.
+
+rllmtop                              the default scenario on the embedded simulator, in the TUI
+rllmtop run SCENARIO [--headless]    run a scenario (TUI unless --headless)
+rllmtop attach URL                   monitor a running vLLM/SGLang server (load only with --scenario)
+rllmtop launch vllm|sglang MODEL     launch an engine, monitor it, tear it down
+rllmtop replay FILE                  replay a recording in the TUI
+rllmtop export FILE --format F       requests, samples and a per-second timeline as CSV/JSONL/Parquet
+rllmtop report FILE                  figures and ASU tables from a recording
+rllmtop compare A.db B.db ...        side-by-side ASU tables, significance tests, overlaid figures
+rllmtop scenarios                    list the shipped scenarios
+rllmtop sim serve|profiles           the simulated reasoning engine on its own
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from rllmtop.errors import UserError
+
+__all__ = ["main"]
+
+
+def _add_load_overrides(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("workload overrides (the names `vllm bench serve` uses)")
+    g.add_argument(
+        "--request-rate", type=float, metavar="R", help="mean arrival rate, requests/s (inf = all at once)"
+    )
+    g.add_argument("--burstiness", type=float, metavar="B", help="Gamma shape: 1 = Poisson, <1 burstier")
+    g.add_argument("--max-concurrency", type=int, metavar="N", help="client-side cap on requests in flight")
+    g.add_argument("--num-prompts", type=int, metavar="N", help="number of requests to send")
+    g.add_argument("--duration", type=float, metavar="S", help="stop sending after S seconds")
+    g.add_argument("--seed", type=int, help="seed for arrivals, prompt mix and the simulator")
+    g.add_argument("--model", help="model name sent in requests (default: the server's first model)")
+    g.add_argument("--base-url", metavar="URL", help="send to this server instead of the scenario's engine")
+    g.add_argument("--api-key", help="bearer token (default: $OPENAI_API_KEY); never recorded")
+    g.add_argument("--speed", type=float, help="simulator only: divide every simulated latency by this")
+    g.add_argument("--profile", help="simulator only: hardware x model profile (see `rllmtop sim profiles`)")
+
+
+def _add_output(p: argparse.ArgumentParser, *, headless: bool = True) -> None:
+    if headless:
+        p.add_argument("--headless", action="store_true", help="no TUI: progress lines, then the ASU summary")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--record", metavar="FILE", help="record to FILE (default: recordings/<scenario>-<UTC time>.db)"
+    )
+    g.add_argument("--no-record", action="store_true", help="do not record this session")
+    p.add_argument(
+        "--scrape-interval", type=float, metavar="S", help="seconds between /metrics polls (default 0.25)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rllmtop",
+        description="top for reasoning-LLM serving: bursty load, live monitor, recordings.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="With no command: the `default` scenario on the embedded simulator, in the TUI.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a scenario (TUI unless --headless)")
+    p.add_argument("scenario", help="a scenario file or the name of a shipped one (see `rllmtop scenarios`)")
+    p.add_argument(
+        "--matrix", action="store_true", help="run every cell of the scenario's [matrix], then compare"
+    )
+    _add_load_overrides(p)
+    _add_output(p)
+
+    p = sub.add_parser("attach", help="monitor a running vLLM/SGLang server")
+    p.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--metrics-url", metavar="URL", help="where /metrics lives if not at URL/metrics")
+    p.add_argument("--scenario", help="also send this scenario's load to the server")
+    _add_load_overrides(p)
+    _add_output(p)
+
+    p = sub.add_parser("launch", help="launch vLLM or SGLang, monitor it, always tear it down")
+    p.add_argument("engine", choices=["vllm", "sglang"])
+    p.add_argument("model", help="model path or name to serve")
+    p.add_argument("--scenario", help="send this scenario's load (its engine toggles apply too)")
+    p.add_argument(
+        "--command",
+        dest="engine_command",
+        metavar="CMD",
+        help="engine entry command instead of `vllm serve` / `python -m sglang.launch_server`",
+    )
+    p.add_argument("--startup-timeout", type=float, metavar="S", help="give up if not ready after S seconds")
+    p.add_argument("engine_args", nargs=argparse.REMAINDER, help="after `--`: extra arguments for the engine")
+    _add_load_overrides(p)
+    _add_output(p)
+
+    p = sub.add_parser("replay", help="replay a recording in the TUI")
+    p.add_argument("file", help="a recording (.db)")
+    p.add_argument("--speed", type=float, default=1.0, help="replay speed, 0.25 to 64 (default 1)")
+    p.add_argument("--headless", action="store_true", help="print the recording's ASU summary instead")
+
+    p = sub.add_parser("export", help="export a recording to CSV, JSON lines or Parquet")
+    p.add_argument("file", help="a recording (.db)")
+    p.add_argument("--format", choices=["csv", "jsonl", "parquet"], default="csv")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: next to FILE, <name>-export/)")
+
+    p = sub.add_parser("report", help="figures and ASU tables from a recording")
+    p.add_argument("file", help="a recording (.db)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: reports/<name>/)")
+
+    p = sub.add_parser("compare", help="compare two or more recordings")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: reports/compare-<names>/)")
+    p.add_argument("--force", action="store_true", help="compare even when scenario or seed differ")
+
+    sub.add_parser("scenarios", help="list the shipped scenarios")
+
+    p = sub.add_parser(
+        "sim", help="the embedded simulated reasoning engine (`rllmtop sim --help`)", add_help=False
+    )
+    p.add_argument("sim_args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `rllmtop sim ...` is the simulator's own CLI (it can live as its own program)
+    if argv and argv[0] == "sim":
+        from rllmtop.sim.cli import main as sim_main
+
+        return sim_main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or bool(os.environ.get("RLLMTOP_DEBUG"))
+    try:
+        from rllmtop import commands
+
+        return commands.dispatch(args)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"rllmtop: {e.what}", file=sys.stderr)
+        if e.hint:
+            print(f"  hint: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("rllmtop: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
