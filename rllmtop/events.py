@@ -30,6 +30,7 @@ __all__ = [
     "RequestKind",
     "RequestRecord",
     "RequestStatus",
+    "Reset",
     "Scrape",
     "SessionInfo",
     "SessionState",
@@ -71,7 +72,12 @@ TERMINAL_STATES = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
-    """What the session is. Published once, first. Never holds secrets."""
+    """What the session is. Never holds secrets.
+
+    Published first. Published again, with the same ``session_id``, when facts are learned later (a
+    launched engine's version and model once it is ready): consumers update what they show. A different
+    ``session_id`` means a new session: consumers start over.
+    """
 
     session_id: str
     started_at: float  # Unix time of session t=0
@@ -88,6 +94,14 @@ class SessionInfo:
     rllmtop_version: str = ""
     record_path: str = ""
     extra: tuple[tuple[str, str], ...] = ()  # free-form (key, value) facts, e.g. ("profile", "rllm-7b")
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """The stream restarts: consumers drop everything they derived (replay seeking backwards). The
+    source then re-emits SessionInfo and the records up to the new position."""
+
+    t: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +310,7 @@ class Scrape:
     counter_reset: bool = False  # a counter went backwards since the previous scrape (engine restart)
 
 
-Record: TypeAlias = SessionInfo | StateEvent | LogEvent | RequestEvent | Scrape
+Record: TypeAlias = SessionInfo | Reset | StateEvent | LogEvent | RequestEvent | Scrape
 
 
 # ---------------------------------------------------------------------------------------------- gap codec
