@@ -1,0 +1,273 @@
+"""One core call per CLI subcommand. Arguments in, a session or a file operation out; no logic of its own
+beyond turning flags into a SessionPlan."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from rllmtop.errors import UserError
+from rllmtop.scenario import EngineSpec, Scenario
+from rllmtop.session import Session, SessionOutcome, SessionPlan, default_record_path
+
+__all__ = ["build_session", "dispatch"]
+
+_OVERRIDES = (
+    "request_rate",
+    "burstiness",
+    "max_concurrency",
+    "num_prompts",
+    "duration",
+    "seed",
+    "model",
+    "base_url",
+    "speed",
+    "profile",
+)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k, None) for k in _OVERRIDES if getattr(args, k, None) is not None}
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    return getattr(args, "api_key", None) or os.environ.get("OPENAI_API_KEY") or None
+
+
+def _record_path(args: argparse.Namespace, name: str) -> Path | None:
+    if getattr(args, "no_record", False):
+        return None
+    if getattr(args, "record", None):
+        return Path(args.record)
+    return default_record_path(name)
+
+
+def build_session(
+    scenario: Scenario | None,
+    *,
+    mode: str,
+    engine: EngineSpec | None = None,
+    record: Path | None = None,
+    api_key: str | None = None,
+    scrape_interval: float | None = None,
+    extra_engine_args: tuple[str, ...] = (),
+) -> Session:
+    """A Session for a scenario (its engine unless ``engine`` is given), or for an engine alone (no load).
+
+    Tests use this too: ``build_session(load_scenario("stragglers", {"speed": 20}), mode="live",
+    record=tmp_path / "s.db")``.
+    """
+    if engine is None:
+        if scenario is None:
+            raise UserError("nothing to run: no scenario and no engine", "give a scenario or an engine URL")
+        engine = scenario.engine
+    interval = scrape_interval or (scenario.scrape_interval if scenario else 0.25)
+    if interval <= 0:
+        raise UserError(f"--scrape-interval {interval:g} must be > 0", "use e.g. 0.25 (seconds)")
+    plan = SessionPlan(
+        mode=mode,
+        scenario=scenario,
+        engine=engine,
+        api_key=api_key,
+        record_path=record,
+        scrape_interval=interval,
+        extra_engine_args=extra_engine_args,
+    )
+    return Session(plan)
+
+
+def _present(session: Session, headless: bool) -> int:
+    if headless:
+        from rllmtop.headless import run_headless
+
+        return run_headless(session)
+    from rllmtop.tui.app import build_app
+
+    if not sys.stdin.isatty() or not sys.stdout.isatty():
+        raise UserError(
+            "the TUI needs an interactive terminal (stdin/stdout are not a TTY)",
+            "add --headless for scripts, CI and clusters",
+        )
+    app = build_app(session)
+    outcome = app.run()
+    if isinstance(outcome, SessionOutcome):
+        from rllmtop.headless import format_outcome
+
+        print(format_outcome(session, outcome))
+        return outcome.exit_code
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace, scenario_ref: str) -> int:
+    from rllmtop.scenario import load_scenario
+
+    scenario = load_scenario(scenario_ref, _overrides(args))
+    if getattr(args, "matrix", False):
+        from rllmtop.matrix import run_matrix
+
+        return run_matrix(
+            scenario, headless=True, api_key=_api_key(args), record=getattr(args, "record", None)
+        )
+    engine = scenario.engine
+    session = build_session(
+        scenario,
+        mode="headless" if args.headless else "live",
+        engine=engine,
+        record=_record_path(args, scenario.name),
+        api_key=_api_key(args),
+        scrape_interval=getattr(args, "scrape_interval", None),
+    )
+    return _present(session, args.headless)
+
+
+def _cmd_attach(args: argparse.Namespace) -> int:
+    scenario = None
+    if args.scenario:
+        from rllmtop.scenario import load_scenario
+
+        scenario = load_scenario(args.scenario, _overrides(args))
+    engine = EngineSpec(kind="url", url=args.url.rstrip("/"), metrics_url=args.metrics_url)
+    session = build_session(
+        scenario,
+        mode="attach",
+        engine=engine,
+        record=_record_path(args, scenario.name if scenario else "attach"),
+        api_key=_api_key(args),
+        scrape_interval=args.scrape_interval,
+    )
+    return _present(session, args.headless)
+
+
+def _cmd_launch(args: argparse.Namespace) -> int:
+    scenario = None
+    base = EngineSpec(kind=args.engine)
+    if args.scenario:
+        from rllmtop.scenario import load_scenario
+
+        scenario = load_scenario(args.scenario, _overrides(args))
+        base = scenario.engine
+    changes: dict[str, Any] = {"kind": args.engine, "model": args.model}
+    if args.engine_command:
+        import shlex
+
+        changes["command"] = tuple(shlex.split(args.engine_command))
+    if args.startup_timeout:
+        changes["startup_timeout"] = args.startup_timeout
+    engine = dataclasses.replace(base, **changes)
+    if scenario is not None:
+        scenario = dataclasses.replace(scenario, engine=engine)
+    extra = tuple(a for a in args.engine_args if a != "--") if args.engine_args else ()
+    session = build_session(
+        scenario,
+        mode="live" if not args.headless else "headless",
+        engine=engine,
+        record=_record_path(args, scenario.name if scenario else f"launch-{args.engine}"),
+        api_key=_api_key(args),
+        scrape_interval=args.scrape_interval,
+        extra_engine_args=extra,
+    )
+    return _present(session, args.headless)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    if not 0.25 <= args.speed <= 64:
+        raise UserError(f"--speed {args.speed:g} is out of range", "use a speed from 0.25 to 64")
+    path = Path(args.file)
+    if args.headless:
+        from rllmtop.metrics.analysis import asu_summary
+        from rllmtop.record.store import open_recording
+        from rllmtop.summary import text_table
+
+        rec = open_recording(path)
+        reqs = rec.requests()
+        print(f"{path}: {rec.info.scenario_name or 'session'} on {rec.info.engine_kind}, status {rec.status}")
+        if reqs:
+            s = asu_summary(reqs)
+            print(text_table(s))
+            print(f"stragglers: {s.straggler_rule}")
+        else:
+            print("no requests recorded")
+        return 0
+    session = Session(SessionPlan(mode="replay", replay_path=path, replay_speed=args.speed))
+    return _present(session, headless=False)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from rllmtop.record.export import export_recording
+
+    path = Path(args.file)
+    out = Path(args.out) if args.out else path.with_name(path.stem + "-export")
+    for f in export_recording(path, args.format, out):
+        print(f)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from rllmtop.record.report import build_report
+
+    path = Path(args.file)
+    out = Path(args.out) if args.out else Path("reports") / path.stem
+    index = build_report(path, out)
+    print(f"report: {index}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from rllmtop.record.report import build_comparison
+
+    paths = [Path(f) for f in args.files]
+    if len(paths) < 2:
+        raise UserError("compare needs at least two recordings", "rllmtop compare A.db B.db")
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("reports") / ("compare-" + "-vs-".join(p.stem for p in paths))[:120]
+    )
+    index = build_comparison(paths, out, force=args.force)
+    print(f"comparison: {index}")
+    return 0
+
+
+def _cmd_scenarios() -> int:
+    from rllmtop.scenario import list_scenarios
+
+    rows = list_scenarios()
+    width = max((len(n) for n, _ in rows), default=0)
+    for name, desc in rows:
+        print(f"{name.ljust(width)}  {desc}")
+    return 0
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.version:
+        from rllmtop import __version__
+
+        print(f"rllmtop {__version__}")
+        return 0
+    cmd = args.command
+    if cmd is None:
+        ns = argparse.Namespace(
+            headless=False, record=None, no_record=False, scrape_interval=None, matrix=False
+        )
+        return _cmd_run(ns, "default")
+    if cmd == "run":
+        return _cmd_run(args, args.scenario)
+    if cmd == "attach":
+        return _cmd_attach(args)
+    if cmd == "launch":
+        return _cmd_launch(args)
+    if cmd == "replay":
+        return _cmd_replay(args)
+    if cmd == "export":
+        return _cmd_export(args)
+    if cmd == "report":
+        return _cmd_report(args)
+    if cmd == "compare":
+        return _cmd_compare(args)
+    if cmd == "scenarios":
+        return _cmd_scenarios()
+    raise UserError(f"unknown command {cmd!r}", "see rllmtop --help")

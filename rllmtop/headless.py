@@ -1,0 +1,127 @@
+"""Headless face: progress lines while the session runs, the ASU summary at the end, an exit code.
+
+Progress goes to stderr (one line a second on a terminal, overwritten in place; a line every 10 s otherwise,
+so CI logs stay short); the summary goes to stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from typing import TextIO
+
+from rllmtop.events import LogEvent, Record, SessionInfo, StateEvent
+from rllmtop.session import Session, SessionOutcome
+from rllmtop.summary import text_table
+from rllmtop.view import LiveView
+
+__all__ = ["format_outcome", "run_headless"]
+
+
+class _Progress:
+    def __init__(self, session: Session, view: LiveView, out: TextIO) -> None:
+        self.session = session
+        self.view = view
+        self.out = out
+        self.tty = out.isatty()
+        self._last_len = 0
+
+    def handle(self, rec: Record) -> None:
+        if isinstance(rec, StateEvent):
+            self.line(f"[{rec.t:7.1f}s] {rec.state.value}" + (f": {rec.detail}" if rec.detail else ""))
+        elif isinstance(rec, LogEvent) and rec.level in ("warning", "error"):
+            self.line(f"[{rec.t:7.1f}s] {rec.level}: {rec.text}")
+        elif isinstance(rec, SessionInfo) and rec.engine_version:
+            self.line(
+                f"engine: {rec.engine_kind} {rec.engine_version} at {rec.engine_url}, model {rec.model}"
+            )
+
+    def line(self, text: str) -> None:
+        if self.tty and self._last_len:
+            self.out.write("\r" + " " * self._last_len + "\r")
+            self._last_len = 0
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def tick(self) -> None:
+        text = self.view.progress_line(self.session.now())
+        if self.tty:
+            pad = max(0, self._last_len - len(text))
+            self.out.write("\r" + text + " " * pad)
+            self._last_len = len(text)
+        else:
+            self.out.write(text + "\n")
+        self.out.flush()
+
+    async def loop(self) -> None:
+        period = 1.0 if self.tty else 10.0
+        while True:
+            await asyncio.sleep(period)
+            self.tick()
+
+
+def format_outcome(session: Session, outcome: SessionOutcome) -> str:
+    info = session.info
+    lines = []
+    head = f"rllmtop: {outcome.state.value}"
+    if info is not None:
+        what = info.scenario_name or "attach"
+        head += f" | {what} on {info.engine_kind}"
+        if info.engine_version:
+            head += f" {info.engine_version}"
+        if info.model:
+            head += f", model {info.model}"
+    head += f" | {session.now():.1f} s"
+    if outcome.detail:
+        head += f" | {outcome.detail}"
+    lines.append(head)
+    if outcome.summary is not None:
+        lines.append(text_table(outcome.summary))
+        lines.append(f"stragglers: {outcome.summary.straggler_rule}")
+    else:
+        lines.append("no requests ended")
+    for miss in outcome.slo_missed:
+        lines.append(f"SLO missed: {miss}")
+    if outcome.record_path is not None:
+        lines.append(f"recording: {outcome.record_path}")
+    return "\n".join(lines)
+
+
+async def _run(session: Session, progress_out: TextIO) -> SessionOutcome:
+    view = LiveView()
+    progress = _Progress(session, view, progress_out)
+    session.add_sink(view.handle)
+    session.add_sink(progress.handle)
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+
+    def on_sigint() -> None:
+        progress.line("interrupt: stopping (press Ctrl-C again to cancel in-flight requests)")
+        session.request_stop()
+
+    def on_sigterm() -> None:
+        session.request_stop()
+        session.request_stop()
+
+    for sig, handler in ((signal.SIGINT, on_sigint), (signal.SIGTERM, on_sigterm)):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, handler)
+            installed.append(sig)
+    ticker = loop.create_task(progress.loop())
+    try:
+        return await session.run()
+    finally:
+        ticker.cancel()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        if progress.tty:
+            progress.line("")
+
+
+def run_headless(session: Session, *, out: TextIO | None = None, progress_out: TextIO | None = None) -> int:
+    """Run to the end, print the summary, return the exit code (see SessionOutcome.exit_code)."""
+    outcome = asyncio.run(_run(session, progress_out or sys.stderr))
+    print(format_outcome(session, outcome), file=out or sys.stdout)
+    return outcome.exit_code
