@@ -1,0 +1,303 @@
+"""Prometheus text -> Scrape: real vLLM captures, written SGLang / older vLLM text, malformed input."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rllmtop.engines.adapters import adapter_for
+from rllmtop.events import NEUTRAL_METRICS, MetricKind, Scrape
+from rllmtop.metrics.prom import counter_reset, failed_scrape, parse_scrape
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures"
+AFTER_LOAD = (FIX / "vllm-0.32-cpu" / "metrics_after_load.txt").read_text()
+IDLE = (FIX / "vllm-0.32-cpu" / "metrics_idle.txt").read_text()
+VLLM_011 = (FIX / "vllm-0.11" / "metrics_hidden_0.10_dp2.txt").read_text()
+VLLM_010 = (FIX / "vllm-0.10" / "metrics_dp2.txt").read_text()
+SGLANG = (FIX / "sglang-0.5" / "metrics_dp2_tp2.txt").read_text()
+SGLANG_OLD = (FIX / "sglang-0.5" / "metrics_token_usage_only.txt").read_text()
+
+VLLM = adapter_for("vllm")
+E0 = (("engine", "0"),)
+E1 = (("engine", "1"),)
+
+
+def values(s: Scrape, name: str) -> dict[tuple, float]:
+    return {x.labels: x.value for x in s.samples if x.name == name}
+
+
+def hist(s: Scrape, name: str, labels: tuple = E0):
+    (h,) = [h for h in s.histograms if h.name == name and h.labels == labels]
+    return h
+
+
+def test_real_vllm_032_capture_after_load() -> None:
+    s = parse_scrape(AFTER_LOAD, VLLM, t=3.5, latency_s=0.01)
+    assert s.ok and s.error == "" and not s.counter_reset
+    assert s.t == 3.5 and s.latency_s == 0.01
+    assert values(s, "prompt_tokens_total") == {E0: 2520.0}
+    assert values(s, "generation_tokens_total") == {E0: 4032.0}
+    assert values(s, "kv_cache_usage") == {E0: 0.0}
+    assert values(s, "requests_running") == {E0: 0.0}
+    assert values(s, "prefix_cache_queries_total") == {E0: 2520.0}
+    success = values(s, "request_success_total")
+    assert success[(("engine", "0"), ("finished_reason", "length"))] == 63.0
+    assert len(success) == 5
+    # model_name never reaches the records; engine does
+    assert all(dict(x.labels).get("engine") == "0" and "model_name" not in dict(x.labels) for x in s.samples)
+    ttft = hist(s, "ttft_seconds")
+    assert ttft.count == 63.0 and math.isclose(ttft.sum, 22.125208854675293)
+    assert ttft.bounds[0] == 0.001 and math.isinf(ttft.bounds[-1]) and len(ttft.bounds) == 23
+    assert ttft.counts[3] == 11.0 and ttft.counts[-1] == 63.0
+    assert list(ttft.counts) == sorted(ttft.counts)  # cumulative, as served
+    assert {h.name for h in s.histograms} == {
+        "ttft_seconds",
+        "itl_seconds",
+        "e2e_seconds",
+        "queue_time_seconds",
+    }
+    assert hist(s, "itl_seconds").count == 3969.0
+    # what vLLM does not serve is missing (never a 0 sample)
+    assert set(s.missing) == {
+        "kv_used_tokens",
+        "kv_total_tokens",
+        "cache_hit_rate",
+        "gen_throughput",
+        "requests_retracted",
+        "sim_lag_seconds",
+        "spec_decode_draft_tokens_total",
+        "spec_decode_accepted_tokens_total",
+    }
+    served = {x.name for x in s.samples} | {h.name for h in s.histograms}
+    assert not served & set(s.missing)
+    assert served | set(s.missing) == set(NEUTRAL_METRICS)
+
+
+def test_real_capture_idle_then_load_is_not_a_reset_but_load_then_idle_is() -> None:
+    idle = parse_scrape(IDLE, VLLM, t=1.0)
+    load = parse_scrape(AFTER_LOAD, VLLM, t=2.0, previous=idle)
+    assert idle.ok and load.ok
+    assert not load.counter_reset
+    assert values(idle, "generation_tokens_total") == {E0: 0.0}
+    restarted = parse_scrape(IDLE, VLLM, t=3.0, previous=load)  # the engine restarted: counters start over
+    assert restarted.counter_reset
+    assert counter_reset(load, restarted) and not counter_reset(idle, load)
+
+
+def test_counter_reset_seen_through_histogram_counts_only() -> None:
+    before = parse_scrape(AFTER_LOAD, VLLM, t=1.0)
+    # same counters, but the TTFT histogram's count dropped
+    text = AFTER_LOAD.replace(
+        'vllm:time_to_first_token_seconds_count{engine="0",model_name="tiny-rllm"} 63.0',
+        'vllm:time_to_first_token_seconds_count{engine="0",model_name="tiny-rllm"} 2.0',
+    )
+    assert text != AFTER_LOAD
+    assert parse_scrape(text, VLLM, t=2.0, previous=before).counter_reset
+
+
+def test_gauges_going_down_are_not_resets_and_failed_previous_is_ignored() -> None:
+    a = parse_scrape('vllm:num_requests_running{engine="0"} 5\n', VLLM, t=1.0)
+    b = parse_scrape('vllm:num_requests_running{engine="0"} 1\n', VLLM, t=2.0, previous=a)
+    assert not b.counter_reset
+    bad = failed_scrape(3.0, 0.1, "boom")
+    c = parse_scrape(IDLE, VLLM, t=4.0, previous=bad)
+    assert c.ok and not c.counter_reset
+
+
+def test_vllm_011_with_hidden_metrics_prefers_new_names_and_keeps_engines_apart() -> None:
+    s = parse_scrape(VLLM_011, VLLM, t=1.0)
+    assert s.ok
+    assert values(s, "kv_cache_usage") == {E0: 0.6125, E1: 0.5}
+    assert values(s, "requests_running") == {E0: 17.0, E1: 15.0}
+    assert values(s, "requests_waiting") == {E0: 4.0, E1: 2.0}
+    assert values(s, "prefix_cache_hits_total") == {E0: 40000.0, E1: 30000.0}
+    assert hist(s, "itl_seconds", E1).count == 701221.0
+    assert hist(s, "ttft_seconds", E1).count == 259.0
+    assert len([h for h in s.histograms if h.name == "e2e_seconds"]) == 2
+    assert "kv_cache_usage" not in s.missing
+
+
+def test_new_name_wins_over_old_when_both_are_served() -> None:
+    text = (
+        '# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{engine="0"} 0.25\n'
+        '# TYPE vllm:gpu_cache_usage_perc gauge\nvllm:gpu_cache_usage_perc{engine="0"} 0.75\n'
+    )
+    assert values(parse_scrape(text, VLLM, t=0.0), "kv_cache_usage") == {E0: 0.25}
+
+
+def test_vllm_010_names_fall_back() -> None:
+    s = parse_scrape(VLLM_010, VLLM, t=1.0)
+    assert s.ok
+    assert values(s, "kv_cache_usage") == {E0: 0.61, E1: 0.5}  # from gpu_cache_usage_perc
+    assert values(s, "prefix_cache_queries_total") == {E0: 120400.0, E1: 98000.0}  # gpu_prefix_cache_*
+    assert hist(s, "itl_seconds").count == 880110.0  # from time_per_output_token_seconds
+    assert "itl_seconds" not in s.missing and "kv_cache_usage" not in s.missing
+
+
+def test_sglang_keeps_tp_rank_0_renames_dp_rank_and_derives_exact_kv_usage() -> None:
+    s = parse_scrape(SGLANG, adapter_for("sglang"), t=1.0)
+    assert s.ok
+    lab0 = (("engine", "0"), ("engine_type", "unified"), ("moe_ep_rank", "0"), ("pp_rank", "0"))
+    lab1 = (("engine", "1"), ("engine_type", "unified"), ("moe_ep_rank", "0"), ("pp_rank", "0"))
+    assert values(s, "requests_running") == {lab0: 12.0, lab1: 9.0}  # tp_rank 1 duplicates dropped
+    assert values(s, "requests_waiting") == {lab0: 3.0, lab1: 0.0}
+    assert values(s, "kv_cache_usage") == {lab0: 91234 / 180000, lab1: 40111 / 180000}  # not the rounded 0.51
+    assert values(s, "kv_used_tokens") == {lab0: 91234.0, lab1: 40111.0}
+    assert values(s, "kv_total_tokens") == {lab0: 180000.0, lab1: 180000.0}
+    assert values(s, "cache_hit_rate") == {lab0: 0.42, lab1: 0.38}
+    assert values(s, "gen_throughput") == {lab0: 1834.5, lab1: 1412.25}
+    assert values(s, "requests_retracted") == {lab0: 1.0, lab1: 0.0}
+    assert values(s, "preemptions_total") == {lab0: 7.0, lab1: 2.0}
+    assert values(s, "prefix_cache_hits_total") == {lab0: 21000.0, lab1: 15008.0}
+    assert values(s, "prefix_cache_queries_total") == values(s, "prompt_tokens_total")
+    assert values(s, "request_success_total") == {lab0: 401.0, lab1: 322.0}
+    assert all("tp_rank" not in dict(x.labels) for x in s.samples)
+    assert hist(s, "ttft_seconds", lab0).count == 401.0
+    assert hist(s, "queue_time_seconds", lab1).counts[0] == 322.0
+    assert len(s.histograms) == 8  # 4 families x 2 dp ranks
+    assert set(s.missing) == {
+        "sim_lag_seconds",
+        "spec_decode_draft_tokens_total",
+        "spec_decode_accepted_tokens_total",
+    }
+
+
+def test_sglang_without_kv_tokens_uses_token_usage() -> None:
+    s = parse_scrape(SGLANG_OLD, adapter_for("sglang"), t=1.0)
+    assert s.ok
+    (v,) = values(s, "kv_cache_usage").values()
+    assert v == 0.27
+    assert "kv_used_tokens" in s.missing and "ttft_seconds" in s.missing
+
+
+def test_sim_adapter_reads_the_lag_gauge_and_vllm_adapter_ignores_it() -> None:
+    text = AFTER_LOAD + "# TYPE rllmtop_sim_lag_seconds gauge\nrllmtop_sim_lag_seconds 0.004\n"
+    sim = parse_scrape(text, adapter_for("sim"), t=1.0)
+    assert values(sim, "sim_lag_seconds") == {(): 0.004}
+    assert "sim_lag_seconds" not in sim.missing
+    vl = parse_scrape(text, VLLM, t=1.0)
+    assert "sim_lag_seconds" in vl.missing and not values(vl, "sim_lag_seconds")
+
+
+def test_unknown_adapter_reads_both_vocabularies() -> None:
+    a = adapter_for("unknown")
+    assert values(parse_scrape(AFTER_LOAD, a, t=0), "generation_tokens_total") == {E0: 4032.0}
+    assert len(values(parse_scrape(SGLANG, a, t=0), "requests_running")) == 2
+
+
+def test_empty_body_is_ok_with_everything_missing() -> None:
+    s = parse_scrape("", VLLM, t=1.0)
+    assert s.ok and set(s.missing) == set(NEUTRAL_METRICS) and not s.samples
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<html><body>502 Bad Gateway</body></html>",
+        'vllm:num_requests_running{engine="0} 1\n',
+        "vllm:num_requests_running abc\n",
+        'vllm:time_to_first_token_seconds_bucket{engine="0",le="fast"} 1\n',
+        'vllm:time_to_first_token_seconds_bucket{engine="0"} 1\n',
+        "\x00\x01\x02",
+        '{engine="0"} 1\n',
+    ],
+)
+def test_malformed_text_gives_a_failed_scrape_with_one_clear_line(text: str) -> None:
+    s = parse_scrape(text, VLLM, t=2.0, latency_s=0.5, url="http://127.0.0.1:8000/metrics")
+    assert not s.ok
+    assert s.error.startswith("http://127.0.0.1:8000/metrics: malformed metrics text")
+    assert "\n" not in s.error and len(s.error) <= 300
+    assert s.samples == () and s.histograms == () and s.missing == ()
+    assert s.t == 2.0 and s.latency_s == 0.5
+
+
+def test_garbage_inside_families_we_do_not_read_is_ignored() -> None:
+    s = parse_scrape(AFTER_LOAD + "python_info{broken 1\n", VLLM, t=0.0)
+    assert s.ok and values(s, "generation_tokens_total") == {E0: 4032.0}
+
+
+def test_histogram_without_inf_bucket_gets_one_from_count() -> None:
+    text = (
+        "# TYPE vllm:time_to_first_token_seconds histogram\n"
+        'vllm:time_to_first_token_seconds_bucket{le="0.5"} 2\n'
+        'vllm:time_to_first_token_seconds_bucket{le="1.0"} 3\n'
+        "vllm:time_to_first_token_seconds_count 4\n"
+        "vllm:time_to_first_token_seconds_sum 3.5\n"
+    )
+    h = hist(parse_scrape(text, VLLM, t=0.0), "ttft_seconds", ())
+    assert (
+        h.bounds == (0.5, 1.0, math.inf) and h.counts == (2.0, 3.0, 4.0) and h.count == 4.0 and h.sum == 3.5
+    )
+
+
+# ------------------------------------------------------------------------------------------ properties
+
+_lines = AFTER_LOAD.splitlines()
+
+
+@st.composite
+def mangled_capture(draw: st.DrawFn) -> str:
+    """The real capture with lines dropped, duplicated, truncated or spliced with junk."""
+    out = []
+    for line in _lines[draw(st.integers(0, 300)) :][: draw(st.integers(0, 500))]:
+        op = draw(st.sampled_from(["keep"] * 6 + ["drop", "dup", "cut", "junk"]))
+        if op == "keep":
+            out.append(line)
+        elif op == "dup":
+            out += [line, line]
+        elif op == "cut":
+            out.append(line[: draw(st.integers(0, max(0, len(line) - 1)))])
+        elif op == "junk":
+            i = draw(st.integers(0, len(line)))
+            out.append(line[:i] + draw(st.text(max_size=8)) + line[i:])
+    return "\n".join(out)
+
+
+def _check_never_raises(text: str) -> None:
+    for kind in ("vllm", "sglang", "sim", "unknown"):
+        s = parse_scrape(text, adapter_for(kind), t=1.0, url="http://127.0.0.1:9/metrics")
+        if s.ok:
+            assert set(s.missing) | {x.name for x in s.samples} | {h.name for h in s.histograms} == set(
+                NEUTRAL_METRICS
+            )
+            for h in s.histograms:
+                assert len(h.bounds) == len(h.counts) and math.isinf(h.bounds[-1])
+        else:
+            assert s.error.startswith("http://127.0.0.1:9/metrics: ") and "\n" not in s.error
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mangled_capture())
+def test_mangled_captures_never_raise(text: str) -> None:
+    _check_never_raises(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_arbitrary_text_never_raises(text: str) -> None:
+    _check_never_raises(text)
+
+
+_GAUGES = {n: w[0] for n, w in VLLM.scalars.items() if NEUTRAL_METRICS[n] is MetricKind.GAUGE}
+_finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(sorted(_GAUGES)), st.lists(_finite, min_size=1, max_size=4), min_size=1)
+)
+def test_gauge_values_round_trip_exactly(served: dict[str, list[float]]) -> None:
+    lines = []
+    for neutral, vals in served.items():
+        wire = _GAUGES[neutral]
+        lines.append(f"# TYPE {wire} gauge")
+        lines += [f'{wire}{{engine="{i}",model_name="m"}} {v!r}' for i, v in enumerate(vals)]
+    s = parse_scrape("\n".join(lines) + "\n", VLLM, t=0.0)
+    assert s.ok
+    for neutral, vals in served.items():
+        assert values(s, neutral) == {(("engine", str(i)),): v for i, v in enumerate(vals)}
+    assert not set(served) & set(s.missing)
