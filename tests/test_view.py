@@ -1,0 +1,552 @@
+"""rllmtop/view.py: the live view model, fed hand-built record streams."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rllmtop.events import (
+    LogEvent,
+    MetricSample,
+    Phase,
+    RequestEvent,
+    RequestKind,
+    RequestRecord,
+    RequestStatus,
+    Reset,
+    Scrape,
+    SessionInfo,
+    SessionState,
+    StateEvent,
+)
+from rllmtop.metrics.analysis import StragglerRule, asu_summary
+from rllmtop.view import CLIENT_BOTTLENECK_LAG_S, WINDOWS, LiveView
+
+K = RequestKind
+
+
+def ev(
+    kind: RequestKind, t: float, rid: int, cls: str = "easy", r: int = 0, a: int = 0, **kw
+) -> RequestEvent:
+    return RequestEvent(kind, t, rid, cls, r, a, **kw)
+
+
+def record(
+    rid: int,
+    cls: str = "easy",
+    *,
+    sent: float = 0.0,
+    e2e: float = 1.0,
+    reasoning: int = 10,
+    answer: int = 5,
+    difficulty: str = "easy",
+    status: RequestStatus = RequestStatus.OK,
+    lag: float = 0.0,
+    correct: bool | None = None,
+) -> RequestRecord:
+    ok = status is RequestStatus.OK
+    return RequestRecord(
+        rid=rid,
+        cls=cls,
+        difficulty=difficulty,
+        t_scheduled=sent - lag,
+        t_dispatch=sent,
+        t_sent=sent,
+        t_first_token=sent + 0.1,
+        t_first_visible=sent + 0.5 if answer else None,
+        t_done=sent + e2e if ok else None,
+        reasoning_tokens=reasoning,
+        answer_tokens=answer,
+        status=status,
+        correct=correct,
+        finish_reason="stop" if ok else None,
+        error=None if ok else "HTTP 500",
+    )
+
+
+def finish(view: LiveView, rec: RequestRecord) -> None:
+    """A whole request's life, ending with DONE/FAILED carrying ``rec``."""
+    assert rec.t_sent is not None
+    view.handle(ev(K.SENT, rec.t_sent, rec.rid, rec.cls))
+    t_end = rec.t_done if rec.t_done is not None else rec.t_sent + 0.2
+    kind = K.DONE if rec.status is RequestStatus.OK else K.FAILED
+    view.handle(ev(kind, t_end, rec.rid, rec.cls, rec.reasoning_tokens, rec.answer_tokens, record=rec))
+
+
+def gauge_scrape(t: float, kv: float, running: float, waiting: float, preempt: float | None = None) -> Scrape:
+    samples = [
+        MetricSample(t, "kv_cache_usage", kv),
+        MetricSample(t, "requests_running", running),
+        MetricSample(t, "requests_waiting", waiting),
+    ]
+    if preempt is not None:
+        samples.append(MetricSample(t, "preemptions_total", preempt))
+    return Scrape(t, 0.002, True, samples=tuple(samples))
+
+
+def view(**kw) -> LiveView:
+    kw.setdefault("summary_interval", 0.0)
+    return LiveView(**kw)
+
+
+# ------------------------------------------------------------------------------------------------ board
+
+
+def test_board_follows_a_request_from_queued_to_done_then_drops_it() -> None:
+    v = view()
+    v.handle(SessionInfo("s1", 0.0, "live"))
+    v.handle(ev(K.QUEUED, 1.0, 7))
+    (row,) = v.snapshot(1.5).board
+    assert (row.rid, row.phase, row.age) == (7, Phase.QUEUED, 0.5)
+    assert v.snapshot(1.5).progress.queued == 1
+
+    v.handle(ev(K.SENT, 2.0, 7))
+    (row,) = v.snapshot(2.0).board
+    assert row.phase is Phase.WAITING and row.ttft is None
+    assert v.snapshot(2.0).progress.in_flight == 1
+
+    v.handle(ev(K.FIRST_TOKEN, 2.3, 7, r=1))
+    v.handle(ev(K.PROGRESS, 2.8, 7, r=40))
+    (row,) = v.snapshot(3.0).board
+    assert row.phase is Phase.THINKING
+    assert row.reasoning == 40 and row.answer == 0
+    assert row.ttft == pytest.approx(0.3) and row.ttfvt is None
+    assert row.age == pytest.approx(1.0)
+
+    v.handle(ev(K.FIRST_VISIBLE, 3.5, 7, r=60, a=1))
+    v.handle(ev(K.PROGRESS, 3.9, 7, r=60, a=12))
+    (row,) = v.snapshot(4.0).board
+    assert row.phase is Phase.ANSWERING
+    assert (row.reasoning, row.answer) == (60, 12)
+    assert row.ttfvt == pytest.approx(1.5)
+
+    rec = RequestRecord(7, "easy", t_sent=2.0, t_first_token=2.3, t_first_visible=3.5, t_done=4.5,
+                        reasoning_tokens=60, answer_tokens=15)  # fmt: skip
+    v.handle(ev(K.DONE, 4.5, 7, r=60, a=15, record=rec))
+    snap = v.snapshot(5.0)
+    (row,) = snap.board  # still shown for a moment, frozen at its end
+    assert row.phase is Phase.DONE and row.age == pytest.approx(2.5) and row.answer == 15
+    assert snap.progress.done == 1 and snap.progress.in_flight == 0
+    assert v.snapshot(30.0).board == ()
+
+
+def test_failed_request_goes_to_the_event_log_and_counts_as_failed() -> None:
+    v = view()
+    rec = record(3, sent=1.0, status=RequestStatus.ERROR)
+    finish(v, rec)
+    snap = v.snapshot(2.0)
+    assert snap.progress.failed == 1 and snap.progress.done == 0
+    assert snap.board[0].phase is Phase.FAILED
+    assert snap.events_total == 1 and "request 3" in snap.events[0].text
+    assert "HTTP 500" in snap.events[0].text
+
+
+def test_late_event_for_an_ended_request_does_not_resurrect_it() -> None:
+    v = view()
+    finish(v, record(1, sent=0.0, e2e=1.0))
+    v.handle(ev(K.PROGRESS, 1.1, 1, r=99))
+    assert [r.phase for r in v.snapshot(1.2).board] == [Phase.DONE]
+
+
+# ------------------------------------------------------------------------------------------------ rates
+
+
+def test_token_rates_split_reasoning_and_answer_in_one_second_bins() -> None:
+    v = view()
+    v.handle(ev(K.SENT, 0.1, 1))
+    v.handle(ev(K.FIRST_TOKEN, 0.2, 1, r=1))
+    v.handle(ev(K.PROGRESS, 0.9, 1, r=100))  # bin 0: 100 reasoning
+    v.handle(ev(K.PROGRESS, 1.5, 1, r=150))  # bin 1: 50 reasoning ...
+    v.handle(ev(K.FIRST_VISIBLE, 1.6, 1, r=150, a=1))
+    v.handle(ev(K.PROGRESS, 1.9, 1, r=150, a=30))  # ... and 30 answer
+    snap = v.snapshot(4.0)  # bins 0..3 are closed
+    rt = dict(zip(snap.reasoning_tps.t.tolist(), snap.reasoning_tps.v.tolist(), strict=True))
+    at = dict(zip(snap.answer_tps.t.tolist(), snap.answer_tps.v.tolist(), strict=True))
+    assert rt[0.0] == 100 and rt[1.0] == 50 and rt[2.0] == 0
+    assert at[0.0] == 0 and at[1.0] == 30
+    arr = dict(zip(snap.arrivals.t.tolist(), snap.arrivals.v.tolist(), strict=True))
+    assert arr[0.0] == 1 and arr[1.0] == 0
+    assert snap.progress.tok_s == pytest.approx(180 / 4)  # 4 closed bins so far
+
+
+def test_arrivals_and_completions_per_second() -> None:
+    v = view()
+    for i in range(5):
+        finish(v, record(i, sent=0.1 * i, e2e=2.0))  # 5 sent in bin 0, done in bin 2
+    snap = v.snapshot(10.0)
+    arr = dict(zip(snap.arrivals.t.tolist(), snap.arrivals.v.tolist(), strict=True))
+    comp = dict(zip(snap.completions.t.tolist(), snap.completions.v.tolist(), strict=True))
+    assert arr[0.0] == 5 and comp[2.0] == 5 and comp[0.0] == 0
+    assert sum(comp.values()) == 5
+
+
+def test_counts_only_go_up_even_if_the_final_usage_is_lower() -> None:
+    v = view()
+    v.handle(ev(K.SENT, 0.0, 1))
+    v.handle(ev(K.PROGRESS, 0.5, 1, r=100))
+    rec = RequestRecord(1, "easy", t_sent=0.0, t_first_token=0.1, t_done=0.9, reasoning_tokens=98)
+    v.handle(ev(K.DONE, 0.9, 1, r=98, record=rec))
+    snap = v.snapshot(3.0)
+    assert snap.reasoning_tps.v.sum() == 100  # tokens already shown stay counted
+    assert snap.board[0].reasoning == 98  # but the row shows the final count
+
+
+# ------------------------------------------------------------------------------------------------ engine
+
+
+def test_engine_series_kv_running_waiting_and_preemption_marks() -> None:
+    v = view()
+    v.handle(gauge_scrape(0.25, 0.5, 4, 0, preempt=10))
+    v.handle(gauge_scrape(0.50, 1.0, 8, 3, preempt=10))
+    v.handle(gauge_scrape(0.75, 1.0, 8, 5, preempt=13))  # 3 preemptions
+    v.handle(gauge_scrape(1.00, 0.9, 7, 5, preempt=2))  # engine restart: counter reset -> 2 more
+    snap = v.snapshot(1.0)
+    assert snap.kv.v.tolist() == [0.5, 1.0, 1.0, 0.9] and snap.kv.last == 0.9
+    assert snap.running.v.tolist() == [4, 8, 8, 7]
+    assert snap.waiting.v.tolist() == [0, 3, 5, 5]
+    assert list(zip(snap.preemptions.t.tolist(), snap.preemptions.v.tolist(), strict=True)) == [
+        (0.75, 3.0),
+        (1.0, 2.0),
+    ]
+    assert not snap.kv.missing and snap.missing == frozenset()
+
+
+def test_several_engines_kv_is_averaged_and_queues_are_summed() -> None:
+    v = view()
+    e1, e2 = (("engine", "0"),), (("engine", "1"),)
+    v.handle(
+        Scrape(
+            1.0,
+            0.0,
+            True,
+            samples=(
+                MetricSample(1.0, "kv_cache_usage", 0.2, e1),
+                MetricSample(1.0, "kv_cache_usage", 0.6, e2),
+                MetricSample(1.0, "requests_waiting", 2, e1),
+                MetricSample(1.0, "requests_waiting", 3, e2),
+            ),
+        )
+    )
+    snap = v.snapshot(1.0)
+    assert snap.kv.last == pytest.approx(0.4) and snap.waiting.last == 5
+
+
+def test_missing_metric_is_missing_not_zero() -> None:
+    v = view()
+    s = Scrape(
+        1.0,
+        0.0,
+        True,
+        samples=(MetricSample(1.0, "requests_running", 3),),
+        missing=("kv_cache_usage", "preemptions_total"),
+    )
+    v.handle(s)
+    snap = v.snapshot(1.0)
+    assert snap.kv.missing and snap.kv.last is None
+    assert snap.preemptions.missing
+    assert np.isnan(snap.kv.v).all()
+    assert not snap.running.missing and snap.running.last == 3
+    assert "kv_cache_usage" in snap.missing
+
+
+def test_failed_scrapes_leave_a_gap_and_log_once_until_recovery() -> None:
+    v = view()
+    v.handle(gauge_scrape(0.25, 0.5, 1, 0))
+    for i in range(3):
+        v.handle(Scrape(0.5 + 0.25 * i, 1.0, False, error="http://127.0.0.1:9/metrics: connection refused"))
+    snap = v.snapshot(1.0)
+    assert np.isnan(snap.kv.v[1:]).all() and snap.kv.last is None
+    assert snap.scrape.failed == 3 and "connection refused" in snap.scrape.last_error
+    assert snap.events_total == 1
+    v.handle(gauge_scrape(1.5, 0.6, 1, 0))
+    snap = v.snapshot(1.5)
+    assert snap.scrape.last_error == "" and snap.kv.last == 0.6
+    assert snap.events_total == 2 and "recovered" in snap.events[-1].text
+
+
+def test_engine_generation_rate_from_the_counter() -> None:
+    v = view()
+    for i, total in enumerate([1000, 1100, 1300]):
+        t = 0.5 * (i + 1)
+        v.handle(Scrape(t, 0.0, True, samples=(MetricSample(t, "generation_tokens_total", total),)))
+    snap = v.snapshot(1.5)
+    assert snap.engine_tps.v.tolist() == [200.0, 400.0]
+
+
+# ------------------------------------------------------------------------------------------------ series
+
+
+def test_one_hour_of_4hz_samples_stays_bounded_and_windows_slice() -> None:
+    v = view(window=120.0)
+    n = 4 * 3600
+    for i in range(n + 400):  # more than the buffer holds
+        t = (i + 1) * 0.25
+        v.handle(gauge_scrape(t, (i % 100) / 100, i % 7, 0))
+    now = (n + 400) * 0.25
+    snap = v.snapshot(now)
+    assert snap.kv.t[0] >= now - 120 and snap.kv.t[-1] == now
+    assert snap.kv.t.size == 481
+    assert not snap.kv.v.flags.writeable
+    v.set_window(3600)
+    snap = v.snapshot(now)
+    assert snap.kv.t.size == 4 * 3600  # the newest hour, oldest points overwritten
+    assert np.all(np.diff(snap.kv.t) > 0)
+
+
+def test_zoom_steps_through_windows() -> None:
+    v = view(window=120.0)
+    assert v.zoom(+1) == 300.0
+    assert v.zoom(-2) == 60.0
+    for _ in range(10):
+        v.zoom(-1)
+    assert v.window == WINDOWS[0]
+    for _ in range(10):
+        v.zoom(+1)
+    assert v.window == WINDOWS[-1]
+
+
+def test_a_long_quiet_stretch_fills_bins_with_zeros_cheaply() -> None:
+    v = view()
+    v.handle(ev(K.SENT, 0.5, 1))
+    v.handle(LogEvent(100_000.0, "rllmtop", "info", "still here"))  # a jump far ahead
+    snap = v.snapshot(100_000.0)
+    assert snap.arrivals.v.size <= 3600 and snap.arrivals.v.sum() == 0  # the window holds only zeros
+
+
+# ------------------------------------------------------------------------------------------------ summary
+
+
+def test_asu_summary_matches_analysis_and_is_recomputed_only_when_something_ended() -> None:
+    v = view()
+    recs = [record(i, "easy" if i % 2 else "hard", sent=i * 0.1, e2e=1 + i % 3, correct=i % 4 != 0)
+            for i in range(20)]  # fmt: skip
+    for r in recs:
+        finish(v, r)
+    s1 = v.snapshot(10.0)
+    assert s1.asu is not None
+    want = asu_summary(recs)
+    assert s1.asu.overall.as_dict() == want.overall.as_dict()
+    s2 = v.snapshot(10.5)
+    assert s2.summary_version == s1.summary_version and s2.asu is s1.asu  # nothing ended: cached
+    finish(v, record(99, sent=10.0, e2e=0.6))
+    s3 = v.snapshot(11.0)
+    assert s3.summary_version == s1.summary_version + 1
+    assert s3.asu is not None and s3.asu.overall.requests == 21
+
+
+def test_summary_is_throttled_by_wall_time() -> None:
+    clock = [0.0]
+    v = LiveView(summary_interval=1.0, wall=lambda: clock[0])
+    clock[0] = 100.0
+    finish(v, record(1))
+    assert v.snapshot(2.0).asu is not None
+    finish(v, record(2, sent=2.0))
+    clock[0] = 100.5
+    assert v.snapshot(3.5).asu.overall.requests == 1  # type: ignore[union-attr]  # too soon
+    clock[0] = 101.5
+    assert v.snapshot(3.6).asu.overall.requests == 2  # type: ignore[union-attr]
+
+
+def test_summary_job_protocol_for_a_worker_thread() -> None:
+    v = view(auto_summary=False)
+    finish(v, record(1))
+    assert v.snapshot(2.0).asu is None  # not computed inline
+    job = v.summary_job()
+    assert job is not None
+    assert v.summary_job() is None  # one at a time
+    job.run()
+    v.install(job)
+    assert v.snapshot(2.0).asu is not None
+    assert v.summary_job() is None  # nothing new ended
+    # a job from before a new session is dropped
+    finish(v, record(2, sent=1.0))
+    job = v.summary_job()
+    assert job is not None
+    v.handle(Reset(0.0))
+    job.run()
+    v.install(job)
+    assert v.snapshot(0.0).asu is None
+
+
+def test_client_bottleneck_warning_from_send_lag_p99() -> None:
+    v = view()
+    for i in range(10):
+        finish(v, record(i, sent=i, lag=0.001))
+    snap = v.snapshot(20.0)
+    assert snap.send_lag_p99 == pytest.approx(0.001) and not snap.client_bottleneck
+    for i in range(10, 20):
+        finish(v, record(i, sent=i, lag=0.5))
+    snap = v.snapshot(30.0)
+    assert snap.send_lag_p99 is not None and snap.send_lag_p99 > CLIENT_BOTTLENECK_LAG_S
+    assert snap.client_bottleneck
+
+
+def test_reasoning_length_distribution_per_class_and_difficulty() -> None:
+    v = view()
+    rid = 0
+    for cls, diff, lens in (
+        ("math", "easy", [100, 200, 300]),
+        ("math", "hard", [3000, 4000]),
+        ("mcq", "", [50]),
+    ):
+        for n in lens:
+            finish(v, record(rid, cls, difficulty=diff, reasoning=n))
+            rid += 1
+    finish(v, record(rid, "math", difficulty="easy", reasoning=99999, status=RequestStatus.ERROR))
+    dist = v.snapshot(5.0).distribution
+    groups = {g.label: g for g in dist.groups}
+    assert set(groups) == {"math/easy", "math/hard", "mcq"}
+    assert groups["math/easy"].n == 3 and sum(groups["math/easy"].counts) == 3
+    assert groups["math/hard"].pcts[50] == 3500
+    assert dist.edges[0] == 0 and dist.edges[-1] == 4000  # the failed one is not in it
+    assert all(len(g.counts) == len(dist.edges) - 1 for g in dist.groups)
+
+
+# ------------------------------------------------------------------------------------------------ stragglers
+
+
+def test_in_flight_straggler_is_flagged_with_the_rule_and_reason() -> None:
+    rule = StragglerRule(factor=3.0, min_finished=5)
+    v = view(rule=rule)
+    for i in range(5):
+        finish(v, record(i, "easy", sent=0.0, e2e=2.0, reasoning=100))
+    v.handle(ev(K.SENT, 10.0, 50, "easy"))
+    v.handle(ev(K.FIRST_TOKEN, 10.1, 50, "easy", r=1))
+    v.handle(ev(K.SENT, 10.0, 51, "easy"))
+    snap = v.snapshot(15.0)  # age 5 s < 3 x 2 s
+    assert snap.stragglers == ()
+    assert snap.straggler_rule == rule.describe()
+    v.handle(ev(K.PROGRESS, 16.5, 50, "easy", r=200))
+    snap = v.snapshot(17.0)  # age 7 s > 6 s
+    assert [s.rid for s in snap.stragglers] == [50, 51]
+    s = snap.stragglers[0]
+    assert not s.finished and s.phase is Phase.THINKING
+    assert "run time 7.0s > 3x median 2.0s" in s.reason
+    assert {r.rid: r.straggler is not None for r in snap.board} == {50: True, 51: True}
+    # one with a huge reasoning count straggles on length, and stays listed once finished
+    finish(v, record(60, "easy", sent=17.0, e2e=1.0, reasoning=1000))
+    snap = v.snapshot(18.5)
+    fin = [s for s in snap.stragglers if s.finished]
+    assert [s.rid for s in fin] == [60] and "reasoning 1000 tok > 3x median 100" in fin[0].reason
+
+
+def test_no_stragglers_before_enough_requests_finished() -> None:
+    v = view()
+    finish(v, record(0, e2e=1.0))
+    v.handle(ev(K.SENT, 1.0, 1))
+    assert v.snapshot(100.0).stragglers == ()
+
+
+# ------------------------------------------------------------------------------------------------ session
+
+
+def test_a_new_session_starts_over_and_reads_planned_from_the_scenario() -> None:
+    v = view()
+    info = SessionInfo("s1", 0.0, "live", scenario_name="burst", scenario_text="[load]\nnum_prompts = 40\n")
+    v.handle(info)
+    finish(v, record(1))
+    v.handle(gauge_scrape(1.0, 0.3, 1, 0))
+    v.handle(LogEvent(1.0, "engine", "info", "INFO engine started"))
+    snap = v.snapshot(2.0)
+    assert snap.info is info and snap.progress.planned == 40 and snap.progress.done == 1
+    assert snap.progress.line().startswith("sent 1/40 · done 1 · failed 0 · in flight 0")
+    g = snap.generation
+    v.handle(SessionInfo("s2", 0.0, "live"))  # a new session
+    snap = v.snapshot(0.5)
+    assert snap.generation == g + 1
+    assert snap.board == () and snap.kv.t.size == 0 and snap.progress.sent == 0
+    assert snap.engine_log == () and snap.engine_log_total == 0 and snap.asu is None
+    assert snap.progress.planned is None  # that scenario text did not say
+
+
+def test_explicit_planned_wins_and_bad_scenario_text_is_ignored() -> None:
+    v = view(planned=12)
+    v.handle(SessionInfo("s", 0.0, "live", scenario_text="[load\nnot toml"))
+    assert v.snapshot(0).progress.planned == 12
+    v = view()
+    v.handle(SessionInfo("s", 0.0, "live", scenario_text="[load\nnot toml"))
+    assert v.snapshot(0).progress.planned is None
+
+
+def test_state_and_logs() -> None:
+    v = view()
+    v.handle(StateEvent(0.0, SessionState.RUNNING))
+    v.handle(LogEvent(0.1, "engine", "info", "loading weights"))
+    v.handle(LogEvent(0.2, "engine", "error", "CUDA out of memory"))
+    v.handle(LogEvent(0.3, "rllmtop", "warning", "scrape slow"))
+    v.handle(LogEvent(0.4, "rllmtop", "info", "not an event"))
+    v.handle(StateEvent(0.5, SessionState.ENGINE_DIED, "exit code 1"))
+    snap = v.snapshot(1.0)
+    assert snap.state is SessionState.ENGINE_DIED and snap.state_detail == "exit code 1"
+    assert [e.text for e in snap.engine_log] == ["loading weights", "CUDA out of memory"]
+    assert [e.text for e in snap.events] == [
+        "CUDA out of memory",
+        "scrape slow",
+        "session engine_died: exit code 1",
+    ]
+    for i in range(2000):
+        v.handle(LogEvent(1.0 + i, "engine", "info", f"line {i}"))
+    snap = v.snapshot(3000.0)
+    assert len(snap.engine_log) == 500 and snap.engine_log_total == 2002
+    assert snap.engine_log[-1].text == "line 1999"
+
+
+def test_progress_line_format() -> None:
+    from rllmtop.view import Progress
+
+    p = Progress(None, 5, 3, 1, 1, 2, 1234.4, 65.0)
+    assert p.line() == "sent 5 · done 3 · failed 1 · in flight 1 · queued 2 · 1,234 tok/s · 1:05"
+    assert Progress(10, 0, 0, 0, 0, 0, 0.0, 3725).line().endswith("0 tok/s · 1:02:05")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 15), st.sampled_from(list(K)), st.integers(0, 50)), max_size=120))
+def test_counts_stay_consistent_under_any_event_order(steps: list[tuple[int, RequestKind, int]]) -> None:
+    v = view()
+    t = 0.0
+    for rid, kind, n in steps:
+        t += 0.01
+        v.handle(ev(kind, t, rid, r=n, a=n // 2))
+    snap = v.snapshot(t)
+    p = snap.progress
+    ended = sum(1 for r in snap.board if r.phase in (Phase.DONE, Phase.FAILED))
+    assert p.done + p.failed == ended
+    assert p.in_flight + p.queued == len(snap.board) - ended
+    assert p.sent >= p.in_flight
+    assert all(r.age >= 0 for r in snap.board)
+    assert not any(math.isnan(x) for x in snap.reasoning_tps.v)
+
+
+def test_core_view_does_not_import_textual_or_rich() -> None:
+    code = "import sys, rllmtop.view; assert 'textual' not in sys.modules and 'rich' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_progress_line_for_the_headless_printer() -> None:
+    v = view()
+    v.handle(StateEvent(0.0, SessionState.RUNNING))
+    v.handle(ev(K.SENT, 0.5, 1))
+    assert v.progress_line(2.0) == "running · sent 1 · done 0 · failed 0 · in flight 1 · 0 tok/s · 0:02"
+
+
+def test_reset_record_starts_over_but_a_repeated_session_info_only_updates() -> None:
+    v = view()
+    v.handle(SessionInfo("s1", 0.0, "live"))
+    finish(v, record(1))
+    v.handle(SessionInfo("s1", 0.0, "live", engine_version="0.32.0", model="qwen"))  # learned later
+    snap = v.snapshot(2.0)
+    assert snap.progress.done == 1 and snap.info is not None and snap.info.engine_version == "0.32.0"
+    g = snap.generation
+    v.handle(Reset(0.0))
+    snap = v.snapshot(0.0)
+    assert snap.generation == g + 1 and snap.progress.done == 0 and snap.info is None
+    v.handle(SessionInfo("s1", 0.0, "replay"))
+    finish(v, record(1))
+    v.handle(SessionInfo("s2", 0.0, "live"))  # another session
+    assert v.snapshot(3.0).progress.done == 0 and v.snapshot(3.0).generation == g + 2
