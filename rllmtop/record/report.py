@@ -133,25 +133,21 @@ def load_run(path: str | Path, label: str | None = None) -> RunData:
     from rllmtop.record.store import open_recording
 
     p = Path(path)
-    rec = open_recording(p)
-    info = rec.info
-    start = None
-    for st in rec.states():
-        if st.state is SessionState.RUNNING:
-            start = st.t
-            break
-    status = rec.status
-    return RunData(
-        label=label or _default_label(info, p),
-        info=info,
-        requests=rec.requests(),
-        samples=rec.samples(names=list(SAMPLE_NAMES)),
-        status=status.value if isinstance(status, SessionState) else str(status),
-        status_detail=str(getattr(rec, "status_detail", "") or ""),
-        duration=rec.duration,
-        load_start=start,
-        path=p,
-    )
+    with open_recording(p) as rec:
+        info = rec.info
+        start = next((st.t for st in rec.states() if st.state is SessionState.RUNNING), None)
+        status = rec.status
+        return RunData(
+            label=label or _default_label(info, p),
+            info=info,
+            requests=rec.requests(),
+            samples=rec.samples(names=list(SAMPLE_NAMES)),
+            status=status.value if isinstance(status, SessionState) else str(status),
+            status_detail=str(rec.status_detail or ""),
+            duration=rec.duration,
+            load_start=start,
+            path=p,
+        )
 
 
 def _default_label(info: SessionInfo, path: Path | None) -> str:

@@ -426,3 +426,61 @@ def test_report_time_is_reasonable_for_a_few_thousand_requests(tmp_path: Path) -
     R.write_report(run, tmp_path)
     took = time.perf_counter() - t
     assert took < 60  # generous: a loaded 2-core machine; typically a few seconds
+
+
+# ---------------------------------------------------------------------------------------------- from files
+
+
+def record_run(path: Path, run: R.RunData) -> Path:
+    """Write a synthetic run to a real recording through the recorder (the session's sink)."""
+    from itertools import groupby
+
+    from rllmtop.events import RequestEvent, RequestKind, Scrape, SessionState, StateEvent
+    from rllmtop.record.store import Recorder
+
+    rec = Recorder(path, run.info)
+    rec.handle(run.info)
+    rec.handle(StateEvent(0.0, SessionState.STARTING))
+    rec.handle(StateEvent(run.load_start or 0.0, SessionState.RUNNING))
+    for t, group in groupby(sorted(run.samples, key=lambda s: s.t), key=lambda s: s.t):
+        rec.handle(Scrape(t=t, latency_s=0.001, ok=True, samples=tuple(group)))
+    for r in run.requests:
+        kind = RequestKind.DONE if r.status is RequestStatus.OK else RequestKind.FAILED
+        rec.handle(RequestEvent(kind, r.t_done or r.t_sent or 0.0, r.rid, r.cls, record=r))
+    rec.close(SessionState.DONE)
+    return path
+
+
+def test_build_report_from_a_recording_file(tmp_path: Path) -> None:
+    from rllmtop.record.store import open_recording
+
+    path = record_run(tmp_path / "run.db", synth_run())
+    index = R.build_report(path, tmp_path / "out")
+    assert_figures(tmp_path / "out")
+    assert_html_references_figures(index)
+    with open_recording(path) as rec:
+        want = asu_summary(rec.requests())
+    data = json.loads((tmp_path / "out" / "asu.json").read_text())
+    assert_same_numbers(data["overall"], want.overall.as_dict())
+    assert data["recording"] == str(path)
+    assert "run.db" in "".join(parse_html(index).text)
+
+
+def test_build_comparison_from_recording_files_labels_matrix_cells(tmp_path: Path) -> None:
+    a = record_run(tmp_path / "a.db", synth_run("x", extra=(("matrix_cell", "profile=rllm-7b"),)))
+    b = record_run(
+        tmp_path / "b.db", synth_run("y", seed=1, reasoning=False, extra=(("matrix_cell", "profile=llm-7b"),))
+    )
+    R.build_comparison([a, b], tmp_path / "cmp", force=False)
+    data = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert [r["label"] for r in data["runs"]] == ["profile=rllm-7b", "profile=llm-7b"]
+    assert [r["recording"] for r in data["runs"]] == [str(a), str(b)]
+
+
+def test_report_on_a_file_that_is_not_a_recording(tmp_path: Path) -> None:
+    bad = tmp_path / "notes.db"
+    bad.write_text("hello")
+    with pytest.raises(UserError, match="not an rllmtop recording"):
+        R.build_report(bad, tmp_path / "out")
+    with pytest.raises(UserError, match="no such recording"):
+        R.build_comparison([tmp_path / "missing.db", bad], tmp_path / "out", force=False)
