@@ -473,7 +473,7 @@ def _fig_kv_usage(fig: Figure, ctx: _Ctx) -> str:
     ax.set_ylabel("KV-cache usage (%)")
     ax.set_ylim(0, 105)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="best", fontsize="small")
     if not any_kv:
         _no_data(ax, "the engine did not serve KV-cache usage")
     ax.set_title("KV-cache usage over time")
@@ -520,7 +520,15 @@ def _fig_run_time(fig: Figure, ctx: _Ctx) -> str:
         _no_data(ax_h, "no request finished")
     else:
         hi = max(float(a.max()) for a in nonempty)
-        bins = np.linspace(0.0, hi * 1.001 if hi > 0 else 1.0, 41)
+        pos = np.concatenate([a[a > 0] for a in nonempty])
+        lo = float(pos.min()) if pos.size else 0.0
+        log_x = not ctx.single and lo > 0 and hi / lo > 50  # runs of very different scale: log x
+        if log_x:
+            bins = np.geomspace(lo * 0.999, hi * 1.001, 41)
+            ax_c.set_xscale("log")
+            ax_h.set_xscale("log")
+        else:
+            bins = np.linspace(0.0, hi * 1.001 if hi > 0 else 1.0, 41)
         for r, e2e in zip(ctx.runs, all_e2e, strict=True):
             if not e2e.size:
                 continue
@@ -567,7 +575,8 @@ def _fig_run_time(fig: Figure, ctx: _Ctx) -> str:
     ax_h.set_ylabel("requests")
     for ax in (ax_c, ax_h):
         ax.grid(True, alpha=0.3)
-    return f"Run time of requests that finished ok. Straggler: {ctx.rule.describe()}."
+    scale = " Log x when the runs differ by more than 50x." if not ctx.single else ""
+    return f"Run time of requests that finished ok.{scale} Straggler: {ctx.rule.describe()}."
 
 
 _DIFF_ORDER = {"easy": 0, "medium": 1, "hard": 2, "mcq": 3}
