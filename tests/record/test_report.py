@@ -484,3 +484,18 @@ def test_report_on_a_file_that_is_not_a_recording(tmp_path: Path) -> None:
         R.build_report(bad, tmp_path / "out")
     with pytest.raises(UserError, match="no such recording"):
         R.build_comparison([tmp_path / "missing.db", bad], tmp_path / "out", force=False)
+
+
+def test_cli_report_and_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rllmtop.cli import main
+
+    a = record_run(tmp_path / "a.db", synth_run("a", n=60))
+    b = record_run(tmp_path / "b.db", synth_run("b", seed=3, n=60, run_seed=8))
+    assert main(["report", str(a), "--out", str(tmp_path / "rep")]) == 0
+    assert f"report: {tmp_path / 'rep' / 'index.html'}" in capsys.readouterr().out
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err
+    assert "not comparable" in err and "seed 8 vs 7" in err and "--force" in err
+    assert "Traceback" not in err
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "cmp"), "--force"]) == 0
+    assert (tmp_path / "cmp" / "index.html").is_file()
