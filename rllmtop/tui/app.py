@@ -1,0 +1,434 @@
+"""The Textual monitor. ``build_app(session)`` is the one way to make it (CLI, tests, snapshot tests).
+
+Wiring: on mount the app adds ``LiveView.handle`` as a session sink and runs ``session.run()`` as a
+worker. A 4 Hz timer (a Textual timer never overlaps itself) takes ``view.snapshot(session.now())`` and
+hands the immutable snapshot to every widget inside ``batch_update()``; widgets only store it and redraw
+lazily, so hidden panels cost nothing. The O(n) summary (ASU, straggler baselines, distribution) runs in a
+thread when a request ended. Replay sessions drive these very same widgets; they only add the replay keys
+and the progress bar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Grid, Horizontal, Vertical
+from textual.widgets import Footer, Input
+from textual.worker import Worker, WorkerState
+
+from rllmtop.events import Record, SessionState
+from rllmtop.tui.widgets.asu import AsuPanel
+from rllmtop.tui.widgets.board import RequestBoard
+from rllmtop.tui.widgets.chart import BrailleChart, ChartData, Line, human
+from rllmtop.tui.widgets.distribution import ReasoningDist
+from rllmtop.tui.widgets.filter import FilterInput
+from rllmtop.tui.widgets.header import HeaderBar
+from rllmtop.tui.widgets.help import HelpScreen
+from rllmtop.tui.widgets.logpane import LogPane
+from rllmtop.tui.widgets.replaybar import ReplayBar, ReplayControls
+from rllmtop.tui.widgets.stragglers import StragglerList
+from rllmtop.view import LiveView, SummaryJob, ViewSnapshot
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from rllmtop.events import SessionInfo
+
+__all__ = ["RllmtopApp", "SessionLike", "build_app"]
+
+REFRESH_S = 0.25
+SPEEDS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+
+
+class SessionLike(Protocol):
+    """The part of :class:`rllmtop.session.Session` the app uses."""
+
+    info: SessionInfo | None
+    state: SessionState
+    replay: Any  # ReplayControls | None
+    record_path: str | None
+
+    def add_sink(self, sink: Callable[[Record], None]) -> None: ...
+    async def run(self) -> Any: ...
+    def request_stop(self) -> None: ...
+    def now(self) -> float: ...
+
+
+# ------------------------------------------------------------------------------------------ chart data
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def kv_chart(s: ViewSnapshot) -> ChartData:
+    return ChartData(
+        (Line(s.kv, "used", "green", fill=True, fmt=_pct),),
+        s.t,
+        s.window,
+        (s.generation, s.series_version),
+        y_max=1.0,
+        ref_line=1.0,
+        marks=s.preemptions,
+        mark_label="preempted",
+        y_fmt=_pct,
+    )
+
+
+def queue_chart(s: ViewSnapshot) -> ChartData:
+    return ChartData(
+        (Line(s.running, "running", "cyan"), Line(s.waiting, "waiting", "yellow")),
+        s.t,
+        s.window,
+        (s.generation, s.series_version),
+    )
+
+
+def tps_chart(s: ViewSnapshot) -> ChartData:
+    return ChartData(
+        (
+            Line(s.reasoning_tps, "reasoning", "magenta", fill=True),
+            Line(s.answer_tps, "answer", "green", fill=True, stack_on=s.reasoning_tps),
+            Line(s.engine_tps, "engine", "grey62"),
+        ),
+        s.t,
+        s.window,
+        (s.generation, s.series_version),
+    )
+
+
+def rps_chart(s: ViewSnapshot) -> ChartData:
+    return ChartData(
+        (
+            Line(s.arrivals, "sent", "dodger_blue1"),
+            Line(s.completions, "done", "cyan"),
+            Line(s.failures, "failed", "red"),
+        ),
+        s.t,
+        s.window,
+        (s.generation, s.series_version),
+        y_fmt=human,
+    )
+
+
+# ------------------------------------------------------------------------------------------ the app
+
+
+class RllmtopApp(App[Any]):
+    """The monitor. Its return value (``app.run()``) is the session's outcome, or None."""
+
+    CSS_PATH = "rllmtop.tcss"
+    TITLE = "rllmtop"
+    ENABLE_COMMAND_PALETTE = False
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (130, "-wide")]  # noqa: RUF012 (Textual declares it so)
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]  # noqa: RUF012
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "quit", "quit"),
+        Binding("ctrl+c", "quit", "quit", show=False, priority=True),
+        Binding("question_mark", "help", "help"),
+        Binding("plus,equals_sign", "zoom(1)", "window+", key_display="+"),
+        Binding("minus", "zoom(-1)", "window-", key_display="-"),
+        Binding("s", "sort", "sort"),
+        Binding("S", "reverse_sort", "reverse", show=False),
+        Binding("f", "filter_phase", "filter"),
+        Binding("slash", "filter_text", "find", key_display="/"),
+        Binding("1", "page(1)", "overview", show=False),
+        Binding("2", "page(2)", "analysis", show=False),
+        Binding("3", "page(3)", "logs", show=False),
+        # replay only (hidden otherwise, see check_action)
+        Binding("space", "replay_pause", "pause"),
+        Binding("full_stop", "replay_step(1)", "step", key_display="."),
+        Binding("comma", "replay_step(-1)", "back", key_display=",", show=False),
+        Binding("right_square_bracket", "replay_speed(1)", "faster", key_display="]"),
+        Binding("left_square_bracket", "replay_speed(-1)", "slower", key_display="[", show=False),
+        Binding("right", "replay_seek(10)", "+10s", key_display="→", show=False),
+        Binding("left", "replay_seek(-10)", "-10s", key_display="←", show=False),
+        Binding("home", "replay_seek_to(0)", "start", show=False),
+        Binding("end", "replay_seek_to(1)", "end", show=False),
+    ]
+
+    KEY_HELP: ClassVar[list[tuple[str, str]]] = [
+        ("q, ctrl+c", "quit: stop sending, let in-flight requests finish (again: cancel them), then exit"),
+        ("?", "this help"),
+        ("+ / -", "widen / narrow the chart window (30 s ... 1 h)"),
+        ("s / S", "sort the request board by the next column / reverse the order"),
+        ("f", "filter the board by phase (all, active, thinking, answering, waiting, stragglers, ended)"),
+        ("/", "filter the board by class, id or phase (enter applies, esc cancels, empty clears)"),
+        ("up / down", "move in the request board"),
+        ("1 2 3", "small terminals: overview / analysis (ASU, stragglers) / logs"),
+        ("space", "replay: pause / resume"),
+        (". / ,", "replay: step 1 s forward / back"),
+        ("] / [", "replay: faster / slower (0.25x ... 64x)"),
+        ("→ / ←", "replay: seek 10 s forward / back"),
+        ("home / end", "replay: go to the start / the end"),
+    ]
+
+    def __init__(
+        self, session: SessionLike, *, view: LiveView | None = None, refresh: float = REFRESH_S
+    ) -> None:
+        super().__init__()
+        self.session = session
+        self.view = view or LiveView(auto_summary=False, planned=_planned(session))
+        self.refresh_interval = refresh
+        self.snapshot: ViewSnapshot | None = None  # the last snapshot handed to the widgets
+        self.outcome: Any = None
+        self.session_error: BaseException | None = None
+        self.ended = asyncio.Event()  # set when session.run() returned (or failed)
+        self.ticks = 0
+        self.page = 1
+        self._stops = 0
+        self._quitting = False
+        self._worker: Worker[Any] | None = None
+        self._summary_task: asyncio.Task[None] | None = None
+
+    @property
+    def replay(self) -> ReplayControls | None:
+        replay: ReplayControls | None = self.session.replay
+        return replay
+
+    # ------------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        yield HeaderBar(id="header", record_path=self.session.record_path)
+        if self.replay is not None:
+            yield ReplayBar(self.replay, id="replaybar")
+        with Horizontal(id="body"):
+            with Vertical(id="overview"):
+                with Grid(id="charts"):
+                    yield BrailleChart("KV cache", kv_chart, id="chart-kv")
+                    yield BrailleChart("engine queue", queue_chart, id="chart-queue")
+                    yield BrailleChart("output tok/s", tps_chart, id="chart-tps", show_axis=True)
+                    yield BrailleChart("requests/s", rps_chart, id="chart-rps", show_axis=True)
+                with Vertical(id="board-box", classes="box"):
+                    yield RequestBoard(id="board")
+            with Vertical(id="side"):
+                with Vertical(id="analysis"):
+                    with Vertical(id="asu-box", classes="box"):
+                        yield AsuPanel(id="asu")
+                    with Vertical(id="dist-box", classes="box"):
+                        yield ReasoningDist(id="dist")
+                    with Vertical(id="strag-box", classes="box"):
+                        yield StragglerList(id="stragglers")
+                with Vertical(id="logs"):
+                    with Vertical(id="events-box", classes="box"):
+                        yield LogPane(lambda s: (s.events, s.events_total), id="events")
+                    with Vertical(id="engine-box", classes="box"):
+                        yield LogPane(
+                            lambda s: (s.engine_log, s.engine_log_total), show_source=False, id="engine-log"
+                        )
+        yield FilterInput(
+            placeholder="filter requests by class, id or phase; enter applies, esc cancels", id="filter"
+        )
+        yield Footer()
+
+    def on_mount(self) -> None:
+        titles = {
+            "board-box": "requests",
+            "asu-box": "ASU",
+            "dist-box": "reasoning length (finished)",
+            "strag-box": "stragglers",
+            "events-box": "events",
+            "engine-box": "engine log",
+        }
+        for wid, title in titles.items():
+            self.query_one(f"#{wid}").border_title = title
+        self.screen.add_class("-page-1")
+        self._consumers = [
+            self.query_one(HeaderBar),
+            *self.query(BrailleChart),
+            self.query_one(RequestBoard),
+            self.query_one(AsuPanel),
+            self.query_one(ReasoningDist),
+            self.query_one(StragglerList),
+            *self.query(LogPane),
+        ]
+        self.query_one(RequestBoard).focus()
+        self.session.add_sink(self.view.handle)
+        self._worker = self._run_session()
+        self._tick()
+        self.set_interval(self.refresh_interval, self._tick)
+
+    # ------------------------------------------------------------------ session
+
+    @work(exclusive=True, exit_on_error=False, group="session")
+    async def _run_session(self) -> Any:
+        return await self.session.run()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker is not self._worker:
+            return
+        state = event.state
+        if state not in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
+            return
+        if state is WorkerState.SUCCESS:
+            self.outcome = event.worker.result
+        elif state is WorkerState.ERROR:
+            self.session_error = event.worker.error
+            self.notify(f"session failed: {event.worker.error}", severity="error", timeout=30)
+        self.ended.set()
+        self._tick()
+        if self._quitting:
+            self.exit(self.outcome)
+        elif state is WorkerState.SUCCESS:
+            self.notify("session ended: press q to quit", timeout=10)
+
+    # ------------------------------------------------------------------ refresh
+
+    def _tick(self) -> None:
+        snap = self.view.snapshot(self.session.now())
+        self.snapshot = snap
+        self.ticks += 1
+        if self._summary_task is None:
+            job = self.view.summary_job()
+            if job is not None:
+                self._summary_task = asyncio.get_running_loop().create_task(self._summarise(job))
+        with self.batch_update():
+            for w in self._consumers:
+                w.update_snapshot(snap)
+            self._titles(snap)
+            if self.replay is not None:
+                self.query_one(ReplayBar).tick()
+
+    async def _summarise(self, job: SummaryJob) -> None:
+        try:
+            await asyncio.to_thread(job.run)
+        finally:
+            self.view.install(job)
+            self._summary_task = None
+
+    def _titles(self, snap: ViewSnapshot) -> None:
+        box = self.query_one("#board-box")
+        title = "requests · " + snap.progress.line()
+        n_strag = sum(1 for s in snap.stragglers if not s.finished)
+        if n_strag:
+            title += f" · ⚠ {n_strag} straggling"
+        box.border_title = title
+        self.query_one("#engine-box").display = snap.engine_log_total > 0
+
+    # ------------------------------------------------------------------ actions
+
+    async def action_quit(self) -> None:
+        """First: stop sending and drain; second: cancel in-flight; then exit once the session ended."""
+        if self.ended.is_set():
+            self.exit(self.outcome)
+            return
+        self._quitting = True
+        self._stops += 1
+        if self._stops <= 2:
+            self.session.request_stop()
+        if self._stops == 1:
+            self.notify("stopping: waiting for in-flight requests (q again cancels them)", timeout=10)
+        elif self._stops == 2:
+            self.notify("cancelling in-flight requests", timeout=10)
+        elif self._worker is not None:
+            self._worker.cancel()
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.KEY_HELP, self.view.rule.describe()))
+
+    def action_zoom(self, step: int) -> None:
+        w = self.view.zoom(step)
+        self.notify(f"chart window {_span(w)}", timeout=2)
+        self._tick()
+
+    def action_sort(self) -> None:
+        self.query_one(RequestBoard).cycle_sort()
+
+    def action_reverse_sort(self) -> None:
+        self.query_one(RequestBoard).reverse_sort()
+
+    def action_filter_phase(self) -> None:
+        self.query_one(RequestBoard).cycle_filter()
+
+    def action_filter_text(self) -> None:
+        inp = self.query_one(FilterInput)
+        inp.value = self.query_one(RequestBoard).text_filter
+        inp.add_class("-open")
+        inp.focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if isinstance(event.input, FilterInput):
+            self.query_one(RequestBoard).set_text_filter(event.value)
+            self._close_filter()
+
+    def on_filter_input_cancelled(self, _: FilterInput.Cancelled) -> None:
+        self._close_filter()
+
+    def _close_filter(self) -> None:
+        self.query_one(FilterInput).remove_class("-open")
+        self.query_one(RequestBoard).focus()
+
+    def action_page(self, n: int) -> None:
+        self.page = n
+        for k in (1, 2, 3):
+            self.screen.set_class(k == n, f"-page-{k}")
+
+    # replay
+    def action_replay_pause(self) -> None:
+        if self.replay is not None:
+            self.replay.toggle_pause()
+            self._tick()
+
+    def action_replay_step(self, direction: int) -> None:
+        r = self.replay
+        if r is None:
+            return
+        if direction > 0:
+            r.step(1.0)
+        else:
+            r.seek(max(0.0, r.position - 1.0))
+        self._tick()
+
+    def action_replay_speed(self, direction: int) -> None:
+        r = self.replay
+        if r is None:
+            return
+        i = min(range(len(SPEEDS)), key=lambda k: abs(math.log(SPEEDS[k] / max(r.speed, 1e-9))))
+        r.speed = SPEEDS[min(max(i + direction, 0), len(SPEEDS) - 1)]
+        self._tick()
+
+    def action_replay_seek(self, delta: float) -> None:
+        r = self.replay
+        if r is not None:
+            r.seek(min(max(0.0, r.position + delta), r.duration))
+            self._tick()
+
+    def action_replay_seek_to(self, where: int) -> None:
+        r = self.replay
+        if r is not None:
+            r.seek(0.0 if where == 0 else r.duration)
+            self._tick()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action.startswith("replay_"):
+            return self.replay is not None
+        return True
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
+def _planned(session: SessionLike) -> int | None:
+    plan = getattr(session, "plan", None)
+    scenario = getattr(plan, "scenario", None)
+    load = getattr(scenario, "load", None)
+    n = getattr(load, "num_prompts", None)
+    return n if isinstance(n, int) else None
+
+
+def build_app(
+    session: SessionLike, *, view: LiveView | None = None, refresh: float = REFRESH_S
+) -> RllmtopApp:
+    """The monitor for ``session`` (live, attach or replay: the same app)."""
+    return RllmtopApp(session, view=view, refresh=refresh)

@@ -1,0 +1,340 @@
+"""A braille time-series chart: min/max per column, several series, cached render.
+
+Each character cell holds 2x4 braille dots. Points are reduced to their min and max per dot column (numpy,
+O(points)); the strips are rebuilt only when the data, the time column or the size changed, and only when
+the widget is drawn (so a hidden chart costs nothing). The right edge of the time axis is snapped to a
+whole dot column so points do not jitter between columns as time moves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from rich.segment import Segment
+from rich.style import Style
+from textual.strip import Strip
+from textual.widget import Widget
+
+from rllmtop.view import Series, ViewSnapshot
+
+__all__ = ["BrailleChart", "ChartData", "Line", "braille_codes", "column_minmax", "nice_ceiling"]
+
+_BRAILLE = [chr(0x2800 + i) for i in range(256)]
+# dot (row 0..3, col 0..1) -> bit
+_WEIGHTS = np.array([[0x01, 0x08], [0x02, 0x10], [0x04, 0x20], [0x40, 0x80]], dtype=np.uint16)
+GUTTER = 6  # y-axis label width, incl. one space
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One series as drawn: ``fill`` draws an area down to ``base`` (stacked areas pass the one below)."""
+
+    series: Series
+    label: str
+    color: str
+    fill: bool = False
+    stack_on: Series | None = None  # add this series' values first (stacked area)
+    fmt: Callable[[float], str] | None = None  # legend value format
+
+
+@dataclass(frozen=True, slots=True)
+class ChartData:
+    lines: tuple[Line, ...]
+    t1: float  # right edge (session seconds)
+    window: float
+    version: tuple[int, int]  # (generation, series_version): changes whenever a point was added
+    y_max: float | None = None  # fixed top of the axis (None: from the data)
+    ref_line: float | None = None  # a dotted horizontal line (e.g. KV 100%)
+    marks: Series | None = None  # instants to flag on the top row (preemptions)
+    mark_label: str = ""
+    y_fmt: Callable[[float], str] | None = None
+
+
+def nice_ceiling(x: float) -> float:
+    """The next 1/2/2.5/5 x 10^k at or above ``x`` (axis tops)."""
+    if not math.isfinite(x) or x <= 0:
+        return 1.0
+    exp = math.floor(math.log10(x))
+    for m in (1.0, 2.0, 2.5, 5.0, 10.0):
+        if m * 10**exp >= x * (1 - 1e-9):
+            return m * 10**exp
+    return 10.0 ** (exp + 1)
+
+
+def human(x: float) -> str:
+    """Short number: 950, 1.2k, 34k, 1.5M."""
+    if not math.isfinite(x):
+        return "-"
+    a = abs(x)
+    if a >= 1e6:
+        return f"{x / 1e6:.1f}M"
+    if a >= 1e4:
+        return f"{x / 1e3:.0f}k"
+    if a >= 1e3:
+        return f"{x / 1e3:.1f}k"
+    if a >= 10 or a == 0:
+        return f"{x:.0f}"
+    return f"{x:.1f}"
+
+
+def column_minmax(
+    t: np.ndarray, v: np.ndarray, t0: float, dt: float, ncols: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(min, max, last) of the points in each column ``[t0 + i*dt, t0 + (i+1)*dt)``; NaN where empty.
+
+    ``t`` must be ascending. NaN values are ignored (a column of NaNs is empty)."""
+    lo = np.full(ncols, np.nan)
+    hi = np.full(ncols, np.nan)
+    last = np.full(ncols, np.nan)
+    if t.size == 0 or ncols <= 0:
+        return lo, hi, last
+    edges = t0 + dt * np.arange(ncols + 1)
+    starts = np.searchsorted(t, edges[:-1], side="left")
+    ends = np.searchsorted(t, edges[1:], side="left")
+    full = ends > starts
+    if not full.any():
+        return lo, hi, last
+    idx = starts[full]
+    vv = v[: int(ends[-1])]  # reduceat's last segment runs to the end: cut the points past the window
+    lo[full] = np.fmin.reduceat(vv, idx)
+    hi[full] = np.fmax.reduceat(vv, idx)
+    last[full] = v[ends[full] - 1]
+    return lo, hi, last
+
+
+def braille_codes(
+    lo: np.ndarray,
+    hi: np.ndarray,
+    last: np.ndarray,
+    y_max: float,
+    rows: int,
+    *,
+    fill: bool,
+    base: np.ndarray | None = None,
+) -> np.ndarray:
+    """Braille code (0..255) per cell, shape (rows, len(lo)//2), for one series' per-dot-column ranges.
+
+    Lines join neighbouring columns (each column's range is widened to the previous column's last
+    value); ``fill`` draws an area from ``base`` (default 0) up to the max."""
+    ncols = lo.size
+    dots = rows * 4
+    scale = (dots - 1) / y_max if y_max > 0 else 0.0
+    valid = ~np.isnan(hi)
+    if fill:
+        top = hi
+        bottom = np.zeros(ncols) if base is None else np.where(np.isnan(base), 0.0, base)
+    else:
+        prev_last = np.concatenate(([np.nan], last[:-1]))
+        joined = valid & ~np.isnan(prev_last)
+        bottom = np.where(joined, np.fmin(lo, prev_last), lo)
+        top = np.where(joined, np.fmax(hi, prev_last), hi)
+    with np.errstate(invalid="ignore"):
+        y_top = np.clip(np.rint(np.nan_to_num(top) * scale), 0, dots - 1)
+        y_bot = np.clip(np.rint(np.nan_to_num(bottom) * scale), 0, dots - 1)
+    if fill:
+        # a zero-height area draws nothing (but a line at 0 does draw the bottom row)
+        valid = valid & (np.nan_to_num(top) > np.nan_to_num(bottom))
+        y_bot = np.where(y_bot < y_top, y_bot + (base is not None), y_bot)
+    r = np.arange(dots)[::-1][:, None]  # row 0 is the top: its dot height is dots-1
+    grid = (r >= y_bot[None, :]) & (r <= y_top[None, :]) & valid[None, :]
+    if ncols % 2:
+        grid = np.concatenate([grid, np.zeros((dots, 1), dtype=bool)], axis=1)
+    cells = grid.reshape(rows, 4, -1, 2)
+    return np.einsum("rhcw,hw->rc", cells.astype(np.uint16), _WEIGHTS).astype(np.uint8)
+
+
+class BrailleChart(Widget):
+    """A titled braille chart. Feed it with :meth:`update_snapshot` (it picks its data with ``select``)."""
+
+    DEFAULT_CSS = """
+    BrailleChart {
+        height: 1fr;
+        min-height: 3;
+        width: 1fr;
+    }
+    """
+
+    def __init__(
+        self,
+        title: str,
+        select: Callable[[ViewSnapshot], ChartData],
+        *,
+        show_axis: bool = False,
+        name: str | None = None,
+        id: str | None = None,
+        classes: str | None = None,
+    ) -> None:
+        super().__init__(name=name, id=id, classes=classes)
+        self.title = title
+        self.select = select
+        self.show_axis = show_axis
+        self._snap: ViewSnapshot | None = None
+        self._data: ChartData | None = None
+        self._key: object = None
+        self._strips: list[Strip] = []
+        self.renders = 0  # how many times the strips were rebuilt (tests and bench)
+
+    def update_snapshot(self, snap: ViewSnapshot) -> None:
+        self._snap = snap
+        self.refresh()
+
+    @property
+    def data(self) -> ChartData | None:
+        """The data of the last render (None before the first)."""
+        return self._data
+
+    def render_line(self, y: int) -> Strip:
+        width, height = self.size
+        if self._snap is not None:
+            data = self.select(self._snap)
+            dt = data.window / max(1, 2 * (width - GUTTER))
+            t1q = math.ceil(data.t1 / dt) * dt if dt > 0 else data.t1
+            key = (data.version, round(t1q / dt) if dt > 0 else 0, data.window, width, height)
+            if key != self._key:
+                self._key = key
+                self._data = data
+                self._strips = self._build(data, t1q, width, height)
+                self.renders += 1
+        if y < len(self._strips):
+            return self._strips[y]
+        return Strip.blank(width, self.rich_style)
+
+    # ------------------------------------------------------------------ rendering
+
+    def _build(self, data: ChartData, t1: float, width: int, height: int) -> list[Strip]:
+        base_style = self.rich_style
+        muted = base_style + Style(dim=True)
+        strips = [self._title(data, width, base_style)]
+        plot_rows = height - 1 - (1 if self.show_axis else 0)
+        plot_w = width - GUTTER
+        if plot_rows <= 0 or plot_w <= 2:
+            return strips + [Strip.blank(width, base_style)] * max(0, height - 1)
+        ncols = 2 * plot_w
+        dt = data.window / ncols
+        t0 = t1 - data.window
+        missing = [ln for ln in data.lines if ln.series.missing]
+        if missing and len(missing) == len(data.lines):
+            msg = f"n/a: the engine does not serve {missing[0].series.name}"
+            for r in range(plot_rows):
+                text = msg[:plot_w] if r == plot_rows // 2 else ""
+                strips.append(Strip([Segment(" " * GUTTER + text.center(plot_w), muted)], width))
+        else:
+            strips.extend(self._plot(data, t0, dt, ncols, plot_rows, plot_w, base_style, muted))
+        if self.show_axis:
+            strips.append(self._axis(data.window, plot_w, muted))
+        return [s.crop_extend(0, width, base_style) for s in strips]
+
+    def _title(self, data: ChartData, width: int, base: Style) -> Strip:
+        segs = [Segment(self.title, base + Style(bold=True))]
+        for ln in data.lines:
+            if ln.series.missing:
+                val = "n/a"
+            elif ln.series.last is None:
+                val = "-"
+            else:
+                val = (ln.fmt or human)(ln.series.last)
+            segs.append(Segment("  ■ ", base + Style(color=ln.color)))
+            segs.append(Segment(f"{ln.label} {val}", base))
+        if data.marks is not None and not data.marks.missing:
+            n = int(np.nansum(data.marks.v)) if data.marks.v.size else 0
+            segs.append(Segment(f"  ▼ {data.mark_label} {n}", base + Style(color="red" if n else None)))
+        return Strip(segs).crop_extend(0, width, base)
+
+    def _plot(
+        self,
+        data: ChartData,
+        t0: float,
+        dt: float,
+        ncols: int,
+        rows: int,
+        plot_w: int,
+        base: Style,
+        muted: Style,
+    ) -> list[Strip]:
+        top = data.y_max
+        reduced = []
+        for ln in data.lines:
+            s = ln.series
+            v = s.v
+            if ln.stack_on is not None and ln.stack_on.v.size == v.size and v.size:
+                v = np.nan_to_num(ln.stack_on.v) + np.nan_to_num(v)
+            lo, hi, last = column_minmax(s.t, v, t0, dt, ncols)
+            reduced.append((ln, lo, hi, last))
+        if top is None:
+            peak = max(
+                (float(np.nanmax(hi)) for _, _, hi, _ in reduced if np.any(~np.isnan(hi))), default=0.0
+            )
+            top = nice_ceiling(peak) if peak > 0 else 1.0
+        codes = np.zeros((rows, plot_w), dtype=np.uint8)
+        owner = np.full((rows, plot_w), -1, dtype=np.int16)
+        prev_hi: np.ndarray | None = None
+        for i, (ln, lo, hi, last) in enumerate(reduced):
+            base_v = prev_hi if (ln.fill and ln.stack_on is not None) else None
+            c = braille_codes(lo, hi, last, top, rows, fill=ln.fill, base=base_v)[:, :plot_w]
+            codes |= c
+            owner[c > 0] = i
+            prev_hi = hi
+        ref_row = -1
+        if data.ref_line is not None and data.ref_line <= top:
+            ref_row = int((1 - data.ref_line / top) * (rows * 4 - 1)) // 4
+        mark_cols: set[int] = set()
+        if data.marks is not None and data.marks.t.size:
+            mc = ((data.marks.t - t0) / dt).astype(int) // 2
+            mark_cols = {int(x) for x in mc if 0 <= x < plot_w}
+        y_fmt = data.y_fmt or human
+        styles = [base + Style(color=ln.color) for ln, *_ in reduced]
+        mark_style = base + Style(color="red", bold=True)
+        strips = []
+        for r in range(rows):
+            label = y_fmt(top) if r == 0 else (y_fmt(0.0) if r == rows - 1 else "")
+            segs = [Segment(label.rjust(GUTTER - 1)[: GUTTER - 1] + " ", muted)]
+            row_codes = codes[r]
+            row_owner = owner[r]
+            chars = [_BRAILLE[code] for code in row_codes.tolist()]
+            if r == ref_row:
+                chars = [ch if code else "┄" for ch, code in zip(chars, row_codes.tolist(), strict=True)]
+            own = row_owner.tolist()
+            if r == 0 and mark_cols:
+                for col in mark_cols:
+                    chars[col] = "▼"
+                    own[col] = -2
+            # runs of the same owner -> one segment each
+            start = 0
+            for col in range(1, plot_w + 1):
+                if col == plot_w or own[col] != own[start]:
+                    o = own[start]
+                    style = mark_style if o == -2 else (styles[o] if o >= 0 else muted)
+                    segs.append(Segment("".join(chars[start:col]), style))
+                    start = col
+            strips.append(Strip(segs))
+        return strips
+
+    def _axis(self, window: float, plot_w: int, muted: Style) -> Strip:
+        """Tick labels under the plot: -window ... now."""
+        cells = [" "] * plot_w
+        n_ticks = 4 if plot_w >= 40 else 2
+        for k in range(n_ticks + 1):
+            x = round(k * (plot_w - 1) / n_ticks)
+            ago = window * (1 - k / n_ticks)
+            label = "now" if k == n_ticks else f"-{_span(ago)}"
+            pos = min(max(0, x - len(label) // 2), plot_w - len(label))
+            if k == n_ticks:
+                pos = plot_w - len(label)
+            if k == 0:
+                pos = 0
+            if all(ch == " " for ch in cells[max(0, pos - 1) : pos + len(label) + 1]):
+                cells[pos : pos + len(label)] = list(label)
+        return Strip([Segment(" " * GUTTER + "".join(cells), muted)])
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds:g}s"

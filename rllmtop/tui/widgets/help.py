@@ -1,0 +1,78 @@
+"""The ``?`` help screen: every key and what each panel shows."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+__all__ = ["HelpScreen"]
+
+PANELS = (
+    ("KV cache", "engine KV-cache usage (0-100%), the dotted line is 100%; ▼ marks preemptions"),
+    ("running / waiting", "requests the engine is running vs queueing (from its /metrics)"),
+    (
+        "output tok/s",
+        "client-side tokens/s, reasoning (magenta) under answer (green); engine's own rate in grey",
+    ),
+    ("arrivals / done", "requests sent vs finished per second; failures in red"),
+    ("requests", "in flight (and just ended): phase, age, reasoning and answer tokens, TTFT, TTFVT"),
+    ("stragglers", "requests the stated rule flags, with the reason; ● in flight, ✓ finished"),
+    ("ASU", "Accuracy, Service (tok/s), User (TTFVT, E2E) over requests that ended; send-lag p99"),
+    ("reasoning length", "distribution of finished requests' reasoning tokens per class/difficulty"),
+    ("logs", "events (errors and warnings) and the engine's own log when rllmtop launched it"),
+)
+
+
+class HelpScreen(ModalScreen[None]):
+    DEFAULT_CSS = """
+    HelpScreen {
+        align: center middle;
+    }
+    HelpScreen > VerticalScroll {
+        width: 90%;
+        max-width: 110;
+        height: 90%;
+        border: round $accent;
+        background: $surface;
+        padding: 0 1;
+    }
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,question_mark,q", "dismiss_help", "close", show=True),
+    ]
+
+    def __init__(self, keys: list[tuple[str, str]], rule: str) -> None:
+        super().__init__()
+        self.keys = keys
+        self.rule = rule
+
+    def compose(self) -> ComposeResult:
+        keys = Table(box=None, show_header=False, padding=(0, 2))
+        keys.add_column(style="bold cyan", no_wrap=True)
+        keys.add_column()
+        for k, what in self.keys:
+            keys.add_row(k, what)
+        panels = Table(box=None, show_header=False, padding=(0, 2))
+        panels.add_column(style="bold", no_wrap=True)
+        panels.add_column()
+        for name, what in PANELS:
+            panels.add_row(name, what)
+        with VerticalScroll():
+            yield Static(Text("rllmtop: top for reasoning-LLM serving", style="bold"))
+            yield Static(Text("\nKeys", style="bold underline"))
+            yield Static(keys)
+            yield Static(Text("\nPanels", style="bold underline"))
+            yield Static(panels)
+            yield Static(Text.assemble(("\nStraggler rule: ", "bold"), self.rule))
+            yield Static(Text("\nesc / ? / q closes this help", style="dim"))
+
+    def action_dismiss_help(self) -> None:
+        self.dismiss(None)

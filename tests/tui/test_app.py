@@ -1,0 +1,217 @@
+"""The app driven by a scripted record stream (a test double of the session): wiring, keys, quitting.
+
+The same assertions against the real session and the time-scaled simulator live in test_live.py."""
+
+from __future__ import annotations
+
+from tui_fakes import ScriptedReplaySession, ScriptedSession, engine_log, info, request_life, scrapes
+from tui_helpers import screen_text, until
+
+from rllmtop.events import Phase, Record, SessionState, StateEvent
+from rllmtop.tui.app import RllmtopApp, build_app
+from rllmtop.tui.widgets.asu import AsuPanel
+from rllmtop.tui.widgets.board import RequestBoard
+from rllmtop.tui.widgets.chart import BrailleChart
+from rllmtop.tui.widgets.help import HelpScreen
+from rllmtop.tui.widgets.replaybar import ReplayBar
+from rllmtop.tui.widgets.stragglers import StragglerList
+from rllmtop.view import LiveView
+
+
+def script(n: int = 12, *, straggler: bool = False) -> list[Record]:
+    recs: list[Record] = [info(), StateEvent(0.0, SessionState.RUNNING), *scrapes(60)]
+    for i in range(n):
+        recs += request_life(i, "math" if i % 2 else "mcq", 0.5 * i, think=2.0, reasoning=200)
+    if straggler:  # sent with the others, thinks 20x longer
+        recs += request_life(99, "math", 1.0, think=40.0, reasoning=4000)
+    recs.append(engine_log(0.2, "INFO engine ready"))
+    return recs
+
+
+def app_for(session: ScriptedSession) -> RllmtopApp:
+    return build_app(session, view=LiveView(auto_summary=False, summary_interval=0), refresh=0.25)
+
+
+async def play(pilot, session: ScriptedSession, t_end: float, step: float = 0.25) -> None:  # type: ignore[no-untyped-def]
+    t = session.t
+    while t < t_end:
+        t = min(t_end, t + step)
+        session.advance(t)
+        await pilot.pause()
+    app: RllmtopApp = pilot.app
+    ticks = app.ticks
+    await until(pilot, lambda: app.ticks > ticks, what="a refresh")
+
+
+async def test_charts_receive_samples_and_board_moves_from_thinking_to_answering() -> None:
+    s = ScriptedSession(script())
+    app = app_for(s)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, s.started.is_set, what="session.run() started")
+        await play(pilot, s, 1.5)
+        rows = {r.rid: r for r in app.query_one(RequestBoard).rows}
+        assert rows[0].phase is Phase.THINKING and rows[0].reasoning > 0
+        await play(pilot, s, 2.3)
+        rows = {r.rid: r for r in app.query_one(RequestBoard).rows}
+        assert rows[0].phase is Phase.ANSWERING and rows[0].ttfvt is not None
+        await play(pilot, s, 8.0)
+        charts = {c.id: c for c in app.query(BrailleChart)}
+        kv = charts["chart-kv"].data
+        assert kv is not None and kv.lines[0].series.t.size == 32  # 8 s of 4 Hz scrapes
+        tps = charts["chart-tps"].data
+        assert tps is not None and tps.lines[0].series.v.sum() > 0  # reasoning tokens/s
+        assert all(c.renders > 0 for c in charts.values())
+        text = screen_text(app)
+        assert "RUNNING" in text and "sim 0.1.0" in text and "KV cache" in text
+        s.finish()
+
+
+async def test_a_straggler_is_flagged_with_the_rule() -> None:
+    s = ScriptedSession(script(12, straggler=True))
+    app = app_for(s)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await play(pilot, s, 20.0, step=0.5)
+        await until(
+            pilot, lambda: app.snapshot is not None and app.snapshot.asu is not None, what="a summary"
+        )
+        await until(
+            pilot,
+            lambda: any(x.rid == 99 for x in app.snapshot.stragglers),  # type: ignore[union-attr]
+            what="request 99 flagged",
+        )
+        strag = next(x for x in app.snapshot.stragglers if x.rid == 99)  # type: ignore[union-attr]
+        assert not strag.finished and "> 3x median" in strag.reason
+        await pilot.pause()
+        text = screen_text(app)
+        assert "run time or reasoning length > 3x the median" in text  # the rule, shown
+        assert "#99" in text and "straggling" in text
+        assert app.query_one(StragglerList).size.height > 0
+        s.finish()
+
+
+async def test_keys_change_window_sort_filter_and_pages() -> None:
+    s = ScriptedSession(script())
+    app = app_for(s)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await play(pilot, s, 3.0)
+        board = app.query_one(RequestBoard)
+        w = app.view.window
+        await pilot.press("plus")
+        assert app.view.window > w
+        await pilot.press("minus", "minus")
+        assert app.view.window < w
+        assert app.query_one("#chart-kv", BrailleChart).data.window == app.view.window  # type: ignore[union-attr]
+        key = board.sort_key
+        await pilot.press("s")
+        assert board.sort_key != key
+        await pilot.press("f")
+        assert board.phase_filter == "active"
+        await pilot.press("slash")
+        await pilot.press(*"math", "enter")
+        assert board.text_filter == "math"
+        assert board.rows and all(r.cls == "math" for r in board.rows)
+        await pilot.press("slash", "backspace", "backspace", "backspace", "backspace", "enter")
+        assert board.text_filter == ""
+        # small terminal: pages
+        assert not app.query_one("#side").display or app.query_one("#side").region.width == 0
+        await pilot.press("2")
+        await pilot.pause()
+        assert app.query_one(AsuPanel).region.width > 0 and app.query_one("#overview").region.width == 0
+        await pilot.press("3")
+        await pilot.pause()
+        assert app.query_one("#events").region.width > 0
+        await pilot.press("1")
+        await pilot.pause()
+        assert app.query_one(RequestBoard).region.width > 0
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+        s.finish()
+
+
+async def test_quit_drains_then_cancels_and_returns_the_outcome() -> None:
+    s = ScriptedSession(script())
+    app = app_for(s)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await play(pilot, s, 2.0)
+        await pilot.press("q")
+        assert s.stops == 1 and app.is_running  # draining: still up
+        await pilot.press("q")
+        assert s.stops == 2
+        await until(pilot, lambda: not app.is_running, what="the app to exit")
+    assert app.return_value == "outcome"
+    assert app.ended.is_set()
+
+
+async def test_ctrl_c_quits_and_a_finished_session_quits_at_once() -> None:
+    s = ScriptedSession(script())
+    app = app_for(s)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await play(pilot, s, 1.0)
+        s.finish()
+        await until(pilot, app.ended.is_set, what="the session to end")
+        assert app.snapshot is not None and app.snapshot.state is SessionState.DONE
+        await pilot.press("ctrl+c")
+        await until(pilot, lambda: not app.is_running, what="the app to exit")
+    assert s.stops == 0 and app.return_value == "outcome"
+
+
+async def test_replay_keys_drive_the_replay_source() -> None:
+    s = ScriptedReplaySession(script(), duration=60.0)
+    app = app_for(s)
+    r = s.replay
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("space")
+        assert r.paused
+        await pilot.press("full_stop")
+        assert r.position == 1.0
+        await pilot.press("right")
+        assert r.position == 11.0
+        await pilot.press("comma")
+        assert r.position == 10.0
+        await pilot.press("left", "left")
+        assert r.position == 0.0
+        await pilot.press("end")
+        assert r.position == 60.0
+        await pilot.press("home")
+        assert r.position == 0.0
+        await pilot.press("right_square_bracket", "right_square_bracket")
+        assert r.speed == 4.0
+        for _ in range(10):
+            await pilot.press("left_square_bracket")
+        assert r.speed == 0.25
+        for _ in range(12):
+            await pilot.press("right_square_bracket")
+        assert r.speed == 64.0
+        await pilot.pause()
+        bar = app.query_one(ReplayBar)
+        await until(pilot, lambda: "64x" in bar.text, what="the replay bar to redraw")
+        assert "paused" in bar.text and "0:00 / 1:00" in bar.text
+        s.finish()
+
+
+async def test_replay_keys_do_nothing_live() -> None:
+    s = ScriptedSession(script())
+    app = app_for(s)
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert app.check_action("replay_pause", ()) is False
+        assert not app.query(ReplayBar)
+        await pilot.press("space", "right")  # no replay: nothing to drive, nothing breaks
+        assert "pause" not in screen_text(app).split("\n")[-1]
+        s.finish()
+
+
+async def test_session_crash_is_shown_not_raised() -> None:
+    class Crashing(ScriptedSession):
+        async def run(self) -> str:
+            raise RuntimeError("boom")
+
+    s = Crashing(script())
+    app = app_for(s)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, app.ended.is_set, what="the session to fail")
+        assert isinstance(app.session_error, RuntimeError)
+        await pilot.press("q")
+        await until(pilot, lambda: not app.is_running, what="the app to exit")
+    assert app.return_value is None

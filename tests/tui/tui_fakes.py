@@ -1,0 +1,203 @@
+"""Test doubles for the TUI tests (tests only): a session that publishes a scripted record stream on a
+clock the test moves, and a replay source with the controls the app calls."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+
+from rllmtop.events import (
+    LogEvent,
+    MetricSample,
+    Record,
+    RequestEvent,
+    RequestKind,
+    RequestRecord,
+    Scrape,
+    SessionInfo,
+    SessionState,
+    StateEvent,
+)
+
+K = RequestKind
+
+
+class ScriptedSession:
+    """Publishes ``records`` (sorted by t) as the test calls :meth:`advance`; ``run()`` returns when the
+    script is exhausted and :meth:`finish` was called, or when a stop was requested twice."""
+
+    def __init__(self, records: Iterable[Record] = (), *, record_path: str | None = None) -> None:
+        self.records = sorted(records, key=lambda r: getattr(r, "t", -1.0))
+        self.info: SessionInfo | None = None
+        self.state = SessionState.STARTING
+        self.replay = None
+        self.record_path = record_path
+        self.sinks: list[Callable[[Record], None]] = []
+        self.t = 0.0
+        self.stops = 0
+        self.started = asyncio.Event()
+        self._done = asyncio.Event()
+        self._i = 0
+
+    def add_sink(self, sink: Callable[[Record], None]) -> None:
+        self.sinks.append(sink)
+
+    def now(self) -> float:
+        return self.t
+
+    def publish(self, rec: Record) -> None:
+        if isinstance(rec, SessionInfo):
+            self.info = rec
+        if isinstance(rec, StateEvent):
+            self.state = rec.state
+        for s in self.sinks:
+            s(rec)
+
+    def advance(self, t: float) -> None:
+        """Move the clock to ``t`` and publish every scripted record up to it."""
+        self.t = t
+        while self._i < len(self.records) and getattr(self.records[self._i], "t", -1.0) <= t:
+            self.publish(self.records[self._i])
+            self._i += 1
+
+    def finish(self) -> None:
+        self._done.set()
+
+    async def run(self) -> str:
+        self.started.set()
+        await self._done.wait()
+        self.publish(StateEvent(self.t, SessionState.INTERRUPTED if self.stops else SessionState.DONE))
+        return "outcome"
+
+    def request_stop(self) -> None:
+        self.stops += 1
+        if self.stops >= 2:
+            self._done.set()
+
+
+def request_life(
+    rid: int,
+    cls: str,
+    t_sent: float,
+    *,
+    think: float = 2.0,
+    answer: float = 1.0,
+    reasoning: int = 200,
+    answer_tokens: int = 40,
+    difficulty: str = "easy",
+) -> list[Record]:
+    """SENT -> FIRST_TOKEN -> PROGRESS ... -> FIRST_VISIBLE -> PROGRESS ... -> DONE."""
+    out: list[Record] = [RequestEvent(K.SENT, t_sent, rid, cls)]
+    t_ft = t_sent + 0.1
+    out.append(RequestEvent(K.FIRST_TOKEN, t_ft, rid, cls, 1, 0))
+    steps = 4
+    for i in range(1, steps + 1):
+        out.append(RequestEvent(K.PROGRESS, t_ft + think * i / steps, rid, cls, reasoning * i // steps, 0))
+    t_fv = t_ft + think + 0.05
+    out.append(RequestEvent(K.FIRST_VISIBLE, t_fv, rid, cls, reasoning, 1))
+    out.append(RequestEvent(K.PROGRESS, t_fv + answer / 2, rid, cls, reasoning, answer_tokens // 2))
+    t_done = t_fv + answer
+    rec = RequestRecord(
+        rid=rid,
+        cls=cls,
+        difficulty=difficulty,
+        t_scheduled=t_sent,
+        t_dispatch=t_sent,
+        t_sent=t_sent,
+        t_first_token=t_ft,
+        t_first_reasoning=t_ft,
+        t_reasoning_end=t_ft + think,
+        t_first_visible=t_fv,
+        t_done=t_done,
+        reasoning_tokens=reasoning,
+        answer_tokens=answer_tokens,
+        finish_reason="stop",
+        correct=rid % 3 != 0,
+    )
+    out.append(RequestEvent(K.DONE, t_done, rid, cls, reasoning, answer_tokens, record=rec))
+    return out
+
+
+def scrapes(
+    t_end: float, *, step: float = 0.25, kv: Callable[[float], float] = lambda t: min(1.0, t / 20)
+) -> list[Record]:
+    out: list[Record] = []
+    n = int(t_end / step)
+    for i in range(1, n + 1):
+        t = i * step
+        out.append(
+            Scrape(
+                t,
+                0.003,
+                True,
+                samples=(
+                    MetricSample(t, "kv_cache_usage", kv(t)),
+                    MetricSample(t, "requests_running", float(i % 9)),
+                    MetricSample(t, "requests_waiting", float(i % 4)),
+                    MetricSample(t, "preemptions_total", float(i // 20)),
+                    MetricSample(t, "generation_tokens_total", float(i * 150)),
+                ),
+            )
+        )
+    return out
+
+
+def info(**kw: object) -> SessionInfo:
+    base: dict[str, object] = dict(
+        session_id="test",
+        started_at=1_700_000_000.0,
+        mode="live",
+        scenario_name="scripted",
+        engine_kind="sim",
+        engine_version="0.1.0",
+        model="sim-rllm-7b",
+        extra=(("profile", "rllm-7b"),),
+    )
+    base.update(kw)
+    return SessionInfo(**base)  # type: ignore[arg-type]
+
+
+def engine_log(t: float, text: str, level: str = "info") -> LogEvent:
+    return LogEvent(t, "engine", level, text)
+
+
+class FakeReplay:
+    """Replay controls as the app calls them; records every call."""
+
+    def __init__(self, duration: float = 100.0) -> None:
+        self.speed = 1.0
+        self.position = 0.0
+        self.duration = duration
+        self.paused = False
+        self.finished = False
+        self.calls: list[tuple[str, float]] = []
+
+    def now(self) -> float:
+        return self.position
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+
+    def toggle_pause(self) -> None:
+        self.paused = not self.paused
+        self.calls.append(("toggle", 0.0))
+
+    def step(self, seconds: float) -> None:
+        self.position = min(self.duration, self.position + seconds)
+        self.calls.append(("step", seconds))
+
+    def seek(self, t: float) -> None:
+        self.position = t
+        self.calls.append(("seek", t))
+
+
+class ScriptedReplaySession(ScriptedSession):
+    def __init__(self, records: Iterable[Record] = (), duration: float = 100.0) -> None:
+        super().__init__(records)
+        self.replay = FakeReplay(duration)  # type: ignore[assignment]
+
+    def now(self) -> float:
+        return self.replay.position  # type: ignore[union-attr]
