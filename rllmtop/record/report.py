@@ -401,7 +401,9 @@ def _derive(runs: Sequence[RunData], rule: StragglerRule) -> tuple[list[_Run], f
         end = (r.data.duration if r.data.duration is not None else r.t1) or r.t1
         end = max(end, r.t1, r.t0 + cstep)
         r.tl_gauge = timeline((), r.data.samples, step=gstep, t_end=end)
-        r.tl_count = timeline(r.data.requests, r.data.samples, step=cstep, t_end=end)
+        # counts only: token gaps are not needed here (their decoding is the costly part of a timeline)
+        light = [replace(q, gaps=b"") for q in r.data.requests]
+        r.tl_count = timeline(light, r.data.samples, step=cstep, t_end=end)
     return out, gstep, cstep
 
 
@@ -511,6 +513,14 @@ def _ecdf(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, np.arange(1, x.size + 1) / x.size
 
 
+def _thin(x: np.ndarray, y: np.ndarray, max_points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``max_points`` of a CDF for drawing (first and last kept): small SVGs for big runs."""
+    if x.size <= max_points:
+        return x, y
+    idx = np.unique(np.linspace(0, x.size - 1, max_points).round().astype(int))
+    return x[idx], y[idx]
+
+
 def _fig_run_time(fig: Figure, ctx: _Ctx) -> str:
     ax_c, ax_h = fig.subplots(1, 2)
     all_e2e = [np.array([q.e2e for q in r.ok], dtype=float) for r in ctx.runs]
@@ -536,7 +546,7 @@ def _fig_run_time(fig: Figure, ctx: _Ctx) -> str:
             order = np.argsort(e2e, kind="stable")
             flags = r.straggler[order]
             n_s = int(flags.sum())
-            ax_c.step(x, y, where="post", color=r.color, lw=1.4, label=f"{r.label} (n={e2e.size})")
+            ax_c.step(*_thin(x, y), where="post", color=r.color, lw=1.4, label=f"{r.label} (n={e2e.size})")
             if n_s:
                 ax_c.scatter(
                     x[flags], y[flags], s=18, marker="o", facecolors="none", edgecolors=_STRAGGLER, zorder=3
@@ -655,7 +665,7 @@ def _fig_latency(fig: Figure, ctx: _Ctx) -> str:
             if not vals.size:
                 continue
             x, y = _ecdf(vals)
-            ax.step(x, y, where="post", color=r.color, lw=1.4, label=f"{r.label} (n={vals.size})")
+            ax.step(*_thin(x, y), where="post", color=r.color, lw=1.4, label=f"{r.label} (n={vals.size})")
             plotted = True
             pos = vals[vals > 0]
             if pos.size:
