@@ -1,0 +1,517 @@
+"""What the simulated model says: prompt analysis, seeded output plans and their token text.
+
+The protocol with rllmtop's generated prompt sets: the arithmetic core of a problem is one expression
+between ``$`` delimiters (non-negative integers, ``+ - *``, ``^`` power, ``mod``, parentheses). The
+simulator evaluates it itself, so it knows the reference answer without the client sending it. The
+difficulty tier is the number of binary operators (1-3 easy, 4-6 medium, >= 7 hard); option lines
+``(A) <int>`` .. ``(D) <int>`` make it a multiple-choice ("mcq") item whose answer is a letter.
+Prompts without an expression get a tier from a hash of their text and an arbitrary numeric answer.
+
+Every draw (lengths, correctness, text) comes from an RNG keyed by the server seed, the request's
+``seed`` (or the prompt's occurrence count) and the prompt text, so the same scenario and seed give the
+same token counts whatever the timing.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import math
+import random
+import re
+import zlib
+from dataclasses import dataclass
+
+import orjson
+
+__all__ = [
+    "TIERS",
+    "OutputModel",
+    "OutputPlan",
+    "PromptInfo",
+    "RequestFactory",
+    "TierModel",
+    "analyze_prompt",
+    "count_tokens",
+    "ensure_piece_bytes",
+    "evaluate_expression",
+    "make_plan",
+    "piece_bytes",
+    "piece_text",
+    "render_chat",
+    "request_key",
+    "tokenize",
+]
+
+TIERS = ("easy", "medium", "hard", "mcq")
+
+# --------------------------------------------------------------------------------------------------
+# Tokenizer: a deterministic stand-in (words, single digits, punctuation, whitespace runs)
+# --------------------------------------------------------------------------------------------------
+
+_PIECE_RE = re.compile(r" ?[A-Za-z]+| ?[^\sA-Za-z0-9]|[0-9]|\s+")
+_VOCAB_SIZE = 151_000
+_prompt_ids: dict[str, int] = {}
+
+
+def tokenize(text: str) -> list[int]:
+    """Token ids of ``text`` (stable across processes: crc32 of each piece)."""
+    pieces = _PIECE_RE.findall(text)
+    ids = _prompt_ids
+    if len(ids) > 200_000:
+        ids.clear()
+    out = []
+    for p in pieces:
+        i = ids.get(p)
+        if i is None:
+            i = ids[p] = zlib.crc32(p.encode()) % _VOCAB_SIZE
+        out.append(i)
+    return out
+
+
+def count_tokens(text: str) -> int:
+    return len(_PIECE_RE.findall(text))
+
+
+# Output vocabulary: ids index these pieces; each piece is pre-encoded as JSON-escaped UTF-8 bytes.
+_FILLER = (
+    " Hmm, let me make sure I read the problem correctly.",
+    " Let me verify each step again to be careful.",
+    " Wait, I should double-check that multiplication.",
+    " Alternatively, I could group the terms differently and see if I get the same result.",
+    " Let me recount the operations in the expression one by one.",
+    " That seems consistent with what I found before.",
+    " Actually, hold on, let me reconsider the order of operations here.",
+    " Powers come first, then multiplication and remainders, then addition and subtraction.",
+    " So far the intermediate values look right.",
+    " Let me try a quick sanity check by estimating the size of the result.",
+    " Okay, the estimate is in the right range.",
+    " But I should be careful not to drop a sign somewhere.",
+    " Let me write the partial results down again.",
+    " Hmm, is there another way to interpret the question?",
+    " No, the question clearly asks for the value of the expression.",
+    " I think the reasoning holds, but one more check would not hurt.",
+    " Let me redo the last step slowly.",
+    " Yes, that matches.",
+    " Maybe I made an arithmetic slip earlier, so let me compare with the first pass.",
+    " Both passes agree, which is reassuring.",
+    " Let me also consider whether the answer should be an integer.",
+    " Since there is no division, the result must be an integer.",
+    " Good, so there is no rounding to worry about.",
+    " Now let me think about whether any option could be a trap.",
+)
+_SPECIAL = ("<think>\n", "</think>", "\n\n", "\\boxed", "{", "}")
+_pieces: list[str] = []
+_piece_id: dict[str, int] = {}
+
+
+def _vocab_id(piece: str) -> int:
+    i = _piece_id.get(piece)
+    if i is None:
+        i = _piece_id[piece] = len(_pieces)
+        _pieces.append(piece)
+    return i
+
+
+for _p in _SPECIAL:
+    _vocab_id(_p)
+for _d in "0123456789":
+    _vocab_id(_d)
+_FILLER_IDS: list[int] = []
+_FILLER_STARTS: list[int] = []
+for _s in _FILLER:
+    _FILLER_STARTS.append(len(_FILLER_IDS))
+    _FILLER_IDS.extend(_vocab_id(p) for p in _PIECE_RE.findall(_s))
+THINK_OPEN_ID = _piece_id["<think>\n"]
+THINK_END_ID = _piece_id["</think>"]
+
+
+def _encode(text: str) -> list[int]:
+    return [_vocab_id(p) for p in _PIECE_RE.findall(text)]
+
+
+def piece_text(token_id: int) -> str:
+    return _pieces[token_id]
+
+
+def ensure_piece_bytes() -> list[bytes]:
+    """The JSON-escaped UTF-8 bytes (no quotes) of every output token's text, indexed by id."""
+    n = len(_piece_json)
+    if n < len(_pieces):
+        _piece_json.extend(orjson.dumps(p)[1:-1] for p in _pieces[n:])
+    return _piece_json
+
+
+def piece_bytes(token_id: int) -> bytes:
+    """JSON-escaped UTF-8 bytes of a token's text (no quotes)."""
+    return ensure_piece_bytes()[token_id]
+
+
+_piece_json: list[bytes] = []
+
+# --------------------------------------------------------------------------------------------------
+# Prompt analysis: the `$...$` expression, its value and tier, multiple-choice options
+# --------------------------------------------------------------------------------------------------
+
+_EXPR_RE = re.compile(r"\$([^$]{1,2000})\$")
+_OPTION_RE = re.compile(r"^\s*\(([A-Z])\)\s*(-?\d+)\s*$", re.MULTILINE)
+_ALLOWED_EXPR = re.compile(r"^[0-9\s+\-*^()]*$")
+_MAX_ABS = 10**60
+_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Pow: "^", ast.Mod: "mod"}
+
+
+class _Refused(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class _Step:
+    left: int
+    op: str
+    right: int
+    value: int
+
+
+def _eval(node: ast.AST, steps: list[_Step]) -> int:
+    if isinstance(node, ast.Constant) and type(node.value) is int and node.value >= 0:
+        return node.value
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        a = _eval(node.left, steps)
+        b = _eval(node.right, steps)
+        op = type(node.op)
+        if op is ast.Add:
+            v = a + b
+        elif op is ast.Sub:
+            v = a - b
+        elif op is ast.Mult:
+            v = a * b
+        elif op is ast.Mod:
+            if b == 0:
+                raise _Refused("remainder by zero")
+            v = a % b
+        else:
+            if b < 0 or b > 64 or (abs(a) > 1 and b * math.log2(abs(a)) > 200):
+                raise _Refused("power too large")
+            v = a**b
+        if abs(v) > _MAX_ABS:
+            raise _Refused("value too large")
+        steps.append(_Step(a, _OPS[op], b, v))
+        return v
+    raise _Refused("not in the grammar")
+
+
+def evaluate_expression(expr: str) -> tuple[int, int] | None:
+    """(value, number of binary operators) of a `$...$` expression, or None if outside the grammar.
+
+    Grammar: non-negative integers, ``+ - *``, ``^`` (power), ``mod`` (remainder), parentheses.
+    Bounded: huge powers and values beyond 10^60 are refused.
+    """
+    v = _evaluate(expr)
+    return None if v is None else (v[0], len(v[1]))
+
+
+def _evaluate(expr: str) -> tuple[int, list[_Step]] | None:
+    text = re.sub(r"\bmod\b", "%", expr.strip())
+    if not text or len(text) > 2000 or not _ALLOWED_EXPR.match(text.replace("%", "")):
+        return None
+    text = text.replace("^", "**")
+    try:
+        tree = ast.parse(text, mode="eval")
+        steps: list[_Step] = []
+        value = _eval(tree.body, steps)
+    except (SyntaxError, ValueError, RecursionError, _Refused, MemoryError):
+        return None
+    return value, steps
+
+
+def _tier_for_ops(n_ops: int) -> str:
+    return "easy" if n_ops <= 3 else "medium" if n_ops <= 6 else "hard"
+
+
+@dataclass(frozen=True)
+class PromptInfo:
+    """What the simulator infers from a prompt."""
+
+    tier: str  # "easy" | "medium" | "hard" | "mcq"
+    expression: str | None  # the `$...$` text, None if the prompt has none
+    value: int | None  # the expression's value
+    reference: str  # the correct final answer: a number, or a letter for mcq
+    options: tuple[tuple[str, int], ...] = ()  # mcq options (letter, value)
+    steps: tuple[_Step, ...] = ()
+
+
+def analyze_prompt(text: str) -> PromptInfo:
+    """Tier, expression value and reference answer of a prompt (see the module docstring)."""
+    evaluated = None
+    expr = None
+    for m in reversed(_EXPR_RE.findall(text)):
+        evaluated = _evaluate(m)
+        if evaluated is not None:
+            expr = m.strip()
+            break
+    options = tuple((letter, int(v)) for letter, v in _OPTION_RE.findall(text))
+    if evaluated is None:
+        h = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+        tier = TIERS[h % 4]
+        if options:
+            return PromptInfo("mcq", None, None, options[h % len(options)][0], options)
+        return PromptInfo(tier, None, None, str((h >> 8) % 1000))
+    value, steps = evaluated
+    if len(options) >= 2:
+        letter = next((lt for lt, v in options if v == value), None)
+        if letter is None:
+            letter = options[abs(value) % len(options)][0]
+        return PromptInfo("mcq", expr, value, letter, options, tuple(steps))
+    return PromptInfo(_tier_for_ops(len(steps)), expr, value, str(value), (), tuple(steps))
+
+
+# --------------------------------------------------------------------------------------------------
+# Output plans
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TierModel:
+    """A profile's output model for one difficulty tier (lengths in tokens, lognormal)."""
+
+    reasoning_median: float
+    reasoning_sigma: float
+    answer_median: float
+    answer_sigma: float
+    accuracy: float
+    accuracy_no_thinking: float
+    answer_median_no_thinking: float
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """A request's whole output, decided at arrival.
+
+    ``token_ids`` holds every output token: ``reasoning_tokens`` reasoning tokens, then (when the
+    request thinks) one end-of-thinking token, then the answer, already cut at ``max_tokens``.
+    """
+
+    token_ids: list[int]
+    reasoning_tokens: int  # reasoning tokens actually emitted (<= planned)
+    thinking: bool  # the request reasons: an end-of-thinking token follows the reasoning (unless cut)
+    finish_reason: str  # "stop" | "length"
+    tier: str
+    reference: str
+    answer: str  # the final answer the text commits to (may be wrong)
+    correct: bool  # answer == reference (False as well when cut before the answer)
+    planned_reasoning: int
+    planned_answer: int
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def answer_start(self) -> int:
+        """Index of the first answer token (may equal n_tokens or more when cut during reasoning)."""
+        return self.reasoning_tokens + 1 if self.thinking else 0
+
+
+def request_key(server_seed: int, request_seed: int | None, prompt: str, occurrence: int, mode: str) -> int:
+    """The 64-bit RNG key of one request (see the module docstring)."""
+    if request_seed is not None:
+        material = f"{server_seed}\x00s{request_seed}\x00{mode}\x00{prompt}"
+    else:
+        material = f"{server_seed}\x00o{occurrence}\x00{mode}\x00{prompt}"
+    return int.from_bytes(hashlib.blake2b(material.encode(), digest_size=8).digest(), "big")
+
+
+def _lognormal(rng: random.Random, median: float, sigma: float) -> int:
+    if median <= 0:
+        return 0
+    return max(1, round(median * math.exp(sigma * rng.gauss(0.0, 1.0))))
+
+
+def _wrong_answer(info: PromptInfo, rng: random.Random) -> str:
+    if info.tier == "mcq" and info.options:
+        letters = [lt for lt, _ in info.options if lt != info.reference]
+        return rng.choice(letters) if letters else info.reference
+    if info.tier == "mcq":
+        return rng.choice([c for c in "ABCD" if c != info.reference])
+    ref = int(info.reference)
+    delta = max(1, abs(ref) // rng.choice((5, 10, 20, 100)))
+    delta = rng.randint(1, delta) * rng.choice((-1, 1))
+    return str(ref + delta)
+
+
+def _reasoning_ids(info: PromptInfo, answer: str, n: int, rng: random.Random) -> list[int]:
+    if n <= 0:
+        return []
+    head_text = "Okay, let me work through this step by step."
+    if info.expression is not None:
+        head_text += f" The expression is {info.expression}."
+        for k, s in enumerate(info.steps):
+            word = "First" if k == 0 else rng.choice(("Next", "Then", "Now"))
+            head_text += f" {word}, {s.left} {s.op} {s.right} = {s.value}."
+    tail_text = f" So the final answer is {answer}.\n"
+    head, tail = _encode(head_text), _encode(tail_text)
+    if n <= len(tail):
+        return tail[-n:]
+    if n <= len(head) + len(tail):
+        return head[: n - len(tail)] + tail
+    fill = n - len(head) - len(tail)
+    f = _FILLER_IDS
+    start = rng.choice(_FILLER_STARTS)
+    body: list[int] = []
+    while len(body) < fill:
+        body.extend(f[start : start + fill - len(body)])
+        start = 0
+    return head + body + tail
+
+
+def _answer_ids(info: PromptInfo, answer: str, n: int) -> list[int]:
+    tail = [
+        *_encode(" Therefore, the final answer is "),
+        _piece_id["\\boxed"],
+        _piece_id["{"],
+        *_encode(answer),
+        _piece_id["}"],
+        *_encode("."),
+    ]
+    head_text = "\n\n"
+    if info.expression is not None:
+        head_text += f"We evaluate {info.expression}."
+        for s in info.steps:
+            head_text += f" {s.left} {s.op} {s.right} = {s.value}."
+    else:
+        head_text += "Working through the question gives the result below."
+    head = _encode(head_text)
+    if n <= len(tail):
+        return tail
+    if n <= len(head) + len(tail):
+        return head[: n - len(tail)] + tail
+    fill = n - len(head) - len(tail)
+    f = _FILLER_IDS
+    body: list[int] = []
+    while len(body) < fill:
+        body.extend(f[: fill - len(body)])
+    return head + body + tail
+
+
+def make_plan(
+    info: PromptInfo,
+    tier_model: TierModel,
+    *,
+    key: int,
+    thinking: bool,
+    max_tokens: int,
+    runaway_probability: float = 0.0,
+    wrong_length_factor: float = 1.0,
+) -> OutputPlan:
+    """Draw a request's output (lengths, correctness, text) from its tier model.
+
+    ``thinking`` False (or a plain profile, ``reasoning_median == 0``): no reasoning, short answer,
+    ``accuracy_no_thinking``. A runaway request reasons until ``max_tokens`` cuts it (a straggler).
+    """
+    rng = random.Random(key)
+    reasons = thinking and tier_model.reasoning_median > 0
+    accuracy = tier_model.accuracy if reasons else tier_model.accuracy_no_thinking
+    correct = rng.random() < accuracy
+    answer = info.reference if correct else _wrong_answer(info, rng)
+    if reasons:
+        r = _lognormal(rng, tier_model.reasoning_median, tier_model.reasoning_sigma)
+        if not correct:
+            r = round(r * wrong_length_factor)
+        if rng.random() < runaway_probability:
+            r = max(r, max_tokens)
+        a = _lognormal(rng, tier_model.answer_median, tier_model.answer_sigma)
+    else:
+        r = 0
+        median = tier_model.answer_median if tier_model.reasoning_median <= 0 else None
+        a = _lognormal(rng, median or tier_model.answer_median_no_thinking, tier_model.answer_sigma)
+    max_tokens = max(1, max_tokens)
+    if reasons:
+        reasoning = _reasoning_ids(info, answer, min(r, max_tokens), rng)
+        ids = [*reasoning, THINK_END_ID, *_answer_ids(info, answer, a)] if r < max_tokens else reasoning
+    else:
+        reasoning = []
+        ids = _answer_ids(info, answer, a)
+    cut = r >= max_tokens or len(ids) > max_tokens
+    return OutputPlan(
+        token_ids=ids[:max_tokens],
+        reasoning_tokens=len(reasoning),
+        thinking=reasons,
+        finish_reason="length" if cut else "stop",
+        tier=info.tier,
+        reference=info.reference,
+        answer=answer,
+        correct=correct and not cut,
+        planned_reasoning=r,
+        planned_answer=a,
+    )
+
+
+@dataclass(frozen=True)
+class OutputModel:
+    """A profile's output model: per-tier distributions plus straggler and wrong-answer behaviour."""
+
+    tiers: dict[str, TierModel]
+    runaway_probability: float = 0.0
+    wrong_length_factor: float = 1.0
+
+    @property
+    def reasons(self) -> bool:
+        return any(t.reasoning_median > 0 for t in self.tiers.values())
+
+
+def render_chat(messages: list[tuple[str, str]], *, thinking: bool = True, reasons: bool = True) -> str:
+    """The prompt text a DeepSeek-R1-style chat template makes of (role, text) messages."""
+    parts = ["<|begin_of_sentence|>"]
+    for role, text in messages:
+        if role == "system":
+            parts.append(text)
+        elif role == "assistant":
+            parts.append(f"<|Assistant|>{text}<|end_of_sentence|>")
+        else:
+            parts.append(f"<|User|>{text}")
+    parts.append("<|Assistant|>")
+    if reasons:
+        parts.append("<think>\n" if thinking else "<think>\n\n</think>\n\n")
+    return "".join(parts)
+
+
+class RequestFactory:
+    """Turns prompts into output plans, deterministically (see the module docstring).
+
+    Without a request seed, the n-th occurrence of the same prompt text gets its own draw; the
+    occurrence table grows with the number of distinct prompts seen.
+    """
+
+    def __init__(self, model: OutputModel, seed: int = 0) -> None:
+        self.model = model
+        self.seed = seed
+        self._occurrences: dict[int, int] = {}
+
+    def plan(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int,
+        request_seed: int | None = None,
+        thinking: bool = True,
+        analyze: str | None = None,
+    ) -> OutputPlan:
+        """Plan the output for ``prompt`` (the rendered prompt; ``analyze``: the text to read the
+        expression from, default the prompt itself)."""
+        mode = "think" if thinking else "nothink"
+        occurrence = 0
+        if request_seed is None:
+            h = hash(prompt)
+            occurrence = self._occurrences.get(h, 0)
+            self._occurrences[h] = occurrence + 1
+        key = request_key(self.seed, request_seed, prompt, occurrence, mode)
+        info = analyze_prompt(prompt if analyze is None else analyze)
+        return make_plan(
+            info,
+            self.model.tiers[info.tier],
+            key=key,
+            thinking=thinking,
+            max_tokens=max_tokens,
+            runaway_probability=self.model.runaway_probability,
+            wrong_length_factor=self.model.wrong_length_factor,
+        )
