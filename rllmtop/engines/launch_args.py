@@ -137,6 +137,7 @@ class LaunchPlan:
     served_model_name: str | None = None
     ready_pattern: str | None = None  # regex for the engine's "listening" log line (group ``url`` if any)
     secrets: tuple[str, ...] = field(default=(), repr=False)  # values to scrub from engine log lines
+    api_key: str | None = field(default=None, repr=False)  # the engine's --api-key, for rllmtop's own probes
 
 
 def build_command(
@@ -184,6 +185,9 @@ def build_command(
     redacted, arg_secrets = _redact_argv(argv)
     env_redacted, env_secrets = _redact_env(env)
     secrets = tuple(sorted({s for s in (*arg_secrets, *env_secrets) if len(s) >= 4}, key=len, reverse=True))
+    api_key = _flag_value(argv, "--api-key")
+    if api_key is None and kind == "vllm":
+        api_key = env.get("VLLM_API_KEY")
     return LaunchPlan(
         kind=kind,
         argv=tuple(argv),
@@ -197,6 +201,7 @@ def build_command(
         served_model_name=spec.served_model_name,
         ready_pattern=_READY_LINES[kind],
         secrets=secrets,
+        api_key=api_key or None,
     )
 
 
@@ -529,6 +534,17 @@ def redact_env(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     """Sorted ``(name, value)`` pairs with the values of ``*_KEY``/``*_TOKEN``/``*SECRET``/``*PASSWORD``
     names replaced by ``***``."""
     return _redact_env(env)[0]
+
+
+def _flag_value(argv: Sequence[str], flag: str) -> str | None:
+    """The last value given for ``flag`` (``--flag V`` or ``--flag=V``), else None."""
+    found: str | None = None
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif a.startswith(flag + "="):
+            found = a[len(flag) + 1 :]
+    return found
 
 
 def _redact_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:

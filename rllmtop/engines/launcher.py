@@ -279,7 +279,8 @@ class EngineProcess:
         deadline = t0 + timeout
         stage = "waiting for the process to listen"
         interval = 0.1
-        async with httpx.AsyncClient(trust_env=False, timeout=httpx.Timeout(5.0)) as client:
+        headers = {"Authorization": f"Bearer {self.plan.api_key}"} if self.plan.api_key else {}
+        async with httpx.AsyncClient(trust_env=False, timeout=httpx.Timeout(5.0), headers=headers) as client:
             while True:
                 if self._exited.is_set():
                     await self.stop()
