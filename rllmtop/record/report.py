@@ -1075,7 +1075,7 @@ def build_report(path: Path, out_dir: Path) -> Path:
 # ============================================================================================ compare
 
 
-_WORKLOAD_IGNORED = ("engine", "matrix", "name", "description", "model", "slo", "scrape_interval")
+_WORKLOAD_IGNORED = ("engine", "matrix", "name", "description", "model", "slo", "scrape_interval", "seed")
 
 
 def _base_name(name: str) -> str:
@@ -1096,12 +1096,54 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: obj}
 
 
+_WORKLOAD_OVERRIDES = {
+    "--request-rate": "arrival.rate",
+    "--burstiness": "arrival.burstiness",
+    "--max-concurrency": "load.max_concurrency",
+    "--num-prompts": "load.num_prompts",
+    "--duration": "load.duration",
+}
+"""Command-line overrides that change the workload (``--seed`` is compared through SessionInfo.seed; engine
+overrides such as ``--profile``/``--speed`` may differ)."""
+
+
+def _value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _overrides(header: str) -> dict[str, Any]:
+    """``--flag value --flag value`` (as the scenario loader writes it) -> {flag: value}."""
+    out: dict[str, Any] = {}
+    flag = None
+    for tok in header.split():
+        if tok.startswith("--"):
+            flag = tok
+            out[flag] = ""
+        elif flag is not None:
+            out[flag] = (str(out[flag]) + " " + tok).strip()
+    return {k: _value(str(v)) for k, v in out.items()}
+
+
 def _workload(text: str) -> dict[str, Any] | None:
+    """The effective workload of a recorded scenario: its arrival/load/classes tables (flattened), with the
+    workload overrides of the command line applied. None when the text is not TOML."""
     try:
         raw = tomllib.loads(_strip_header(text))
     except tomllib.TOMLDecodeError:
         return None
-    return _flatten({k: v for k, v in raw.items() if k not in _WORKLOAD_IGNORED})
+    flat = _flatten({k: v for k, v in raw.items() if k not in _WORKLOAD_IGNORED})
+    for flag, value in _overrides(_header_fields(text).get("overrides", "")).items():
+        key = _WORKLOAD_OVERRIDES.get(flag)
+        if key is not None:
+            flat[key] = value
+            if flag == "--burstiness":
+                flat["arrival.process"] = "gamma"
+    return flat
 
 
 def comparability_problems(runs: Sequence[RunData]) -> list[str]:
@@ -1128,10 +1170,6 @@ def comparability_problems(runs: Sequence[RunData]) -> list[str]:
             problems.append(f"{who}: scenario {ib.scenario_name!r} vs {ia.scenario_name!r}")
         if ia.seed != ib.seed:
             problems.append(f"{who}: seed {ib.seed} vs {ia.seed}")
-        if ha.get("overrides") != hb.get("overrides"):
-            problems.append(
-                f"{who}: command-line overrides {hb.get('overrides') or 'none'!r} vs {ha.get('overrides') or 'none'!r}"
-            )
         wa, wb = _workload(ia.scenario_text), _workload(ib.scenario_text)
         if wa is not None and wb is not None and wa != wb:
             keys = sorted(k for k in set(wa) | set(wb) if wa.get(k) != wb.get(k))

@@ -329,10 +329,21 @@ def test_different_seed_scenario_or_workload_is_not_comparable() -> None:
     faster = WORKLOAD.replace("rate = 4.0", "rate = 8.0")
     probs = R.comparability_problems([a, synth_run("b", scenario_text=faster)])
     assert len(probs) == 1 and "arrival.rate = 8.0 vs 4.0" in probs[0]
-    overridden = "# rllmtop: overrides: --request-rate 8\n" + WORKLOAD
-    assert any(
-        "overrides" in p for p in R.comparability_problems([a, synth_run("b", scenario_text=overridden)])
+    overridden = "# rllmtop: overrides: --request-rate 8 --num-prompts 20\n" + WORKLOAD
+    probs = R.comparability_problems([a, synth_run("b", scenario_text=overridden)])
+    assert (
+        len(probs) == 1
+        and "arrival.rate = 8 vs 4.0" in probs[0]
+        and "load.num_prompts = 20 vs 150" in probs[0]
     )
+
+
+def test_engine_overrides_and_equal_workload_overrides_keep_runs_comparable() -> None:
+    a = synth_run("a")
+    engine_only = "# rllmtop: overrides: --profile llm-7b --speed 50 --model m\n" + WORKLOAD
+    same_rate = "# rllmtop: overrides: --request-rate 4\n" + WORKLOAD.replace("rate = 4.0", "rate = 2.0")
+    assert R.comparability_problems([a, synth_run("b", scenario_text=engine_only)]) == []
+    assert R.comparability_problems([a, synth_run("c", scenario_text=same_rate)]) == []
 
 
 def test_cells_of_one_matrix_are_comparable_even_when_the_cell_varies_the_workload() -> None:
@@ -499,3 +510,85 @@ def test_cli_report_and_compare(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "Traceback" not in err
     assert main(["compare", str(a), str(b), "--out", str(tmp_path / "cmp"), "--force"]) == 0
     assert (tmp_path / "cmp" / "index.html").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- simulator
+
+SIM_SCENARIO = """name = "report-it"
+seed = 11
+[engine]
+kind = "sim"
+profile = "rllm-7b"
+speed = 50
+[arrival]
+process = "gamma"
+rate = 15
+burstiness = 0.5
+[load]
+num_prompts = 30
+grace_period = 30
+[[classes]]
+name = "easy"
+max_tokens = 3000
+prompts = { builtin = "math-easy" }
+[[classes]]
+name = "hard"
+max_tokens = 3000
+prompts = { builtin = "math-hard" }
+"""
+
+
+async def record_on_sim(tmp_path: Path, name: str, overrides: dict[str, object] | None = None) -> Path:
+    from rllmtop.commands import build_session
+    from rllmtop.events import SessionState
+    from rllmtop.scenario import load_scenario
+
+    sc_path = tmp_path / "report-it.toml"
+    if not sc_path.exists():
+        sc_path.write_text(SIM_SCENARIO, encoding="utf-8")
+    session = build_session(
+        load_scenario(str(sc_path), overrides or {}), mode="headless", record=tmp_path / f"{name}.db"
+    )
+    outcome = await session.run()
+    assert outcome.state is SessionState.DONE, outcome.detail
+    assert outcome.record_path is not None
+    return outcome.record_path
+
+
+async def test_report_from_a_simulator_recording(tmp_path: Path) -> None:
+    from rllmtop.record.store import open_recording
+
+    path = await record_on_sim(tmp_path, "rllm")
+    index = R.build_report(path, tmp_path / "out")
+    assert_figures(tmp_path / "out")
+    assert_html_references_figures(index)
+    with open_recording(path) as rec:
+        reqs = rec.requests()
+        kv = [s.value for s in rec.samples(names=["kv_cache_usage"])]
+    assert len(reqs) == 30
+    want = asu_summary(reqs)
+    data = json.loads((tmp_path / "out" / "asu.json").read_text())
+    assert_same_numbers(data["overall"], want.overall.as_dict())
+    for got, c in zip(data["classes"], want.classes, strict=True):
+        assert_same_numbers(got, c.as_dict())
+    assert data["engine"]["kv_usage_peak"] == pytest.approx(max(kv))
+    assert data["engine"]["kv_usage_peak"] > 0  # the simulator's KV was used and recorded
+    assert markdown_table(want) in (tmp_path / "out" / "asu.md").read_text()
+
+
+async def test_comparison_of_two_simulator_recordings(tmp_path: Path) -> None:
+    a = await record_on_sim(tmp_path, "rllm")
+    b = await record_on_sim(tmp_path, "llm", {"profile": "llm-7b"})
+    index = R.build_comparison([a, b], tmp_path / "cmp", force=False)  # same workload: comparable
+    assert_figures(tmp_path / "cmp")
+    assert_html_references_figures(index)
+    data = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    rllm, llm = data["runs"]
+    assert rllm["overall"]["reasoning_len_p50"] > 10 * max(llm["overall"]["reasoning_len_p50"], 1)
+    assert rllm["engine"]["kv_usage_peak"] > llm["engine"]["kv_usage_peak"]
+    t = next(t for t in data["tests"] if t["class"] == "all" and t["metric"] == "reasoning length")
+    assert t["p_holm"] < 0.001
+    # a different seed is a different workload
+    c = await record_on_sim(tmp_path, "other-seed", {"seed": 12})
+    with pytest.raises(UserError, match="seed 12 vs 11"):
+        R.build_comparison([a, c], tmp_path / "cmp2", force=False)
