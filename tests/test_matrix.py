@@ -167,3 +167,36 @@ def test_interrupt_stops_the_matrix(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert code == 130
     assert ran == ["profile=rllm-7b", "profile=llm-7b"]
     assert "1 cell(s) not run" in progress.getvalue()
+
+
+@pytest.mark.slow
+def test_matrix_on_the_simulator_records_every_cell_and_compares(tmp_path: Path) -> None:
+    """Two cells on the real simulator (small, fast): recordings, the comparison, the terminal tables."""
+    import json
+
+    from rllmtop.record.store import open_recording
+
+    text = SCENARIO.format(matrix='[matrix]\nprofile = ["rllm-7b", "llm-7b"]').replace(
+        'name = "easy"', 'name = "easy"\nmax_tokens = 2000'
+    )
+    p = tmp_path / "m.toml"
+    p.write_text(text, encoding="utf-8")
+    out, progress = io.StringIO(), io.StringIO()
+    code = M.run_matrix(load_scenario(str(p)), record=tmp_path / "rec", out=out, progress=progress)
+    assert code == 0, out.getvalue() + progress.getvalue()
+    dbs = sorted((tmp_path / "rec").glob("*.db"))
+    assert [d.name.split("-2")[0] for d in dbs] == ["mtest-profile-llm-7b", "mtest-profile-rllm-7b"]
+    for d in dbs:
+        with open_recording(d) as rec:
+            assert len(rec.requests()) == 20
+            assert rec.info.seed == 3
+            assert dict(rec.info.extra)["matrix_cell"] in ("profile=rllm-7b", "profile=llm-7b")
+    reports = list((tmp_path / "rec").glob("mtest-matrix-*/index.html"))
+    assert len(reports) == 1
+    data = json.loads(reports[0].with_name("compare.json").read_text())
+    assert data["comparable"] is True
+    assert [r["label"] for r in data["runs"]] == ["profile=rllm-7b", "profile=llm-7b"]
+    o = out.getvalue()
+    assert "2/2 cells" in o and "class easy" in o and f"comparison: {reports[0]}" in o
+    assert "cell 1/2: profile=rllm-7b" in progress.getvalue()
+    assert "cell 2/2: profile=llm-7b" in progress.getvalue()

@@ -198,15 +198,12 @@ def test_report_writes_figures_tables_and_html_with_analysis_numbers(tmp_path: P
     assert "TTFVT" in html_text and "0.25 s window" in html_text  # definitions next to the numbers
     assert "asu.md" in parse_html(index).hrefs and "asu.json" in parse_html(index).hrefs
 
-
-def test_engine_numbers_in_report_come_from_the_samples(tmp_path: Path) -> None:
-    run = synth_run()
-    R.write_report(run, tmp_path)
-    eng = json.loads((tmp_path / "asu.json").read_text())["engine"]
+    # engine numbers come from the samples
+    eng = data["engine"]
     kv = [s.value for s in run.samples if s.name == "kv_cache_usage" and s.t >= 1.0]
     assert eng["kv_usage_peak"] == pytest.approx(max(kv))
     pre = [s.value for s in run.samples if s.name == "preemptions_total"]
-    assert eng["preemptions"] == pytest.approx(pre[-1] - pre[0])
+    assert eng["preemptions"] == pytest.approx(pre[-1] - pre[0]) and eng["preemptions"] > 0
     assert eng["prefix_hit_rate"] is None  # not served: missing, never 0
 
 
@@ -431,6 +428,7 @@ def test_duplicate_labels_are_made_unique(tmp_path: Path) -> None:
     assert len(set(labels)) == 2
 
 
+@pytest.mark.slow
 def test_report_time_is_reasonable_for_a_few_thousand_requests(tmp_path: Path) -> None:
     run = synth_run(n=3000, seed=5)
     t = time.perf_counter()
@@ -576,6 +574,7 @@ async def test_report_from_a_simulator_recording(tmp_path: Path) -> None:
     assert markdown_table(want) in (tmp_path / "out" / "asu.md").read_text()
 
 
+@pytest.mark.slow
 async def test_comparison_of_two_simulator_recordings(tmp_path: Path) -> None:
     a = await record_on_sim(tmp_path, "rllm")
     b = await record_on_sim(tmp_path, "llm", {"profile": "llm-7b"})
