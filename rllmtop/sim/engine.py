@@ -429,9 +429,10 @@ class Engine:
                     hit_blocks = self._lookup(req, n_tokens)
                     if hit_blocks:
                         pool.touch(hit_blocks)
-                        req.blocks = hit_blocks
+                        req.blocks = list(hit_blocks)
                         req.num_computed = len(hit_blocks) * bs
                         req.num_registered = len(hit_blocks)
+                n_hit = len(hit_blocks)
                 n_new = min(n_tokens - req.num_computed, budget)
                 need = -(-(req.num_computed + n_new) // bs) - len(req.blocks)
                 if need > len(pool.free) or (running and len(pool.free) - need < self._watermark_blocks):
@@ -446,12 +447,12 @@ class Engine:
                     req.blocks.extend(pool.alloc(need))
                 if caching:
                     self.stats.prefix_cache_queries += n_tokens
-                    self.stats.prefix_cache_hits += len(hit_blocks) * bs
+                    self.stats.prefix_cache_hits += n_hit * bs
                 if req.t_first_scheduled is None:
                     if req.t_arrival > now:  # arrived while the server lagged behind the schedule
                         req.t_arrival = now
                     req.t_first_scheduled = now
-                    req.num_cached_prompt = min(len(hit_blocks) * bs, req.num_prompt)
+                    req.num_cached_prompt = min(n_hit * bs, req.num_prompt)
                 req.status = RUNNING
                 running.append(req)
                 if n_new == 1 and n_tokens > req.num_prompt:

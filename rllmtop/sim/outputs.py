@@ -212,7 +212,7 @@ def evaluate_expression(expr: str) -> tuple[int, int] | None:
 
 def _evaluate(expr: str) -> tuple[int, list[_Step]] | None:
     text = re.sub(r"\bmod\b", "%", expr.strip())
-    if not text or len(text) > 2000 or not _ALLOWED_EXPR.match(text.replace("%", "")):
+    if not text or len(text) > 2000 or "**" in text or not _ALLOWED_EXPR.match(text.replace("%", "")):
         return None
     text = text.replace("^", "**")
     try:

@@ -459,6 +459,7 @@ class SimServer:
         self._task: asyncio.Task[None] | None = None
         self._exit_handle: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
         self._t0 = 0.0
         self._fault_counter = 0
         self.url = ""
@@ -501,6 +502,7 @@ class SimServer:
         """Listen and start the engine loop; returns the base URL (``http://HOST:PORT``)."""
         self.loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
         self._t0 = self.loop.time()
         o = self.options
         try:
@@ -534,6 +536,12 @@ class SimServer:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
+
+    async def wait_idle(self) -> None:
+        """Return once the engine has no running or waiting request (or the engine loop died)."""
+        while self.engine.has_work and not self.dead:
+            self._idle.clear()
+            await self._idle.wait()
 
     def _exit_now(self) -> None:
         print(
@@ -574,8 +582,10 @@ class SimServer:
                 if not engine.has_work:
                     sched = None
                     self.lag = 0.0
+                    self._idle.set()
                     self._wake.clear()
                     await self._wake.wait()
+                    self._idle.clear()
                     continue
                 wall = loop.time()
                 if sched is None or wall - sched > resync:
@@ -601,6 +611,7 @@ class SimServer:
             raise
         except Exception:
             self.dead = True
+            self._idle.set()
             print("rllmtop sim: the engine loop died:", file=sys.stderr)
             traceback.print_exc()
             for st in list(self._streams):
