@@ -296,7 +296,14 @@ def _vllm_toggles(spec: EngineSpec, *, kind: str) -> list[str]:
     """The vLLM-named flags (the simulator accepts the same names)."""
     out: list[str] = []
     if spec.quantization is not None:
-        out += ["--quantization", _choice("quantization", spec.quantization, _QUANTIZATION, kind)]
+        if kind == "sim":  # the simulator knows its own table (bytes per weight) and says what it accepts
+            if not isinstance(spec.quantization, str) or not spec.quantization:
+                raise UserError(
+                    f"engine.quantization = {spec.quantization!r} is not a name", "e.g. 'awq' or 'fp8'"
+                )
+            out += ["--quantization", spec.quantization]
+        else:
+            out += ["--quantization", _choice("quantization", spec.quantization, _QUANTIZATION, kind)]
     if spec.kv_cache_dtype is not None:
         out += ["--kv-cache-dtype", _mapped("kv_cache_dtype", spec.kv_cache_dtype, _KV_CACHE_DTYPE[kind])]
     if spec.prefix_caching is not None:
@@ -466,6 +473,8 @@ def _mapped(name: str, value: object, table: Mapping[str, str]) -> str:
 
 
 def _reasoning_parser(value: object, kind: str) -> str:
+    if kind == "sim" and value == "none":  # the simulator: reasoning inline in content as <think>...</think>
+        return "none"
     if isinstance(value, str):
         vllm_name = _SGLANG_PARSER_ALIASES.get(value, value)  # accept SGLang's spelling too
         if vllm_name in _REASONING_PARSERS:

@@ -142,6 +142,17 @@ def test_sim_bad_faults_name_the_field(faults: dict[str, object], field: str) ->
     assert info.value.hint
 
 
+def test_sim_passes_quantization_through_and_knows_parser_none() -> None:
+    plan = build_command(EngineSpec(kind="sim", quantization="int8", reasoning_parser="none"), seed=0, port=0)
+    flags = flag_values(plan.argv)
+    assert flags["--quantization"] == "int8"  # the simulator's own table judges it
+    assert flags["--reasoning-parser"] == "none"
+    with pytest.raises(UserError, match=r"engine\.reasoning_parser = 'none'"):
+        build_command(EngineSpec(kind="vllm", model="m", reasoning_parser="none"), seed=0, port=1)
+    with pytest.raises(UserError, match=r"engine\.quantization"):
+        build_command(EngineSpec(kind="sim", quantization=""), seed=0, port=0)
+
+
 def test_sim_speed_and_reasoning_field_are_checked() -> None:
     with pytest.raises(UserError, match=r"engine\.speed"):
         build_command(EngineSpec(kind="sim", speed=0), seed=0, port=0)

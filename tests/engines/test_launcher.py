@@ -354,3 +354,84 @@ async def test_no_orphans_when_engine_crashes_under_parent() -> None:
     pids = _pids(lines)
     assert len(pids) == 3
     assert_all_gone(pgid, pids)
+
+
+# ---------------------------------------------------------------------------------------------- simulator
+
+
+async def test_simulator_through_build_command_with_every_toggle() -> None:
+    """The real simulator, launched from a scenario engine section: it accepts every flag we map, reports
+    the port it bound (port 0: no race), serves a streamed request, and leaves nothing behind."""
+    from rllmtop.engines.launch_args import build_command, choose_port
+    from rllmtop.scenario import EngineSpec, SpeculativeConfig
+
+    spec = EngineSpec(
+        kind="sim",
+        speed=50.0,
+        served_model_name="sim-under-test",
+        quantization="awq",
+        kv_cache_dtype="fp8",
+        prefix_caching=False,
+        speculative=SpeculativeConfig("ngram", 3, acceptance_rate=0.6),
+        max_num_seqs=16,
+        max_num_batched_tokens=4096,
+        gpu_memory_utilization=0.9,
+        max_model_len=8192,
+        reasoning_parser="deepseek_r1",
+        faults={"error_rate": 0.0, "stall_seconds": 0.5},
+    )
+    plan = build_command(spec, seed=11, port=choose_port(spec))
+    logs = Logs()
+    async with EngineProcess(plan, clock=Clock(), publish=logs, name="sim", grace=2.0) as engine:
+        await engine.wait_ready(60.0)
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", engine.base_url)
+        assert engine.models == ("sim-under-test",)
+        assert engine.version  # the simulator answers /version
+        body = {
+            "model": "sim-under-test",
+            "messages": [{"role": "user", "content": "What is 2 + 2?"}],
+            "max_tokens": 16,
+            "stream": True,
+        }
+        kinds: set[str] = set()
+        async with (
+            httpx.AsyncClient(trust_env=False, timeout=60.0) as c,
+            c.stream("POST", f"{engine.base_url}/v1/chat/completions", json=body) as r,
+        ):
+            assert r.status_code == 200
+            async for line in r.aiter_lines():
+                if line.startswith("data: {"):
+                    kinds.update(k for k in ('"reasoning"', '"content"') if k in line)
+        assert '"reasoning"' in kinds
+        pgid = engine.pgid
+    assert pgid is not None and not group_alive(pgid)
+    assert engine.returncode is not None and not engine.died.is_set()
+    assert any("Starting rllmtop sim server on" in e.text for e in logs.events)
+
+
+async def test_simulator_exit_fault_is_an_engine_death() -> None:
+    from rllmtop.engines.launch_args import build_command
+    from rllmtop.scenario import EngineSpec
+
+    spec = EngineSpec(kind="sim", speed=50.0, faults={"exit_after": 1.0})
+    logs = Logs()
+    engine = EngineProcess(build_command(spec, seed=0, port=0), clock=Clock(), publish=logs, name="sim")
+    async with engine:
+        await engine.wait_ready(60.0)
+        await asyncio.wait_for(engine.died.wait(), 60.0)
+        assert engine.returncode == 1
+        assert any("--exit-after" in line for line in engine.last_lines(5))
+    assert engine.pgid is not None and not group_alive(engine.pgid)
+
+
+async def test_simulator_rejecting_a_value_fails_fast_with_its_message() -> None:
+    from rllmtop.engines.launch_args import build_command
+    from rllmtop.scenario import EngineSpec
+
+    spec = EngineSpec(kind="sim", quantization="int3-magic")  # passed through: the simulator judges it
+    engine = EngineProcess(build_command(spec, seed=0, port=0), clock=Clock(), publish=Logs(), name="sim")
+    async with engine:
+        with pytest.raises(EngineStartError) as info:
+            await engine.wait_ready(60.0)
+    assert info.value.returncode not in (None, 0)
+    assert "int3-magic" in info.value.hint
