@@ -877,7 +877,7 @@ def _build_engine(ctx: _Ctx, raw: Any, base: Path) -> EngineSpec:
         host=t.text("host", "127.0.0.1"),
         port=port if port else None,
         startup_timeout=t.num("startup_timeout", 900.0, gt=0),
-        quantization=t.text("quantization", None),
+        quantization=_quantization(t),
         kv_cache_dtype=t.text("kv_cache_dtype", None, choices=KV_CACHE_DTYPES),
         prefix_caching=t.flag("prefix_caching", None),
         speculative=speculative,
@@ -888,6 +888,14 @@ def _build_engine(ctx: _Ctx, raw: Any, base: Path) -> EngineSpec:
         num_gpu_blocks_override=t.num("num_gpu_blocks_override", None, integer=True, ge=1),
         reasoning_parser=reasoning_parser,
     )
+
+
+def _quantization(t: _T) -> str | None:
+    """``"none"``, ``"off"`` or ``false`` mean unquantized weights (the off value in a matrix)."""
+    q = t.raw.get("quantization")
+    if q is False or (isinstance(q, str) and q.strip().lower() in ("none", "off")):
+        return None
+    return t.text("quantization", None)  # type: ignore[no-any-return]
 
 
 def _check_url(t: _T, key: str) -> None:
@@ -925,8 +933,10 @@ def _build_arrival(ctx: _Ctx, raw: Any, base: Path) -> ArrivalSpec:
         "phases": ("phases", "repeat_phases"),
         "trace": ("trace_file", "trace_column", "time_scale"),
     }[process]
+    if process == "poisson" and t.has("burstiness") and t.raw["burstiness"] != 1:
+        t.fail("burstiness", "poisson means burstiness 1", "process = 'gamma' for other burstiness")
     for k in _ARRIVAL_KEYS:
-        if k != "process" and t.has(k) and k not in used:
+        if k != "process" and t.has(k) and k not in used and not (k == "burstiness" and process == "poisson"):
             t.fail(k, f"not used by arrival.process = {process!r}", f"for {process!r}: {', '.join(used)}")
     phases: list[PhaseSpec] = []
     if process == "phases":
@@ -952,8 +962,6 @@ def _build_arrival(ctx: _Ctx, raw: Any, base: Path) -> ArrivalSpec:
                     process=pproc,
                 )
             )
-    if process == "poisson" and t.has("burstiness") and t.raw["burstiness"] != 1:
-        t.fail("burstiness", "poisson means burstiness 1", "process = 'gamma' for other burstiness")
     trace_file = None
     if process == "trace":
         tf = t.text("trace_file", None, required=True)
@@ -1153,13 +1161,24 @@ def _build_slo(ctx: _Ctx, raw: Any) -> dict[str, float]:
 
 
 def _build_matrix(ctx: _Ctx, raw: Any) -> dict[str, tuple[Any, ...]]:
+    """Keys may be quoted (``"engine.kv_cache_dtype" = [...]``) or dotted tables; both flatten to one key."""
     if not isinstance(raw, dict):
         ctx.fail("matrix", raw, "must be a table", 'key = [values...], e.g. profile = ["rllm-7b", "llm-7b"]')
     out: dict[str, tuple[Any, ...]] = {}
-    for k, v in raw.items():
-        if not isinstance(v, list) or not v:
-            ctx.fail(f"matrix.{k}", v, "must be a non-empty list of values", f"{k} = [value1, value2]")
-        out[k] = tuple(v)
+
+    def walk(table: dict[str, Any], prefix: str) -> None:
+        for k, v in table.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(v, f"{key}.")
+                continue
+            if not isinstance(v, list) or not v:
+                ctx.fail(
+                    f"matrix.{key}", v, "must be a non-empty list of values", f"{key} = [value1, value2]"
+                )
+            out[key] = tuple(v)
+
+    walk(raw, "")
     return out
 
 

@@ -78,7 +78,11 @@ def _renewal(
     rng: np.random.Generator,
     start: float = 0.0,
 ) -> np.ndarray:
-    """Arrivals of one renewal process from ``start``: the first after one gap."""
+    """Arrivals of one renewal process from ``start``: the first after one gap (constant: at ``start``)."""
+    if process == "constant" and math.isfinite(rate) and rate > 0:
+        k = n if n is not None else math.ceil((duration or 0.0) * rate) + 1
+        t = start + np.arange(k) / rate
+        return t[t < start + duration] if duration is not None else t
     if n is not None:
         t = start + np.cumsum(_gaps(process, rate, b, n, rng))
         return t[t < start + duration] if duration is not None else t
