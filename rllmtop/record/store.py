@@ -47,6 +47,8 @@ from pathlib import Path
 from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+import numpy as np
+
 from rllmtop import __version__
 from rllmtop.errors import UserError
 from rllmtop.events import (
@@ -1051,27 +1053,25 @@ class _Counts:
         gaps, per_chunk = decode_gaps(r.gaps)
         t0 = r.t_first_token or 0.0
         self.linear = not gaps and r.output_tokens > 1 and r.t_done is not None and r.t_done > t0
-        times = [t0]
-        for g in gaps:
-            times.append(times[-1] + g * 1e-6)
-        self.times = times
         if not gaps:
+            self.times = [t0]
             self.cum_r, self.cum_a = [r.reasoning_tokens], [r.answer_tokens]
             return
-        w = list(per_chunk) if per_chunk is not None else [1] * len(times)
-        split = (
-            len(times) if r.t_first_visible is None else bisect.bisect_left(times, r.t_first_visible - 1e-9)
+        times = t0 + np.concatenate(
+            ([0.0], np.cumsum(np.frombuffer(gaps, dtype=np.uint32), dtype=np.float64) * 1e-6)
         )
-        wr, wa = sum(w[:split]), sum(w[split:])
-        self.cum_r, self.cum_a = [], []
-        sr = sa = 0
-        for i, x in enumerate(w):
-            if i < split:
-                sr += x
-            else:
-                sa += x
-            self.cum_r.append(round(sr * r.reasoning_tokens / wr) if wr else 0)
-            self.cum_a.append(round(sa * r.answer_tokens / wa) if wa else 0)
+        w = np.frombuffer(per_chunk, dtype=np.uint16) if per_chunk is not None else np.ones(times.size)
+        cum = np.cumsum(w, dtype=np.float64)
+        split = (
+            times.size if r.t_first_visible is None else int(np.searchsorted(times, r.t_first_visible - 1e-9))
+        )
+        wr = float(cum[split - 1]) if split else 0.0
+        wa = float(cum[-1]) - wr
+        cr = np.rint(np.minimum(cum, wr) * (r.reasoning_tokens / wr)) if wr else np.zeros(times.size)
+        ca = np.rint(np.maximum(cum - wr, 0.0) * (r.answer_tokens / wa)) if wa else np.zeros(times.size)
+        self.times = times.tolist()
+        self.cum_r = cr.astype(np.int64).tolist()
+        self.cum_a = ca.astype(np.int64).tolist()
 
     def at(self, t: float) -> tuple[int, int]:
         r = self.r

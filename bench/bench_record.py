@@ -1,0 +1,282 @@
+"""Recorder and reader costs: ingest rate, event-loop stalls, bytes per request, opening an hour.
+
+    python bench/bench_record.py                 # everything (about a minute)
+    python bench/bench_record.py --only ingest,size --requests 20000
+
+- ``ingest``: request-events/s through ``Recorder.handle`` until everything is committed (``flush()``
+  returns). Each request is a live-shaped stream (SENT, FIRST_TOKEN, FIRST_VISIBLE, 6 PROGRESS, DONE); only
+  DONE rows are written. Scrapes (20 series + 4 histograms) are interleaved at 4 Hz of session time.
+  Target >= 50,000 request-events/s.
+- ``stall``: an asyncio loop hands 20,000 request-events/s to the recorder for a few seconds while a ticker
+  measures how late ``asyncio.sleep(0.005)`` wakes, with and without the recorder: the writer thread must
+  not stall the loop.
+- ``size``: bytes per request row without token gaps (SQLite's dbstat over the ``requests`` table).
+  Target <= 300 B.
+- ``open``: a one-hour recording (4 Hz scrapes of ~20 series + 4 histograms, 20,000 requests of ~1,000
+  tokens with gap blobs) is written, then opened and indexed (``open_recording``: metadata, quick_check,
+  series and the request index for replay) and its duration read. Target <= 1 s. Also: reading every
+  request, every sample, and the first/mid-session replay records.
+
+Figures are noisy on a shared machine: the load average is printed with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "record"))  # the shared generators
+
+import synth
+
+from rllmtop.events import (
+    RequestEvent,
+    RequestKind,
+    RequestRecord,
+    SessionState,
+    StateEvent,
+    encode_gaps,
+)
+from rllmtop.record.store import Recorder, open_recording
+
+
+def live_events(rec: RequestRecord, n_progress: int = 6) -> list[RequestEvent]:
+    """What the live runner publishes for one request (QUEUED omitted): 10 events."""
+    assert rec.t_sent is not None and rec.t_done is not None and rec.t_first_token is not None
+    out = [
+        RequestEvent(RequestKind.SENT, rec.t_sent, rec.rid, rec.cls),
+        RequestEvent(RequestKind.FIRST_TOKEN, rec.t_first_token, rec.rid, rec.cls, 1, 0),
+        RequestEvent(RequestKind.FIRST_VISIBLE, rec.t_first_visible or rec.t_done, rec.rid, rec.cls, 50, 1),
+    ]
+    span = rec.t_done - rec.t_first_token
+    for k in range(n_progress):
+        out.append(
+            RequestEvent(
+                RequestKind.PROGRESS, rec.t_first_token + span * (k + 1) / (n_progress + 1), rec.rid, rec.cls
+            )
+        )
+    out.append(synth.done_event(rec))
+    return out
+
+
+def gap_pool(rng: random.Random, n: int = 64, tokens: int = 1000) -> list[bytes]:
+    return [encode_gaps([rng.randint(15_000, 40_000) for _ in range(tokens - 1)]) for _ in range(n)]
+
+
+def make_requests(n: int, rng: random.Random, with_gaps: bool, rate: float = 5.6) -> list[RequestRecord]:
+    pool = gap_pool(rng) if with_gaps else [b""]
+    base = synth.record(0, 0.0, rng, reasoning=800, answer=200, with_gaps=False)
+    out = []
+    for i in range(n):
+        t = i / rate
+        out.append(
+            replace(
+                base,
+                rid=i,
+                t_scheduled=t,
+                t_dispatch=t,
+                t_sent=t,
+                t_first_token=t + 0.08,
+                t_first_reasoning=t + 0.08,
+                t_reasoning_end=t + 20.0,
+                t_first_visible=t + 20.02,
+                t_done=t + 25.0,
+                prompt_tokens=rng.randint(50, 500),
+                gaps=rng.choice(pool),
+            )
+        )
+    return out
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# ------------------------------------------------------------------------------------------ ingest
+
+
+def bench_ingest(n_requests: int, tmp: Path) -> None:
+    rng = random.Random(1)
+    reqs = make_requests(n_requests, rng, with_gaps=True, rate=200.0)
+    stream: list = []
+    next_scrape = 0.0
+    i = 0
+    for r in reqs:
+        stream += live_events(r)
+        while r.t_sent is not None and next_scrape <= r.t_sent:
+            stream.append(synth.scrape(next_scrape, i, engines=2))
+            next_scrape += 0.25
+            i += 1
+    n_events = sum(1 for x in stream if isinstance(x, RequestEvent))
+    path = tmp / "ingest.db"
+    rec = Recorder(path, synth.info())
+    t0 = time.perf_counter()
+    for x in stream:
+        rec.handle(x)
+    t_handed = time.perf_counter() - t0
+    rec.flush(timeout=300)
+    t_done = time.perf_counter() - t0
+    rec.close(SessionState.DONE)
+    print(
+        f"ingest: {n_events:,} request-events + {i:,} scrapes ({n_requests:,} requests): "
+        f"handle() {n_events / t_handed:,.0f} events/s on the caller; "
+        f"committed {n_events / t_done:,.0f} request-events/s end to end ({t_done:.2f} s); "
+        f"longest writer transaction {rec.max_flush_seconds * 1e3:.0f} ms   [load {load()}]"
+    )
+
+
+# ------------------------------------------------------------------------------------------ stall
+
+
+async def _stall_run(seconds: float, recorder: Recorder | None, rate: float) -> list[float]:
+    rng = random.Random(2)
+    reqs = make_requests(int(rate * seconds / 10) + 10, rng, with_gaps=True, rate=rate / 10)
+    events = [e for r in reqs for e in live_events(r)]
+    late: list[float] = []
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(0.005)
+            late.append(time.perf_counter() - t - 0.005)
+
+    async def producer() -> None:
+        per_tick = int(rate / 100)  # every 10 ms
+        k = 0
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            for e in events[k : k + per_tick]:
+                if recorder is not None:
+                    recorder.handle(e)
+            k += per_tick
+            await asyncio.sleep(0.01)
+        stop.set()
+
+    await asyncio.gather(ticker(), producer())
+    return late
+
+
+def bench_stall(tmp: Path, seconds: float = 4.0, rate: float = 20_000.0) -> None:
+    base = asyncio.run(_stall_run(seconds, None, rate))
+    rec = Recorder(tmp / "stall.db", synth.info(), flush_interval=0.5)
+    with_rec = asyncio.run(_stall_run(seconds, rec, rate))
+    rec.close(SessionState.DONE)
+
+    def q(xs: list[float], p: float) -> float:
+        return statistics.quantiles(xs, n=1000)[int(p * 10) - 1] * 1e3 if len(xs) > 10 else float("nan")
+
+    print(
+        f"stall: ticker lateness at {rate:,.0f} request-events/s, without / with the recorder: "
+        f"p50 {q(base, 50):.2f} / {q(with_rec, 50):.2f} ms, p99 {q(base, 99):.2f} / {q(with_rec, 99):.2f} ms, "
+        f"max {max(base) * 1e3:.1f} / {max(with_rec) * 1e3:.1f} ms; "
+        f"longest writer transaction {rec.max_flush_seconds * 1e3:.0f} ms   [load {load()}]"
+    )
+
+
+# ------------------------------------------------------------------------------------------ size
+
+
+def bench_size(tmp: Path, n: int = 20_000) -> None:
+    rng = random.Random(3)
+    path = tmp / "size.db"
+    rec = Recorder(path, synth.info())
+    for r in make_requests(n, rng, with_gaps=False):
+        rec.handle(synth.done_event(r))
+    rec.close(SessionState.DONE)
+    db = sqlite3.connect(path)
+    pages, payload = db.execute(
+        "SELECT sum(pgsize), sum(payload) FROM dbstat WHERE name = 'requests'"
+    ).fetchone()
+    db.close()
+    print(f"size: {pages / n:.0f} B per request row without gaps (payload {payload / n:.0f} B), {n:,} rows")
+
+
+# ------------------------------------------------------------------------------------------ open
+
+
+def bench_open(tmp: Path, hours: float = 1.0, n_requests: int = 20_000) -> None:
+    rng = random.Random(4)
+    path = tmp / "hour.db"
+    seconds = hours * 3600
+    rec = Recorder(path, synth.info())
+    t0 = time.perf_counter()
+    reqs = make_requests(n_requests, rng, with_gaps=True, rate=n_requests / seconds)
+    rec.handle(StateEvent(0.0, SessionState.RUNNING))
+    k = 0
+    n_scrapes = int(seconds * 4)
+    for i in range(n_scrapes):
+        t = i * 0.25
+        rec.handle(synth.scrape(t, i, engines=2))
+        while k < len(reqs) and (reqs[k].t_done or 0) <= t:
+            rec.handle(synth.done_event(reqs[k]))
+            k += 1
+        if i % 4000 == 0:
+            rec.flush(timeout=300)
+    for r in reqs[k:]:
+        rec.handle(synth.done_event(r))
+    rec.close(SessionState.DONE)
+    t_write = time.perf_counter() - t0
+    size = path.stat().st_size
+    print(
+        f"open: wrote {hours:g} h ({n_scrapes:,} scrapes x 20 series + 4 histograms, {n_requests:,} requests "
+        f"of 1,000 tokens) in {t_write:.1f} s: {size / 1e6:.1f} MB"
+    )
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        r = open_recording(path)
+        _ = r.duration, r.status, r.info
+        times.append(time.perf_counter() - t0)
+        r.close()
+    with open_recording(path) as r:
+        t0 = time.perf_counter()
+        first = next(iter(r.stream()))
+        t_first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        mid = list(r.stream(after=seconds / 2, until=seconds / 2 + 10))
+        t_mid = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        all_reqs = r.requests()
+        t_reqs = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        samples = r.samples()
+        t_samples = time.perf_counter() - t0
+    assert first is not None and len(all_reqs) == n_requests
+    print(
+        f"open: open_recording + index + duration: best {min(times) * 1e3:.0f} ms, "
+        f"median {statistics.median(times) * 1e3:.0f} ms (target <= 1000 ms); first replay record "
+        f"{t_first * 1e3:.0f} ms; 10 s of replay mid-session ({len(mid):,} records) {t_mid * 1e3:.0f} ms; "
+        f"requests() {t_reqs:.2f} s; samples() {len(samples):,} in {t_samples:.2f} s   [load {load()}]"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default="ingest,stall,size,open", help="comma-separated: ingest,stall,size,open")
+    p.add_argument("--requests", type=int, default=20_000, help="requests in the ingest run")
+    args = p.parse_args()
+    which = set(args.only.split(","))
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        if "ingest" in which:
+            bench_ingest(args.requests, tmp)
+        if "stall" in which:
+            bench_stall(tmp)
+        if "size" in which:
+            bench_size(tmp)
+        if "open" in which:
+            bench_open(tmp)
+
+
+if __name__ == "__main__":
+    main()
