@@ -22,8 +22,9 @@ comparing them is the point. Cells of one experiment matrix (same scenario file 
 comparable even when a cell varies a workload key on purpose (e.g. ``seed`` replicates): the cell is
 declared in the recording.
 
-Time axes are seconds since the load started (the session's first ``running`` state), so runs whose engines
-took different times to start line up. Matplotlib is optional (``pip install 'rllmtop[report]'``); it is
+Time axes are seconds since the load started: the first scheduled send (runs of one workload share the
+schedule, so their axes line up exactly, however long each engine took to start; the session's ``running``
+state when nothing was scheduled). Matplotlib is optional (``pip install 'rllmtop[report]'``); it is
 imported only here, with no global backend change (figures are rendered with ``Figure`` + Agg).
 """
 
@@ -124,7 +125,7 @@ class RunData:
     status: str = SessionState.DONE.value
     status_detail: str = ""
     duration: float | None = None  # recorded session seconds (None: from the records)
-    load_start: float | None = None  # session time the load started; None: the first send
+    load_start: float | None = None  # the RUNNING state's time (used only when no request was scheduled)
     path: Path | None = None
 
 
@@ -357,9 +358,10 @@ class _Run:
     def label(self) -> str:
         return self.data.label
 
-    def x(self, tl: Timeline) -> np.ndarray:
-        """Bin centres as seconds since load start."""
-        return tl.t + tl.step / 2 - self.t0
+    @staticmethod
+    def x(tl: Timeline) -> np.ndarray:
+        """Bin centres, seconds since load start (the timelines are built on the shifted clock)."""
+        return tl.t + tl.step / 2
 
 
 def _ended(requests: Iterable[RequestRecord]) -> list[RequestRecord]:
@@ -371,7 +373,14 @@ def _derive(runs: Sequence[RunData], rule: StragglerRule) -> tuple[list[_Run], f
     for i, d in enumerate(runs):
         sent = [r.t_sent for r in d.requests if r.t_sent is not None]
         ends = [r.t_done for r in d.requests if r.t_done is not None]
-        t0 = d.load_start if d.load_start is not None else (min(sent) if sent else 0.0)
+        # load start = the first *scheduled* send: cells of one workload share the schedule, so their time
+        # axes line up exactly (the RUNNING state only when nothing was scheduled)
+        planned = [r.t_scheduled for r in d.requests]
+        t0 = (
+            min(planned)
+            if planned
+            else (d.load_start if d.load_start is not None else min(sent, default=0.0))
+        )
         last = [*ends, *(s.t for s in d.samples[-1:])]
         t1 = max(ends) if ends else (d.duration if d.duration is not None else max(last, default=t0))
         ended = _ended(d.requests)
@@ -398,12 +407,25 @@ def _derive(runs: Sequence[RunData], rule: StragglerRule) -> tuple[list[_Run], f
     gstep = _nice_step(max(min(scrape_step(r.data.samples) for r in out) if out else 0.25, span / 1500))
     cstep = _nice_step(max(span / 120, gstep))
     for r in out:
+        # timelines on a clock shifted to the load start, so every run's windows start at its load start
+        t0 = r.t0
         end = (r.data.duration if r.data.duration is not None else r.t1) or r.t1
-        end = max(end, r.t1, r.t0 + cstep)
-        r.tl_gauge = timeline((), r.data.samples, step=gstep, t_end=end)
-        # counts only: token gaps are not needed here (their decoding is the costly part of a timeline)
-        light = [replace(q, gaps=b"") for q in r.data.requests]
-        r.tl_count = timeline(light, r.data.samples, step=cstep, t_end=end)
+        end = max(end, r.t1, t0 + cstep) - t0
+        samples = [MetricSample(s.t - t0, s.name, s.value, s.labels) for s in r.data.samples]
+        r.tl_gauge = timeline((), samples, step=gstep, t_end=end)
+        # counts only: no token times (decoding gaps is the costly part of a timeline and is not drawn here)
+        light = [
+            replace(
+                q,
+                gaps=b"",
+                t_first_token=None,
+                t_scheduled=q.t_scheduled - t0,
+                t_sent=None if q.t_sent is None else q.t_sent - t0,
+                t_done=None if q.t_done is None else q.t_done - t0,
+            )
+            for q in r.data.requests
+        ]
+        r.tl_count = timeline(light, samples, step=cstep, t_end=end)
     return out, gstep, cstep
 
 
@@ -574,8 +596,8 @@ def _fig_run_time(fig: Figure, ctx: _Ctx) -> str:
                         label=f"stragglers of {r.label} ({n_s})",
                     )
         ax_c.scatter([], [], s=18, marker="o", facecolors="none", edgecolors=_STRAGGLER, label="stragglers")
-        ax_c.legend(loc="lower right", fontsize="small")
-        ax_h.legend(loc="upper right", fontsize="small")
+        ax_c.legend(loc="best", fontsize="small")
+        ax_h.legend(loc="best", fontsize="small")
     ax_c.set_title("Run time (E2E): CDF")
     ax_c.set_xlabel("E2E run time (s)")
     ax_c.set_ylabel("fraction of finished requests")
@@ -600,7 +622,7 @@ def _groups(runs: Sequence[_Run]) -> list[tuple[str, str]]:
             cls_order.setdefault(q.cls, len(cls_order))
             key = (q.cls, q.difficulty)
             if key not in seen:
-                seen[key] = (cls_order[q.cls], _DIFF_ORDER.get(q.difficulty, 9), len(seen))
+                seen[key] = (_DIFF_ORDER.get(q.difficulty or q.cls, 9), cls_order[q.cls], len(seen))
     return sorted(seen, key=lambda k: seen[k])
 
 
@@ -633,7 +655,24 @@ def _fig_reasoning(fig: Figure, ctx: _Ctx) -> str:
         for box in bp["boxes"]:
             box.set_facecolor(r.color)
             box.set_alpha(0.75)
-        ax.plot([], [], "s", color=r.color, label=r.label)
+        med = float(np.median([q.reasoning_tokens for q in r.ok]))
+        ax.plot([], [], "s", color=r.color, label=f"{r.label} (median {med:.0f} tok)")
+    capped = False
+    for g, (cls, diff) in enumerate(groups):
+        cap = max(
+            (q.max_tokens for r in ctx.runs for q in r.ok if q.cls == cls and q.difficulty == diff), default=0
+        )
+        if cap > 0:
+            ax.hlines(
+                cap,
+                g - 0.45,
+                g + 0.45,
+                colors="#666666",
+                linestyles="--",
+                lw=1,
+                label="_nolegend_" if capped else "max_tokens (output cap)",
+            )
+            capped = True
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([c if d in ("", c) else f"{c}\n({d})" for c, d in groups])
     ax.set_xlim(-0.6, max(len(groups), 1) - 0.4)
@@ -642,8 +681,8 @@ def _fig_reasoning(fig: Figure, ctx: _Ctx) -> str:
     ax.set_title("Reasoning length by class and difficulty")
     ax.set_ylim(bottom=0)
     ax.grid(True, axis="y", alpha=0.3)
-    if not ctx.single and groups:
-        ax.legend(loc="upper left", fontsize="small")
+    if groups:
+        ax.legend(loc="best", fontsize="small")
     return (
         "Reasoning tokens per request that finished ok: box = quartiles, line = median, whiskers = 1.5 IQR, "
         "dots = outliers."
@@ -697,7 +736,8 @@ def _fig_arrivals(fig: Figure, ctx: _Ctx) -> str:
         if ctx.single:
             ax_a.bar(x, cols["arrivals"] / w, width=w * 0.9, color=r.color, label="sent")
         else:
-            ax_a.step(x, cols["arrivals"] / w, where="mid", color=r.color, lw=1.3, label=r.label)
+            ls = ("-", "--", ":", "-.")[ctx.runs.index(r) % 4]  # identical schedules stay visible
+            ax_a.step(x, cols["arrivals"] / w, where="mid", color=r.color, lw=1.3, ls=ls, label=r.label)
         ax_c.step(
             x, cols["completions"] / w, where="mid", color=r.color, lw=1.3, label=f"{r.label} completed"
         )
@@ -865,7 +905,7 @@ def _engine_row(r: _Run, base: _Run | None = None) -> list[str]:
 
 def _engine_note(gstep: float) -> str:
     return (
-        "Engine numbers over the load window (load start to the last request end): means are time-weighted "
+        "Engine numbers over the load window (first scheduled send to the last request end): means are time-weighted "
         f"over the last reading in each {gstep:g} s window; peaks are the highest reading of any engine; "
         "preemptions and prefix-cache hits are counter increases over the session (a counter reset counts "
         "from 0); '-' means the engine did not serve the metric."

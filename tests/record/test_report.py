@@ -591,3 +591,43 @@ async def test_comparison_of_two_simulator_recordings(tmp_path: Path) -> None:
     c = await record_on_sim(tmp_path, "other-seed", {"seed": 12})
     with pytest.raises(UserError, match="seed 12 vs 11"):
         R.build_comparison([a, c], tmp_path / "cmp2", force=False)
+
+
+def test_time_axes_of_runs_with_one_schedule_line_up() -> None:
+    """Engines start in different times: windows are counted from each run's first scheduled send."""
+    from dataclasses import replace
+
+    a = synth_run("a", n=80)
+    d = 0.37  # this engine took 0.37 s longer to become ready
+
+    def sh(t: float | None) -> float | None:
+        return None if t is None else t + d
+
+    b = replace(
+        a,
+        label="b",
+        requests=[
+            replace(
+                q,
+                t_scheduled=q.t_scheduled + d,
+                t_dispatch=sh(q.t_dispatch),
+                t_sent=sh(q.t_sent),
+                t_first_token=sh(q.t_first_token),
+                t_first_visible=sh(q.t_first_visible),
+                t_done=sh(q.t_done),
+            )
+            for q in a.requests
+        ],
+        samples=[replace(s, t=s.t + d) for s in a.samples],
+        load_start=1.0 + d,
+    )
+    runs, _, _ = R._derive([a, b], StragglerRule())
+    ta, tb = runs[0].tl_count, runs[1].tl_count
+    assert ta is not None and tb is not None
+    assert ta.columns["arrivals"].sum() == 80
+    np.testing.assert_array_equal(ta.columns["arrivals"], tb.columns["arrivals"])
+    np.testing.assert_array_equal(ta.columns["completions"], tb.columns["completions"])
+    ga, gb = runs[0].tl_gauge, runs[1].tl_gauge
+    assert ga is not None and gb is not None
+    n = min(ga.t.size, gb.t.size)
+    np.testing.assert_allclose(ga.columns["kv_cache_usage"][:n], gb.columns["kv_cache_usage"][:n])
