@@ -382,17 +382,18 @@ async def test_drop_mid_stream_and_malformed_chunk() -> None:
 
 async def test_stale_keep_alive_connection_is_retried_once() -> None:
     async def h(body: dict, reply: Reply) -> None:
+        if len(srv.seen) == 2:
+            reply.drop()  # the server closes a kept-alive connection without answering
+            return
         await reasoning_then_answer(reply, 1, ["x"])
-        if len(srv.seen) == 1:
-            reply.drop()  # response complete, then the server closes the idle connection
 
     async with SseServer(h) as srv:
         client = HttpClient(srv.url)
         status, st = await post(client)
         assert st.error is None
-        await asyncio.sleep(0)  # let the close arrive (or not): both paths must work
         status, st = await post(client)
         assert status == 200 and st.error is None and st.answer_tokens == 1
+        assert len(srv.seen) == 3 and [s.conn_id for s in srv.seen] == [1, 1, 2]
         client.close()
 
 
@@ -442,9 +443,10 @@ async def test_abort_closes_a_stalled_stream() -> None:
         st = ChatStream()
         holder: list = []
         body = build_request_body(api="chat", model="m", prompt="p", max_tokens=10, temperature=0)
+        first = asyncio.Event()
+        st.on_first_token = lambda t: first.set()
         task = asyncio.create_task(client.post_stream("/v1/chat/completions", body, st, exchange_out=holder))
-        while st.chunks == 0:
-            await asyncio.sleep(0.001)
+        await asyncio.wait_for(first.wait(), 10)
         HttpClient.abort(holder[0], "timed out after 1 s")
         assert await task == 200
         assert st.error == "timed out after 1 s" and st.reasoning_tokens == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,27 @@ def scenario(tmp_path: Path, arrival: str, load: str, classes: str | None = None
 
 
 class Sink:
+    """Collects published records; ``until`` awaits a condition on them (checked at each publish)."""
+
     def __init__(self) -> None:
         self.records: list[Any] = []
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
 
     def __call__(self, rec: Any) -> None:
         self.records.append(rec)
+        for pred, fut in list(self._waiters):
+            if not fut.done() and pred():
+                fut.set_result(None)
+
+    async def until(self, pred: Callable[[], bool], timeout: float = 30.0) -> None:
+        if pred():
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append((pred, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+        finally:
+            self._waiters.remove((pred, fut))
 
     def events(self, kind: RequestKind | None = None) -> list[RequestEvent]:
         return [r for r in self.records if isinstance(r, RequestEvent) and (kind is None or r.kind == kind)]
@@ -189,8 +206,7 @@ async def test_stop_sending_lets_in_flight_finish(tmp_path: Path) -> None:
     async with SseServer(slow) as srv:
         r = make_runner(sc, srv.url, sink)
         task = asyncio.create_task(r.run())
-        while len(sink.events(RequestKind.QUEUED)) < 2:
-            await asyncio.sleep(0.005)
+        await sink.until(lambda: len(sink.events(RequestKind.QUEUED)) >= 2)
         r.stop_sending()
         assert r.sending_done.is_set()
         gate.set()
@@ -216,9 +232,10 @@ async def test_cancel_ends_in_flight_requests(tmp_path: Path) -> None:
     async with SseServer(stall) as srv:
         r = make_runner(sc, srv.url, sink)
         task = asyncio.create_task(r.run())
-        while len(sink.events(RequestKind.FIRST_TOKEN)) < 5:
-            await asyncio.sleep(0.005)
-        await asyncio.sleep(0.05)  # let the second chunk arrive
+        # both chunks of every request received (seen in the coalesced progress ticks)
+        await sink.until(
+            lambda: len({e.rid for e in sink.events(RequestKind.PROGRESS) if e.reasoning_tokens == 2}) == 5
+        )
         r.cancel()
         await asyncio.wait_for(task, 5)
     finals = sink.finals()
@@ -298,8 +315,7 @@ async def test_run_cancelled_from_outside_ends_every_request(tmp_path: Path) -> 
     async with SseServer(stall) as srv:
         r = make_runner(sc, srv.url, sink)
         task = asyncio.create_task(r.run())
-        while len(sink.events(RequestKind.FIRST_TOKEN)) < 4:
-            await asyncio.sleep(0.005)
+        await sink.until(lambda: len(sink.events(RequestKind.FIRST_TOKEN)) >= 4)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
