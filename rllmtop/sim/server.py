@@ -125,6 +125,7 @@ class _Stream:
 
     __slots__ = (
         "api",
+        "close_cb",
         "closed",
         "conn",
         "created",
@@ -160,6 +161,7 @@ class _Stream:
         self.inline = False
         self.first = True
         self.closed = False
+        self.close_cb: Any = None
         self.stall_at = -1
         self.drop_at = -1
         self.hold_until = 0.0
@@ -628,6 +630,10 @@ class SimServer:
 
     def stream_closed(self, st: _Stream) -> None:
         self._streams.discard(st)
+        if st.close_cb is not None:
+            with contextlib.suppress(ValueError):
+                st.conn.on_close.remove(st.close_cb)
+            st.close_cb = None
 
     # ---- HTTP ---------------------------------------------------------------------------------
     def _handle(self, req: HttpRequest, conn: Connection) -> None:
@@ -812,7 +818,8 @@ class SimServer:
                 st.drop_at = max(1, int(plan.n_tokens * fault_rng.uniform(0.2, 0.8)))
         req = Request(st.rid, prompt_ids, plan, max_tokens, user=st)
         self._streams.add(st)
-        conn.on_close.append(lambda: self._disconnected(st, req))
+        st.close_cb = lambda: self._disconnected(st, req)
+        conn.on_close.append(st.close_cb)
         if stream:
             conn.start_stream()
         self.engine.add(req, self.model_now())

@@ -416,3 +416,16 @@ async def test_openai_client(sim: SimServer) -> None:
         assert comp.usage is not None and comp.usage.completion_tokens == 10
     finally:
         await oc.close()
+
+
+async def test_long_keep_alive_connections_do_not_accumulate_state(sim: SimServer) -> None:
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=1)) as c:
+        for i in range(30):
+            r = await c.post(sim.url + "/v1/chat/completions", json=chat_body(seed=i, max_tokens=2))
+            assert r.status_code == 200
+        events = await stream_events(
+            c, sim.url + "/v1/chat/completions", chat_body(stream=True, max_tokens=2)
+        )
+        assert events[-1] == "[DONE]"
+        (conn,) = sim._conns
+        assert len(conn.on_close) == 1 and not sim._streams

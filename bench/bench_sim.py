@@ -1,0 +1,211 @@
+"""How many streamed tokens/s the simulator sustains on one core, and how far it lags its schedule.
+
+The server runs as ``python -m rllmtop.sim serve`` pinned to one core; the client (this process,
+pinned to another core when there is one) holds N streaming requests open over raw asyncio sockets,
+starts a new one whenever one ends, and only counts bytes (no JSON parsing), so it is not the
+bottleneck. Figures: streamed tokens/s seen by the client, server CPU-seconds per 1k tokens, and the
+server's lag behind the model's schedule (``rllmtop_sim_iteration_lag_seconds``).
+
+    python bench/bench_sim.py                       # both modes with the defaults below
+    python bench/bench_sim.py --mode flat --streams 256 --seconds 10
+    python bench/bench_sim.py --mode paced --streams 256 --seconds 20   # speed 1, the default profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import orjson
+
+TOKEN_MARK = b'"finish_reason":null,"token_ids"'  # in every token event but the last of a stream
+DONE_MARK = b"data: [DONE]"
+
+
+@dataclass
+class Totals:
+    tokens: int = 0
+    streams_done: int = 0
+    bytes: int = 0
+    errors: int = 0
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def lag_buckets(text: str) -> list[tuple[float, float]]:
+    out = []
+    for m in re.finditer(
+        r'^rllmtop_sim_iteration_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.MULTILINE
+    ):
+        out.append((float(m.group(1)), float(m.group(2))))
+    return out
+
+
+def quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """Upper bound of the bucket holding quantile q (cumulative counts)."""
+    total = buckets[-1][1]
+    if total == 0:
+        return 0.0
+    for le, c in buckets:
+        if c >= q * total:
+            return le
+    return float("inf")
+
+
+async def http_get(host: str, port: int, path: str) -> bytes:
+    r, w = await asyncio.open_connection(host, port)
+    w.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    data = await r.read()
+    w.close()
+    return data.split(b"\r\n\r\n", 1)[1]
+
+
+async def one_stream(host: str, port: int, body: bytes, totals: Totals) -> None:
+    r, w = await asyncio.open_connection(host, port)
+    try:
+        w.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+        )
+        tail = b""
+        while True:
+            data = await r.read(262144)
+            if not data:
+                totals.errors += 1
+                return
+            totals.bytes += len(data)
+            seg = tail + data
+            totals.tokens += seg.count(TOKEN_MARK)
+            if DONE_MARK in seg:
+                totals.tokens += 1  # the last token event carries its finish_reason
+                totals.streams_done += 1
+                return
+            tail = seg[-(len(TOKEN_MARK) - 1) :]
+    finally:
+        w.close()
+
+
+async def drive(host: str, port: int, streams: int, seconds: float, max_tokens: int) -> tuple[Totals, float]:
+    totals = Totals()
+    stop = time.monotonic() + seconds
+    counter = 0
+
+    async def worker(k: int) -> None:
+        nonlocal counter
+        while time.monotonic() < stop:
+            counter += 1
+            prompt = f"Problem {counter}: compute $({k} + 3) * (7 + 2) - 4 * (5 + 6) + 2 * 9 - 1$."
+            body = orjson.dumps(
+                {
+                    "model": "bench",
+                    "messages": [{"role": "user", "content": prompt}],
+                    "stream": True,
+                    "max_tokens": max_tokens,
+                    "seed": counter,
+                }
+            )
+            await one_stream(host, port, body, totals)
+
+    t0 = time.monotonic()
+    tasks = [asyncio.create_task(worker(k)) for k in range(streams)]
+    await asyncio.sleep(seconds)
+    # count what arrived within the window only
+    snapshot = Totals(totals.tokens, totals.streams_done, totals.bytes, totals.errors)
+    elapsed = time.monotonic() - t0
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return snapshot, elapsed
+
+
+def run(
+    mode: str, streams: int, seconds: float, speed: float, profile: str, max_tokens: int
+) -> dict[str, float]:
+    cores = sorted(os.sched_getaffinity(0))
+    cmd = [
+        sys.executable,
+        "-m",
+        "rllmtop.sim",
+        "serve",
+        "--port",
+        "0",
+        "--speed",
+        str(speed),
+        "--profile",
+        profile,
+        "--served-model-name",
+        "bench",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        if len(cores) >= 2:
+            os.sched_setaffinity(proc.pid, {cores[0]})
+            os.sched_setaffinity(0, {cores[1]})
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        m = re.search(r"http://([\d.]+):(\d+)", line)
+        if m is None:
+            raise SystemExit(f"the simulator did not start: {line!r}")
+        host, port = m.group(1), int(m.group(2))
+
+        async def main() -> tuple[Totals, float, float, list[tuple[float, float]], list[tuple[float, float]]]:
+            before = lag_buckets((await http_get(host, port, "/metrics")).decode())
+            c0 = cpu_seconds(proc.pid)
+            totals, elapsed = await drive(host, port, streams, seconds, max_tokens)
+            c1 = cpu_seconds(proc.pid)
+            after = lag_buckets((await http_get(host, port, "/metrics")).decode())
+            return totals, elapsed, c1 - c0, before, after
+
+        totals, elapsed, cpu, before, after = asyncio.run(main())
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    window = [(le, c - b) for (le, c), (_, b) in zip(after, before, strict=True)]
+    return {
+        "tokens_per_s": totals.tokens / elapsed,
+        "streams_done": totals.streams_done,
+        "mb_per_s": totals.bytes / elapsed / 1e6,
+        "server_cpu_share": cpu / elapsed,
+        "server_cpu_ms_per_1k_tokens": 1000 * cpu / max(totals.tokens, 1) * 1000,
+        "lag_p50_s": quantile(window, 0.5),
+        "lag_p99_s": quantile(window, 0.99),
+        "iterations": window[-1][1] if window else 0,
+        "errors": totals.errors,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=["flat", "paced", "both"], default="both")
+    ap.add_argument("--streams", type=int, default=256, help="concurrent streams")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--profile", default="rllm-7b")
+    ap.add_argument("--flat-speed", type=float, default=1000.0, help="--speed for the flat-out mode")
+    ap.add_argument("--max-tokens", type=int, default=4000)
+    args = ap.parse_args()
+    print(f"load average before: {os.getloadavg()[0]:.2f}, cores: {len(os.sched_getaffinity(0))}")
+    modes = ["flat", "paced"] if args.mode == "both" else [args.mode]
+    for mode in modes:
+        speed = args.flat_speed if mode == "flat" else 1.0
+        r = run(mode, args.streams, args.seconds, speed, args.profile, args.max_tokens)
+        print(
+            f"{mode:5s} speed={speed:g} streams={args.streams}: {r['tokens_per_s']:,.0f} streamed tokens/s "
+            f"({r['mb_per_s']:.1f} MB/s, {r['streams_done']} streams done, {r['errors']} errors); "
+            f"server CPU {r['server_cpu_share']:.0%} of a core, {r['server_cpu_ms_per_1k_tokens']:.1f} ms per 1k tokens; "
+            f"lag p50 <= {r['lag_p50_s'] * 1e3:g} ms, p99 <= {r['lag_p99_s'] * 1e3:g} ms "
+            f"over {r['iterations']:.0f} iterations"
+        )
+
+
+if __name__ == "__main__":
+    main()
