@@ -234,22 +234,22 @@ def bench_open(tmp: Path, hours: float = 1.0, n_requests: int = 20_000) -> None:
     times = []
     for _ in range(3):
         t0 = time.perf_counter()
-        r = open_recording(path)
-        _ = r.duration, r.status, r.info
+        opened = open_recording(path)
+        _ = opened.duration, opened.status, opened.info
         times.append(time.perf_counter() - t0)
-        r.close()
-    with open_recording(path) as r:
+        opened.close()
+    with open_recording(path) as recording:
         t0 = time.perf_counter()
-        first = next(iter(r.stream()))
+        first = next(iter(recording.stream()))
         t_first = time.perf_counter() - t0
         t0 = time.perf_counter()
-        mid = list(r.stream(after=seconds / 2, until=seconds / 2 + 10))
+        mid = list(recording.stream(after=seconds / 2, until=seconds / 2 + 10))
         t_mid = time.perf_counter() - t0
         t0 = time.perf_counter()
-        all_reqs = r.requests()
+        all_reqs = recording.requests()
         t_reqs = time.perf_counter() - t0
         t0 = time.perf_counter()
-        samples = r.samples()
+        samples = recording.samples()
         t_samples = time.perf_counter() - t0
     assert first is not None and len(all_reqs) == n_requests
     print(

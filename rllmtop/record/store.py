@@ -138,7 +138,7 @@ _SECRET_FLAG = re.compile(rf"^--?{_SECRET_NAME}$", re.I)
 _FLAG_EQ = re.compile(r"^(--?[\w.-]+)=(.*)$", re.S)
 _ENV_ASSIGN = re.compile(rf"^({_SECRET_NAME})=(.+)$", re.I | re.S)
 _TEXT_PATTERNS = (
-    (re.compile(r"(?i)\b(bearer)\s+[^\s'\",;]+"), r"\1 ***"),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[^\s'\",;]+"), r"\1 ***"),
     (re.compile(rf"(?i)(?<![\w-])(--?{_SECRET_NAME})(=|\s+)(?!-)[^\s'\",;]+"), r"\1\2***"),
     # key = "value" (TOML, Python reprs of dicts, JSON)
     (
@@ -510,10 +510,7 @@ class Recorder:
         except sqlite3.Error as e:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
-            # forget ids handed out in the failed transaction
-            for key in [k for k, v in series.items() if any(v == s[0] for s in new_series)]:
-                del series[key]
-            self._fail(e)
+            self._fail(e)  # nothing more is written after this, so the ids handed out do not matter
             return
         self.rows_written += len(scrapes) + len(samples) + len(hists) + len(requests) + len(events)
         self.flushes += 1

@@ -45,8 +45,8 @@ def recording(tmp_path: Path) -> Iterator[Recording]:
     rec.handle(LogEvent(1.3, "engine", "info", "hello"))
     rec.handle(StateEvent(3.9, SessionState.DONE))
     rec.close(SessionState.DONE)
-    with open_recording(path) as r:
-        yield r
+    with open_recording(path) as opened:
+        yield opened
 
 
 class Sink:

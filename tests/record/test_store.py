@@ -321,9 +321,9 @@ def test_disk_full_is_a_clear_error_and_keeps_what_was_written(tmp_path: Path) -
     with pytest.raises(UserError) as e:
         rec.close(SessionState.DONE, "finished")
     assert "disk is full" in e.value.what and "free some space" in e.value.hint
-    with open_recording(path) as r:
-        assert r.requests() == first
-        assert r.status is SessionState.DONE and "disk is full" in r.status_detail
+    with open_recording(path) as got:
+        assert got.requests() == first
+        assert got.status is SessionState.DONE and "disk is full" in got.status_detail
 
 
 def test_a_request_row_is_small(tmp_path: Path) -> None:
