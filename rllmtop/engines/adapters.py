@@ -15,13 +15,14 @@ import asyncio
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
-
-import httpx
 
 from rllmtop.errors import UserError
 from rllmtop.events import NEUTRAL_METRICS, MetricKind, MetricSample
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["ENGINE_KINDS", "EngineAdapter", "EngineIdentity", "adapter_for", "normalize_base_url", "probe"]
 
@@ -215,6 +216,8 @@ def normalize_base_url(url: str) -> str:
 
 async def _get_json(client: httpx.AsyncClient, url: str) -> tuple[int | None, Any, str]:
     """(status, parsed JSON or None, transport error text)."""
+    import httpx
+
     try:
         r = await client.get(url)
     except httpx.HTTPError as e:
@@ -240,6 +243,8 @@ async def probe(base_url: str, api_key: str | None = None, timeout: float = 5.0)
     (``owned_by`` is "vllm" or "sglang"), and SGLang's ``/server_info`` (``/get_server_info`` before
     0.5). Raises :class:`UserError` naming the URL when the server cannot be reached at all.
     """
+    import httpx  # here, not at import: `import httpx` pulls in rich (its CLI) and the core stays UI-free
+
     base = normalize_base_url(base_url)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     async with httpx.AsyncClient(timeout=timeout, headers=headers, follow_redirects=True) as client:

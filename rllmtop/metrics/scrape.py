@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-
-import httpx
+from typing import TYPE_CHECKING
 
 from rllmtop.clock import Clock, Publish
 from rllmtop.engines.adapters import EngineAdapter
 from rllmtop.events import LogEvent, Scrape
 from rllmtop.metrics.prom import failed_scrape, parse_scrape
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["Scraper"]
 
@@ -59,6 +61,8 @@ class Scraper:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set. Returns promptly when it is, even in the middle of a poll."""
+        import httpx  # here, not at import: `import httpx` pulls in rich (its CLI) and the core stays UI-free
+
         stop_wait = asyncio.ensure_future(stop.wait())
         try:
             async with httpx.AsyncClient(
@@ -83,6 +87,8 @@ class Scraper:
             stop_wait.cancel()
 
     async def _poll(self, client: httpx.AsyncClient, started: float) -> Scrape:
+        import httpx
+
         self.polls += 1
         url = self.metrics_url
         try:
