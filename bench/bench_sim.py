@@ -9,6 +9,8 @@ server's lag behind the model's schedule (``rllmtop_sim_iteration_lag_seconds``)
     python bench/bench_sim.py                       # both modes with the defaults below
     python bench/bench_sim.py --mode flat --streams 256 --seconds 10
     python bench/bench_sim.py --mode paced --streams 256 --seconds 20   # speed 1, the default profile
+    python bench/bench_sim.py --mode transport      # why not a framework: the same SSE ticks written by
+                                                    # rllmtop.sim.http vs an aiohttp StreamResponse
 """
 
 from __future__ import annotations
@@ -184,9 +186,108 @@ def run(
     }
 
 
+# A server that only streams a fixed ~250-byte SSE event to every open stream per tick (no engine), to
+# compare the cost of the HTTP layer itself: rllmtop.sim.http.Connection vs aiohttp's StreamResponse.
+_TRANSPORT_SERVER = r"""
+import asyncio, sys
+EVENT = b'data: {"id":"chatcmpl-0123456789abcdef","object":"chat.completion.chunk","created":1,"model":"m",' \
+        b'"choices":[{"index":0,"delta":{"reasoning":" token"},"logprobs":null,"finish_reason":null,' \
+        b'"token_ids":null}]}\n\n'
+LAST = EVENT.replace(b'"finish_reason":null,"token_ids"', b'"finish_reason":"stop","token_ids"') + b"data: [DONE]\n\n"
+N = 2000
+kind = sys.argv[1]
+streams = []
+
+async def ticker():
+    while True:
+        await asyncio.sleep(0)
+        for s in list(streams):
+            s.left -= 1
+            if s.left > 0:
+                s.send(EVENT)
+            else:
+                streams.remove(s)
+                s.finish(LAST)
+
+class S:
+    def __init__(self, send, finish):
+        self.left, self.send, self.finish = N, send, finish
+
+async def main():
+    loop = asyncio.get_running_loop()
+    if kind == "lean":
+        from rllmtop.sim.http import Connection
+        def handle(req, conn):
+            conn.start_stream()
+            streams.append(S(conn.write_chunk, conn.end_stream))
+        server = await loop.create_server(lambda: Connection(handle, b"server: x\r\n"), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+    else:
+        from aiohttp import web
+        async def handle(request):
+            resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+            await resp.prepare(request)
+            done = asyncio.Event()
+            async def finish(data):
+                await resp.write(data)
+                done.set()
+            # StreamResponse.write is a coroutine: the tick schedules it without awaiting (fastest use)
+            streams.append(S(lambda d: loop.create_task(resp.write(d)), lambda d: loop.create_task(finish(d))))
+            await done.wait()
+            await resp.write_eof()
+            return resp
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+    print(f"Starting rllmtop sim server on http://127.0.0.1:{port}", flush=True)
+    loop.create_task(ticker())
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def run_transport(kind: str, streams: int, seconds: float) -> dict[str, float]:
+    cores = sorted(os.sched_getaffinity(0))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _TRANSPORT_SERVER, kind],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        if len(cores) >= 2:
+            os.sched_setaffinity(proc.pid, {cores[0]})
+            os.sched_setaffinity(0, {cores[1]})
+        assert proc.stdout is not None
+        m = re.search(r"http://([\d.]+):(\d+)", proc.stdout.readline())
+        if m is None:
+            raise SystemExit("the transport server did not start")
+        host, port = m.group(1), int(m.group(2))
+
+        async def main() -> tuple[Totals, float, float]:
+            c0 = cpu_seconds(proc.pid)
+            totals, elapsed = await drive(host, port, streams, seconds, 0)
+            return totals, elapsed, cpu_seconds(proc.pid) - c0
+
+        totals, elapsed, cpu = asyncio.run(main())
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return {
+        "events_per_s": totals.tokens / elapsed,
+        "server_cpu_share": cpu / elapsed,
+        "server_cpu_ms_per_1k": 1e6 * cpu / max(totals.tokens, 1),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=["flat", "paced", "both"], default="both")
+    ap.add_argument("--mode", choices=["flat", "paced", "both", "transport"], default="both")
     ap.add_argument("--streams", type=int, default=256, help="concurrent streams")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--profile", default="rllm-7b")
@@ -194,6 +295,14 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=4000)
     args = ap.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.2f}, cores: {len(os.sched_getaffinity(0))}")
+    if args.mode == "transport":
+        for kind in ("lean", "aiohttp"):
+            t = run_transport(kind, args.streams, args.seconds)
+            print(
+                f"transport {kind:7s} streams={args.streams}: {t['events_per_s']:,.0f} SSE events/s, "
+                f"server CPU {t['server_cpu_share']:.0%} of a core, {t['server_cpu_ms_per_1k']:.1f} ms per 1k events"
+            )
+        return
     modes = ["flat", "paced"] if args.mode == "both" else [args.mode]
     for mode in modes:
         speed = args.flat_speed if mode == "flat" else 1.0

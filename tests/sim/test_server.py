@@ -429,3 +429,32 @@ async def test_long_keep_alive_connections_do_not_accumulate_state(sim: SimServe
         assert events[-1] == "[DONE]"
         (conn,) = sim._conns
         assert len(conn.on_close) == 1 and not sim._streams
+
+
+async def test_preemptions_over_http_and_every_stream_completes(client: httpx.AsyncClient) -> None:
+    """A small KV cache, 16 concurrent streams: the engine preempts, every stream still ends cleanly."""
+    engine = EngineOptions(num_gpu_blocks_override=256, max_model_len=2048)
+    server = SimServer(options(engine=engine, speed=200.0))
+    url = await server.start()
+    try:
+        prompts = [f"Problem {i}: compute $(3 + {i}) * 7 - 2 * (5 + 1)$." for i in range(16)]
+        bodies = [
+            chat_body(content=p, stream=True, stream_options={"include_usage": True}, seed=i, max_tokens=1000)
+            for i, p in enumerate(prompts)
+        ]
+        streams = await asyncio.gather(
+            *[stream_events(client, url + "/v1/chat/completions", b) for b in bodies]
+        )
+        for events in streams:
+            s = split_stream(events)
+            assert events[-1] == "[DONE]" and s["finish"] in ("stop", "length")
+            tokens = [d for d in s["deltas"] if "role" not in d["delta"]]
+            assert len(tokens) == s["usage"]["completion_tokens"]
+        fams = families((await client.get(url + "/metrics")).text)
+        preempted = next(s.value for s in fams["vllm:num_preemptions"].samples if s.name.endswith("_total"))
+        assert preempted > 0
+        hist = fams["vllm:request_num_preemptions"].samples
+        assert next(s.value for s in hist if s.name.endswith("_sum")) == preempted
+        assert next(s.value for s in hist if s.name.endswith("_count")) == 16
+    finally:
+        await server.stop()
