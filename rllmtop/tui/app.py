@@ -18,6 +18,7 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid, Horizontal, Vertical
+from textual.widget import Widget
 from textual.widgets import Footer, Input
 from textual.worker import Worker, WorkerState
 
@@ -185,6 +186,12 @@ class RllmtopApp(App[Any]):
         self._stops = 0
         self._quitting = False
         self._worker: Worker[Any] | None = None
+        self._consumers: list[Any] = []
+        self._engine_box: Widget | None = None
+        self._replay_bar: ReplayBar | None = None
+        self._board: RequestBoard  # set in on_mount
+        self._filter: FilterInput
+        self._main: Any = None
         self._summary_task: asyncio.Task[None] | None = None
 
     @property
@@ -238,7 +245,7 @@ class RllmtopApp(App[Any]):
         }
         for wid, title in titles.items():
             self.query_one(f"#{wid}").border_title = title
-        self.screen.add_class("-page-1")
+        self.screen.add_class("-page-1")  # the main screen
         self._consumers = [
             self.query_one(HeaderBar),
             *self.query(BrailleChart),
@@ -248,7 +255,12 @@ class RllmtopApp(App[Any]):
             self.query_one(StragglerList),
             *self.query(LogPane),
         ]
-        self.query_one(RequestBoard).focus()
+        self._engine_box = self.query_one("#engine-box")
+        self._replay_bar = self.query_one(ReplayBar) if self.replay is not None else None
+        self._board = self.query_one(RequestBoard)
+        self._filter = self.query_one(FilterInput)
+        self._main = self.screen  # actions may run while the help screen is on top
+        self._board.focus()
         self.session.add_sink(self.view.handle)
         self._worker = self._run_session()
         self._tick()
@@ -281,6 +293,8 @@ class RllmtopApp(App[Any]):
     # ------------------------------------------------------------------ refresh
 
     def _tick(self) -> None:
+        if not self._consumers:  # not mounted yet
+            return
         snap = self.view.snapshot(self.session.now())
         self.snapshot = snap
         self.ticks += 1
@@ -292,8 +306,8 @@ class RllmtopApp(App[Any]):
             for w in self._consumers:
                 w.update_snapshot(snap)
             self._titles(snap)
-            if self.replay is not None:
-                self.query_one(ReplayBar).tick()
+            if self._replay_bar is not None:
+                self._replay_bar.tick()
 
     async def _summarise(self, job: SummaryJob) -> None:
         try:
@@ -303,13 +317,10 @@ class RllmtopApp(App[Any]):
             self._summary_task = None
 
     def _titles(self, snap: ViewSnapshot) -> None:
-        box = self.query_one("#board-box")
-        title = "requests · " + snap.progress.line()
-        n_strag = sum(1 for s in snap.stragglers if not s.finished)
-        if n_strag:
-            title += f" · ⚠ {n_strag} straggling"
-        box.border_title = title
-        self.query_one("#engine-box").display = snap.engine_log_total > 0
+        engine_box = self._engine_box
+        show = snap.engine_log_total > 0
+        if engine_box is not None and engine_box.display != show:
+            engine_box.display = show
 
     # ------------------------------------------------------------------ actions
 
@@ -338,36 +349,36 @@ class RllmtopApp(App[Any]):
         self._tick()
 
     def action_sort(self) -> None:
-        self.query_one(RequestBoard).cycle_sort()
+        self._board.cycle_sort()
 
     def action_reverse_sort(self) -> None:
-        self.query_one(RequestBoard).reverse_sort()
+        self._board.reverse_sort()
 
     def action_filter_phase(self) -> None:
-        self.query_one(RequestBoard).cycle_filter()
+        self._board.cycle_filter()
 
     def action_filter_text(self) -> None:
-        inp = self.query_one(FilterInput)
-        inp.value = self.query_one(RequestBoard).text_filter
+        inp = self._filter
+        inp.value = self._board.text_filter
         inp.add_class("-open")
         inp.focus()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if isinstance(event.input, FilterInput):
-            self.query_one(RequestBoard).set_text_filter(event.value)
+            self._board.set_text_filter(event.value)
             self._close_filter()
 
     def on_filter_input_cancelled(self, _: FilterInput.Cancelled) -> None:
         self._close_filter()
 
     def _close_filter(self) -> None:
-        self.query_one(FilterInput).remove_class("-open")
-        self.query_one(RequestBoard).focus()
+        self._filter.remove_class("-open")
+        self._board.focus()
 
     def action_page(self, n: int) -> None:
         self.page = n
         for k in (1, 2, 3):
-            self.screen.set_class(k == n, f"-page-{k}")
+            self._main.set_class(k == n, f"-page-{k}")
 
     # replay
     def action_replay_pause(self) -> None:

@@ -215,3 +215,19 @@ async def test_session_crash_is_shown_not_raised() -> None:
         await pilot.press("q")
         await until(pilot, lambda: not app.is_running, what="the app to exit")
     assert app.return_value is None
+
+
+async def test_refresh_and_ctrl_c_keep_working_under_the_help_screen() -> None:
+    s = ScriptedSession(script())
+    app = app_for(s)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await play(pilot, s, 1.0)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await play(pilot, s, 3.0)  # refreshes keep landing in the main screen's widgets
+        assert app.snapshot is not None and app.snapshot.progress.sent > 0
+        assert app._board.rows
+        await pilot.press("ctrl+c")
+        assert s.stops == 1
+        s.finish()
+        await until(pilot, lambda: not app.is_running, what="the app to exit")

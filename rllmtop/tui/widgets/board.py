@@ -120,6 +120,8 @@ class RequestBoard(ScrollView, can_focus=True):
         Binding("pagedown", "cursor(10)", "page down", show=False),
     ]
 
+    HEADER_LINES = 2  # a status line (progress, sort, filter), then the column titles
+
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self.sort_key = "age"
@@ -127,16 +129,25 @@ class RequestBoard(ScrollView, can_focus=True):
         self.phase_filter = "all"
         self.text_filter = ""
         self.cursor = 0
-        self.rows: tuple[BoardRow, ...] = ()  # after sorting and filtering (what is shown)
+        self._rows: tuple[BoardRow, ...] = ()
         self.total = 0  # rows before filtering
         self._snap: ViewSnapshot | None = None
         self._dirty = True
+        self._cols_cache: tuple[int, list[tuple[_Col, int]], int] | None = None
+        self._base: Style | None = None
+
+    @property
+    def rows(self) -> tuple[BoardRow, ...]:
+        """The rows as shown: filtered and sorted, from the latest snapshot."""
+        self._prepare()
+        return self._rows
 
     # ------------------------------------------------------------------ controls
 
     def update_snapshot(self, snap: ViewSnapshot) -> None:
         self._snap = snap
         self._dirty = True
+        self._base = None  # the widget's style, looked up once per refresh (it walks the DOM)
         self.refresh()
 
     def cycle_sort(self) -> str:
@@ -171,10 +182,18 @@ class RequestBoard(ScrollView, can_focus=True):
         parts.append(f"{len(self.rows)} of {self.total}")
         return " · ".join(parts)
 
+    def on_focus(self) -> None:
+        self._base = None
+        self.refresh()
+
+    def on_blur(self) -> None:
+        self._base = None
+        self.refresh()
+
     def action_cursor(self, delta: int) -> None:
         self._prepare()
         self.cursor = min(max(self.cursor + delta, 0), max(0, len(self.rows) - 1))
-        body = max(1, self.size.height - 1)
+        body = max(1, self.size.height - self.HEADER_LINES)
         if self.cursor < self.scroll_y:
             self.scroll_to(y=self.cursor, animate=False)
         elif self.cursor >= self.scroll_y + body:
@@ -183,6 +202,7 @@ class RequestBoard(ScrollView, can_focus=True):
 
     def _changed(self) -> None:
         self._dirty = True
+        self._base = None
         self.cursor = 0
         self.scroll_to(y=0, animate=False)
         self._prepare()
@@ -206,63 +226,85 @@ class RequestBoard(ScrollView, can_focus=True):
                 and (not text or text in r.cls.lower() or text == str(r.rid) or text in r.phase.value)
             )
         key = SORTS[self.sort_key]
-        self.rows = tuple(sorted(rows, key=key, reverse=self.sort_reverse))  # type: ignore[arg-type]
-        self.cursor = min(self.cursor, max(0, len(self.rows) - 1))
-        self.virtual_size = Size(self.size.width, len(self.rows) + 1)
-        if self.parent is not None and hasattr(self.parent, "border_subtitle"):
-            self.parent.border_subtitle = self.describe()
+        self._rows = tuple(sorted(rows, key=key, reverse=self.sort_reverse))  # type: ignore[arg-type]
+        self.cursor = min(self.cursor, max(0, len(self._rows) - 1))
+        size = Size(self.size.width, len(self._rows) + self.HEADER_LINES)
+        if size != self.virtual_size:
+            self.virtual_size = size
 
     # ------------------------------------------------------------------ drawing
 
-    def _layout(self, width: int) -> list[tuple[_Col, int]]:
-        """Columns that fit, with their widths; the class column takes the slack; reason fills the rest."""
+    def _layout(self, width: int) -> tuple[list[tuple[_Col, int]], int]:
+        """Columns that fit (dropped from the right), and the cells they use; the straggler reason gets
+        the rest."""
+        if self._cols_cache is not None and self._cols_cache[0] == width:
+            return self._cols_cache[1], self._cols_cache[2]
         cols = [(c, c.width) for c in _COLS]
         used = sum(w + 1 for _, w in cols)
         while used > width and len(cols) > 3:
             _, w = cols.pop()
             used -= w + 1
-        return cols
+        self._cols_cache = (width, cols, used)
+        return cols, used
 
     def render_line(self, y: int) -> Strip:
         self._prepare()
         width = self.size.width
-        base = self.rich_style
-        cols = self._layout(width)
+        base = self._base
+        if base is None:
+            base = self._base = self.rich_style
+        cols, used = self._layout(width)
         if y == 0:
-            segs = []
+            return self._status_line(width, base)
+        if y == 1:
+            head = base + Style(bold=True, underline=True)
+            parts = []
             for c, w in cols:
                 title = c.title + ("▼" if self.sort_reverse else "▲") if c.sort == self.sort_key else c.title
-                segs.append(
-                    Segment(
-                        (title.rjust(w) if c.right else title.ljust(w)) + " ",
-                        base + Style(bold=True, underline=True),
-                    )
-                )
-            used = sum(w + 1 for _, w in cols)
+                parts.append((title.rjust(w) if c.right else title.ljust(w)) + " ")
             if width - used > 8:
-                segs.append(Segment("straggler".ljust(width - used), base + Style(bold=True, underline=True)))
-            return Strip(segs).crop_extend(0, width, base)
-        i = y - 1 + int(self.scroll_y)
+                parts.append("straggler".ljust(width - used))
+            return Strip([Segment("".join(parts), head)]).crop_extend(0, width, base)
+        i = y - self.HEADER_LINES + int(self.scroll_y)
         if i >= len(self.rows):
-            if not self.rows and y == 1:
+            if not self.rows and y == self.HEADER_LINES:
                 msg = "no requests" if self.total == 0 else "no requests match the filter"
                 return Strip([Segment(msg, base + Style(dim=True))]).crop_extend(0, width, base)
             return Strip.blank(width, base)
         r = self.rows[i]
+        row_style = base + Style(reverse=True) if i == self.cursor and self.has_focus else base
         cells = _cells(r)
-        segs = []
-        row_style = base
-        if i == self.cursor and self.has_focus:
-            row_style = base + Style(reverse=True)
-        for (c, w), text in zip(cols, cells, strict=False):
-            text = text[:w]
-            style = row_style
-            if c.title == "phase":
-                style = row_style + Style(color=PHASE_STYLES[r.phase])
-            segs.append(Segment((text.rjust(w) if c.right else text.ljust(w)) + " ", style))
-        used = sum(w + 1 for _, w in cols)
+        # three segments: up to the phase, the coloured phase, the rest
+        fmt = [
+            (text[:w].rjust(w) if c.right else text[:w].ljust(w))
+            for (c, w), text in zip(cols, cells, strict=False)
+        ]
+        segs = [Segment(" ".join(fmt[:2]) + " ", row_style)]
+        if len(fmt) > 2:
+            segs.append(Segment(fmt[2] + " ", row_style + self._phase_styles[r.phase]))
+            segs.append(Segment(" ".join(fmt[3:]) + " " if len(fmt) > 3 else "", row_style))
         if r.straggler is not None:
             rest = width - used
             flag = ("⚠ " + r.straggler)[: max(0, rest)] if rest > 8 else "⚠"
             segs.append(Segment(flag, row_style + Style(color="red", bold=True)))
-        return Strip(segs).crop_extend(0, width, row_style if i == self.cursor and self.has_focus else base)
+        return Strip(segs).crop_extend(0, width, row_style)
+
+    def _status_line(self, width: int, base: Style) -> Strip:
+        """Progress counts on the left, sort / filter / count on the right."""
+        snap = self._snap
+        left = snap.progress.line() if snap is not None else ""
+        n_strag = sum(1 for s in snap.stragglers if not s.finished) if snap is not None else 0
+        right = self.describe()
+        segs = [Segment(left, base + Style(bold=True))]
+        if n_strag:
+            segs.append(Segment(f" · ⚠ {n_strag} straggling", base + Style(color="red", bold=True)))
+        used = len(left) + (len(segs[-1].text) if n_strag else 0)
+        pad = width - used - len(right)
+        if pad >= 2:
+            segs.append(Segment(" " * pad + right, base + Style(dim=True)))
+        return Strip(segs).crop_extend(0, width, base)
+
+    _phase_styles: ClassVar[dict[Phase, Style]] = {p: Style(color=c) for p, c in PHASE_STYLES.items()}
+
+    def _phase_style(self, phase: Phase) -> Style:
+        return self._phase_styles[phase]

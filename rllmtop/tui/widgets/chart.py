@@ -8,6 +8,7 @@ whole dot column so points do not jitter between columns as time moves.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from rllmtop.view import Series, ViewSnapshot
 __all__ = ["BrailleChart", "ChartData", "Line", "braille_codes", "column_minmax", "nice_ceiling"]
 
 _BRAILLE = [chr(0x2800 + i) for i in range(256)]
+_BRAILLE_NP = np.array(_BRAILLE, dtype="<U1")
 # dot (row 0..3, col 0..1) -> bit
 _WEIGHTS = np.array([[0x01, 0x08], [0x02, 0x10], [0x04, 0x20], [0x40, 0x80]], dtype=np.uint16)
 GUTTER = 6  # y-axis label width, incl. one space
@@ -178,21 +180,27 @@ class BrailleChart(Widget):
         self.renders = 0  # how many times the strips were rebuilt (tests and bench)
 
     def update_snapshot(self, snap: ViewSnapshot) -> None:
+        """Take a snapshot; repaint only if it changes the picture (a new point, a new time column)."""
         self._snap = snap
-        self.refresh()
+        if self._key_for(self.select(snap), *self.size)[0] != self._key:
+            self.refresh()
 
     @property
     def data(self) -> ChartData | None:
         """The data of the last render (None before the first)."""
         return self._data
 
+    def _key_for(self, data: ChartData, width: int, height: int) -> tuple[object, float]:
+        """(cache key, right edge snapped to a whole dot column)."""
+        dt = data.window / max(1, 2 * (width - GUTTER))
+        t1q = math.ceil(data.t1 / dt) * dt
+        return (data.version, round(t1q / dt), data.window, width, height), t1q
+
     def render_line(self, y: int) -> Strip:
         width, height = self.size
         if self._snap is not None:
             data = self.select(self._snap)
-            dt = data.window / max(1, 2 * (width - GUTTER))
-            t1q = math.ceil(data.t1 / dt) * dt if dt > 0 else data.t1
-            key = (data.version, round(t1q / dt) if dt > 0 else 0, data.window, width, height)
+            key, t1q = self._key_for(data, width, height)
             if key != self._key:
                 self._key = key
                 self._data = data
@@ -287,29 +295,26 @@ class BrailleChart(Widget):
         y_fmt = data.y_fmt or human
         styles = [base + Style(color=ln.color) for ln, *_ in reduced]
         mark_style = base + Style(color="red", bold=True)
+        chars = _BRAILLE_NP[codes]  # (rows, plot_w) single characters
+        if ref_row >= 0:
+            chars[ref_row][codes[ref_row] == 0] = "┄"
+        if mark_cols:
+            cols = sorted(mark_cols)
+            chars[0, cols] = "▼"
+            owner[0, cols] = -2
+        row_text = np.ascontiguousarray(chars).view(f"<U{plot_w}")[:, 0]  # one string per row, no loop
         strips = []
         for r in range(rows):
             label = y_fmt(top) if r == 0 else (y_fmt(0.0) if r == rows - 1 else "")
             segs = [Segment(label.rjust(GUTTER - 1)[: GUTTER - 1] + " ", muted)]
-            row_codes = codes[r]
-            row_owner = owner[r]
-            chars = [_BRAILLE[code] for code in row_codes.tolist()]
-            if r == ref_row:
-                chars = [ch if code else "┄" for ch, code in zip(chars, row_codes.tolist(), strict=True)]
-            own = row_owner.tolist()
-            if r == 0 and mark_cols:
-                for col in mark_cols:
-                    chars[col] = "▼"
-                    own[col] = -2
-            # runs of the same owner -> one segment each
-            start = 0
-            for col in range(1, plot_w + 1):
-                if col == plot_w or own[col] != own[start]:
-                    o = own[start]
-                    style = mark_style if o == -2 else (styles[o] if o >= 0 else muted)
-                    segs.append(Segment("".join(chars[start:col]), style))
-                    start = col
-            strips.append(Strip(segs))
+            text = str(row_text[r])
+            own = owner[r]
+            cuts = [0, *(np.flatnonzero(own[1:] != own[:-1]) + 1).tolist(), plot_w]
+            for a, b in itertools.pairwise(cuts):
+                o = int(own[a])
+                style = mark_style if o == -2 else (styles[o] if o >= 0 else muted)
+                segs.append(Segment(text[a:b], style))
+            strips.append(Strip(segs, GUTTER + plot_w))
         return strips
 
     def _axis(self, window: float, plot_w: int, muted: Style) -> Strip:

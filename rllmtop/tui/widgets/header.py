@@ -35,44 +35,55 @@ class HeaderBar(Widget):
         super().__init__(id=id)
         self.record_path = record_path
         self._snap: ViewSnapshot | None = None
+        self._text = Text(" rllmtop ", style="bold reverse")
         self.text = ""  # the plain text last drawn (tests)
 
     def update_snapshot(self, snap: ViewSnapshot) -> None:
+        """Repaint only when the text changes (once a second while running)."""
         self._snap = snap
-        self.refresh()
+        out = self._compose_text(snap, self.size.width)
+        if out.plain != self.text:
+            self._text = out
+            self.text = out.plain
+            self.refresh()
+
+    def on_resize(self) -> None:
+        if self._snap is not None:
+            self._text = self._compose_text(self._snap, self.size.width)
+            self.text = self._text.plain
 
     def render(self) -> Text:
-        snap = self._snap
+        return self._text
+
+    def _compose_text(self, snap: ViewSnapshot, width: int) -> Text:
         left = Text()
         left.append(" rllmtop ", style="bold reverse")
         right = Text()
-        if snap is not None:
-            info = snap.info
-            if info is not None:
-                engine = info.engine_kind + (f" {info.engine_version}" if info.engine_version else "")
-                left.append(f" {engine}", style="bold")
-                profile = dict(info.extra).get("profile")
-                if profile:
-                    left.append(f" ({profile})")
-                if info.model:
-                    left.append(f" · {info.model}")
-                left.append(f" · {info.scenario_name or info.mode}")
-            state = snap.state
-            label = f" {state.value.upper().replace('_', ' ')} "
-            right.append(label, style=STATE_STYLES.get(state, "reverse"))
-            right.append(f" {format_elapsed(snap.t)} ")
-            rec = self.record_path or (info.record_path if info is not None else "")
-            if info is not None and info.mode == "replay":
-                right.append("▶ replay ", style="bold cyan")
-            elif rec:
-                right.append("● REC ", style="bold red")
-                right.append(_tail(rec, 32) + " ")
-        pad = max(1, self.size.width - left.cell_len - right.cell_len)
-        out = Text.assemble(left, " " * pad, right, no_wrap=True, overflow="ellipsis")
-        if out.cell_len > self.size.width > 0:  # too narrow: keep the state on screen
-            out = Text.assemble(left[: max(0, self.size.width - right.cell_len - 1)], " ", right)
-        self.text = out.plain
-        return out
+        info = snap.info
+        if info is not None:
+            engine = info.engine_kind + (f" {info.engine_version}" if info.engine_version else "")
+            left.append(f" {engine}", style="bold")
+            profile = dict(info.extra).get("profile")
+            if profile:
+                left.append(f" ({profile})")
+            if info.model:
+                left.append(f" · {info.model}")
+            left.append(f" · {info.scenario_name or info.mode}")
+        state = snap.state
+        label = f" {state.value.upper().replace('_', ' ')} "
+        right.append(label, style=STATE_STYLES.get(state, "reverse"))
+        right.append(f" {format_elapsed(snap.t)} ")
+        rec = self.record_path or (info.record_path if info is not None else "")
+        if info is not None and info.mode == "replay":
+            right.append("▶ replay ", style="bold cyan")
+        elif rec:
+            right.append("● REC ", style="bold red")
+            right.append(_tail(rec, 32) + " ")
+        room = width - right.cell_len - 1
+        if left.cell_len > room:  # too narrow: keep the state and clock on screen
+            left.truncate(max(0, room), overflow="ellipsis")
+        pad = max(1, width - left.cell_len - right.cell_len)
+        return Text.assemble(left, " " * pad, right, no_wrap=True, overflow="ellipsis")
 
 
 def _tail(path: str, n: int) -> str:

@@ -1,11 +1,17 @@
-"""Stragglers: requests the rule flags, each with its reason, under the rule's own text."""
+"""Stragglers: requests the rule flags, each with its reason, under the rule's own text.
+
+Drawn line by line from strips rebuilt at most once per snapshot, and only for the lines that fit."""
 
 from __future__ import annotations
 
-from rich.text import Text
+import textwrap
+
+from rich.segment import Segment
+from rich.style import Style
+from textual.strip import Strip
 from textual.widget import Widget
 
-from rllmtop.view import ViewSnapshot
+from rllmtop.view import Straggler, ViewSnapshot
 
 __all__ = ["StragglerList"]
 
@@ -15,47 +21,64 @@ class StragglerList(Widget):
     StragglerList {
         height: 1fr;
         width: 1fr;
-        overflow: hidden;
     }
     """
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self._snap: ViewSnapshot | None = None
+        self._key: object = None
+        self._strips: list[Strip] = []
+        self.lines: list[str] = []  # plain text of what is drawn (tests)
 
     def update_snapshot(self, snap: ViewSnapshot) -> None:
         self._snap = snap
         self.refresh()
 
-    def render(self) -> Text:
+    def render_line(self, y: int) -> Strip:
+        width, height = self.size
         snap = self._snap
-        out = Text(no_wrap=False, overflow="fold")
-        if snap is None:
-            return out
-        out.append("rule: ", style="bold")
-        out.append(snap.straggler_rule + "\n", style="dim")
-        live = [s for s in snap.stragglers if not s.finished]
-        done = [s for s in snap.stragglers if s.finished]
-        if not snap.stragglers:
-            out.append(
-                "none so far" if snap.asu is not None else "waiting for finished requests", style="dim"
-            )
-            return out
-        height = max(1, self.size.height - 2)
-        shown = 0
-        for s in (*live, *done):
-            if shown >= height:
-                break
-            line = Text(no_wrap=True, overflow="ellipsis")
-            line.append("● " if not s.finished else "✓ ", style="red" if not s.finished else "dim")
-            line.append(f"#{s.rid} ", style="bold")
-            line.append(f"{s.cls} {s.phase.value} {s.age:.1f}s {s.reasoning} tok ")
-            line.append(s.reason, style="red" if not s.finished else "")
-            line.truncate(max(1, self.size.width), overflow="ellipsis")
-            out.append_text(line)
-            out.append("\n")
-            shown += 1
-        rest = len(snap.stragglers) - shown
-        if rest > 0:
-            out.append(f"… {rest} more ({len(live)} in flight, {len(done)} finished)", style="dim")
-        return out
+        if snap is not None:
+            key = (id(snap), width, height)
+            if key != self._key:
+                self._key = key
+                self._strips = self._build(snap, width, height)
+        if y < len(self._strips):
+            return self._strips[y]
+        return Strip.blank(width, self.rich_style)
+
+    def _build(self, snap: ViewSnapshot, width: int, height: int) -> list[Strip]:
+        base = self.rich_style
+        dim = base + Style(dim=True)
+        bold = base + Style(bold=True)
+        red = base + Style(color="red")
+        out: list[list[Segment]] = []
+        rule = textwrap.wrap("rule: " + snap.straggler_rule, max(10, width)) or [""]
+        for i, part in enumerate(rule):
+            out.append([Segment("rule: ", bold), Segment(part[6:], dim)] if i == 0 else [Segment(part, dim)])
+        strag = snap.stragglers
+        if not strag:
+            waiting = "none so far" if snap.asu is not None else "waiting for requests to finish"
+            out.append([Segment(waiting, dim)])
+        else:
+            room = max(1, height - len(out))
+            n_live = sum(1 for s in strag if not s.finished)
+            shown: tuple[Straggler, ...] = strag[: room - 1] if len(strag) > room else strag
+            for s in shown:
+                mark = Segment("● ", red) if not s.finished else Segment("✓ ", dim)
+                desc = f"{s.cls} {s.phase.value} {s.age:.1f}s {s.reasoning} tok "
+                out.append(
+                    [
+                        mark,
+                        Segment(f"#{s.rid} ", bold),
+                        Segment(desc, base),
+                        Segment(s.reason, red if not s.finished else base),
+                    ]
+                )
+            if len(shown) < len(strag):
+                more = len(strag) - len(shown)
+                out.append(
+                    [Segment(f"… {more} more ({n_live} in flight, {len(strag) - n_live} finished)", dim)]
+                )
+        self.lines = ["".join(seg.text for seg in segs) for segs in out]
+        return [Strip(segs).crop_extend(0, width, base) for segs in out[:height]]
