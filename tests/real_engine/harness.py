@@ -9,13 +9,13 @@ whatever load it likes inside. :func:`stream_chat` is one plain-httpx streamed c
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -238,22 +238,28 @@ def metric_values(text: str, name: str) -> list[float]:
 
 
 class MetricsWatch:
-    """Poll ``/metrics`` every ``interval`` seconds and keep the maxima the checks look at."""
+    """Poll ``/metrics`` every ``interval`` seconds from a thread of its own (so a busy test event loop
+    cannot starve it) and keep the maxima of the gauges the checks look at."""
 
     GAUGES = ("vllm:kv_cache_usage_perc", "vllm:num_requests_waiting", "vllm:num_requests_running")
 
-    def __init__(self, client: httpx.AsyncClient, base_url: str, interval: float = 0.25) -> None:
-        self.client = client
+    def __init__(
+        self, base_url: str, *, interval: float = 0.1, headers: dict[str, str] | None = None
+    ) -> None:
         self.url = f"{base_url}/metrics"
         self.interval = interval
+        self.headers = headers or {}
         self.maxima: dict[str, float] = dict.fromkeys(self.GAUGES, 0.0)
         self.polls = 0
         self.last_text = ""
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    async def poll_once(self) -> str:
-        r = await self.client.get(self.url)
+    def poll_once(self, client: httpx.Client | None = None) -> str:
+        if client is None:
+            with httpx.Client(trust_env=False, timeout=30.0, headers=self.headers) as c:
+                return self.poll_once(c)
+        r = client.get(self.url)
         r.raise_for_status()
         self.polls += 1
         self.last_text = r.text
@@ -263,21 +269,23 @@ class MetricsWatch:
                 self.maxima[g] = max(self.maxima[g], max(vals))
         return r.text
 
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(httpx.HTTPError):
-                await self.poll_once()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.interval)
+    def _run(self) -> None:
+        with httpx.Client(trust_env=False, timeout=30.0, headers=self.headers) as client:
+            while not self._stop.is_set():
+                with contextlib.suppress(httpx.HTTPError):
+                    self.poll_once(client)
+                self._stop.wait(self.interval)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self._thread = threading.Thread(target=self._run, name="metrics-watch", daemon=True)
+        self._thread.start()
 
-    async def stop(self) -> str:
+    def stop(self) -> str:
+        """Stop polling; return one last page."""
         self._stop.set()
-        if self._task is not None:
-            await self._task
-        return await self.poll_once()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        return self.poll_once()
 
 
 def say(msg: str) -> None:

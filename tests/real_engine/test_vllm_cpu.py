@@ -33,8 +33,8 @@ from .harness import (
 
 pytestmark = [pytest.mark.real_engine, pytest.mark.timeout(2400)]
 
-N_STREAMS = 48
-MAX_TOKENS = 128  # prompt + 128 crosses a 128-token block, so running requests need more blocks: preemption
+N_STREAMS = 64
+MAX_TOKENS = 256  # prompt + 256 spans three 128-token blocks; 24 blocks hold ~8 such requests: preemption
 SECRET = "rllmtop-test-key-8d1f2c"
 TOPICS = ("sum", "product", "remainder", "square root", "prime factors", "digits", "half", "twice")
 
@@ -66,8 +66,8 @@ async def test_tiny_vllm_through_the_launcher(vllm_env: VllmCpuEnv, tiny_model: 
             # the API key really is enforced, and rllmtop's probes passed only because they sent it
             r = await client.get(f"{engine.base_url}/v1/models")
             assert r.status_code == 401
-            watch = MetricsWatch(client, engine.base_url)
-            before = await watch.poll_once()
+            watch = MetricsWatch(engine.base_url, interval=0.1)
+            before = await asyncio.to_thread(watch.poll_once)
             watch.start()
             t0 = time.monotonic()
             results = await asyncio.gather(
@@ -79,7 +79,7 @@ async def test_tiny_vllm_through_the_launcher(vllm_env: VllmCpuEnv, tiny_model: 
                 )
             )
             load_seconds = time.monotonic() - t0
-            after = await watch.stop()
+            after = await asyncio.to_thread(watch.stop)
         pgid = engine.pgid
 
     say(
