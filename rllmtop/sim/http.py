@@ -83,6 +83,7 @@ class Connection(asyncio.Protocol):
         self._busy = False
         self._keep_alive = True
         self._sent_continue = False
+        self._head_only = False
         self.closed = False
         self.on_close: list[Callable[[], None]] = []
         self._loop = asyncio.get_running_loop()
@@ -133,6 +134,7 @@ class Connection(asyncio.Protocol):
         del buf[:consumed]
         self._busy = True
         self._keep_alive = req.keep_alive
+        self._head_only = req.method == "HEAD"
         req.t_received = self._loop.time()
         self._handler(req, self)
 
@@ -212,7 +214,7 @@ class Connection(asyncio.Protocol):
         hdrs = [("content-type", content_type), ("content-length", str(len(body)))]
         if headers:
             hdrs += headers
-        self._write(self._head(status, hdrs) + body)
+        self._write(self._head(status, hdrs) + (b"" if self._head_only else body))
         self._done()
 
     def start_stream(self, status: int = 200, content_type: str = "text/event-stream; charset=utf-8") -> None:

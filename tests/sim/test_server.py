@@ -458,3 +458,23 @@ async def test_preemptions_over_http_and_every_stream_completes(client: httpx.As
         assert next(s.value for s in hist if s.name.endswith("_count")) == 16
     finally:
         await server.stop()
+
+
+def test_serve_in_thread_with_the_sync_openai_client() -> None:
+    from openai import OpenAI
+
+    from rllmtop.errors import UserError
+    from rllmtop.sim.server import serve_in_thread
+
+    with serve_in_thread(options()) as url:
+        oc = OpenAI(base_url=url + "/v1", api_key="unused")
+        r = oc.chat.completions.create(
+            model="rllm-7b", messages=[{"role": "user", "content": EASY}], max_tokens=7
+        )
+        assert r.usage is not None and r.usage.completion_tokens == 7
+        assert r.choices[0].finish_reason == "length"
+        head = httpx.head(url + "/version")
+        assert head.status_code == 200 and head.content == b"" and int(head.headers["content-length"]) > 0
+        port = int(url.rsplit(":", 1)[1])
+        with pytest.raises(UserError, match="cannot listen"), serve_in_thread(options(port=port)):
+            pass
