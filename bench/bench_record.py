@@ -246,6 +246,9 @@ def bench_open(tmp: Path, hours: float = 1.0, n_requests: int = 20_000) -> None:
         mid = list(recording.stream(after=seconds / 2, until=seconds / 2 + 10))
         t_mid = time.perf_counter() - t0
         t0 = time.perf_counter()
+        n_seek = sum(1 for _ in recording.stream(until=seconds / 2, progress_from=seconds / 2 - 60))
+        t_seek = time.perf_counter() - t0
+        t0 = time.perf_counter()
         all_reqs = recording.requests()
         t_reqs = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -256,6 +259,7 @@ def bench_open(tmp: Path, hours: float = 1.0, n_requests: int = 20_000) -> None:
         f"open: open_recording + index + duration: best {min(times) * 1e3:.0f} ms, "
         f"median {statistics.median(times) * 1e3:.0f} ms (target <= 1000 ms); first replay record "
         f"{t_first * 1e3:.0f} ms; 10 s of replay mid-session ({len(mid):,} records) {t_mid * 1e3:.0f} ms; "
+        f"seek back to mid-session ({n_seek:,} records, PROGRESS for the last 60 s only) {t_seek:.2f} s; "
         f"requests() {t_reqs:.2f} s; samples() {len(samples):,} in {t_samples:.2f} s   [load {load()}]"
     )
 

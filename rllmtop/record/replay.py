@@ -15,7 +15,7 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -53,6 +53,11 @@ class ReplaySource:
 
     With ``exit_at_end`` the run returns once everything is published and the clock reached the end;
     otherwise it stays (a UI can still seek back) until ``stop`` is set.
+
+    ``catchup_detail``: when a seek re-emits a span at once, request PROGRESS events more than this many
+    seconds before the target are left out (everything else is re-emitted; the DONE records carry each
+    request's full token timeline). Without it, seeking back in an hour-long recording re-emits millions
+    of PROGRESS events. ``None`` re-emits everything.
     """
 
     def __init__(
@@ -62,9 +67,11 @@ class ReplaySource:
         speed: float = 1.0,
         exit_at_end: bool = False,
         burst: int = 2000,
+        catchup_detail: float | None = 60.0,
         time_fn: Callable[[], float] = time.monotonic,
     ) -> None:
         self.recording = recording
+        self.catchup_detail = catchup_detail
         self.exit_at_end = exit_at_end
         self.burst = burst
         self._time = time_fn
@@ -191,7 +198,7 @@ class ReplaySource:
         with self._lock:
             self._anchor(self._pos0)  # the clock starts now, not at construction
             self._running = True
-        stream = self.recording.stream()
+        stream = self._stream(-math.inf, self._pos0)
         pending: TimedRecord | None = next(stream, None)
         emitted_to = -math.inf  # the newest t published since the last (re)start
         publish(info)
@@ -202,12 +209,21 @@ class ReplaySource:
                 changed.clear()
                 with self._lock:
                     seek, self._seek = self._seek, None
+                detail = self.catchup_detail
                 if seek is not None and seek < emitted_to:  # backwards: consumers start over
                     publish(Reset(seek))
                     publish(info)
-                    stream = self.recording.stream()
+                    stream = self._stream(-math.inf, seek)
                     pending = next(stream, None)
                     emitted_to = -math.inf
+                elif (
+                    seek is not None
+                    and detail is not None
+                    and seek - detail > emitted_to
+                    and (pending is None or pending.t > emitted_to)
+                ):  # far forwards: start reading again just after what was published, lighter
+                    stream = self._stream(emitted_to, seek)
+                    pending = next(stream, None)
                 target = self.position
                 sent = 0
                 while pending is not None and pending.t <= target and sent < self.burst:
@@ -242,6 +258,10 @@ class ReplaySource:
             stop_wait.cancel()
             changed_wait.cancel()
             idle.set()
+
+    def _stream(self, after: float, target: float) -> Iterator[TimedRecord]:
+        detail = self.catchup_detail
+        return self.recording.stream(after, progress_from=-math.inf if detail is None else target - detail)
 
 
 def _clamp(speed: float) -> float:

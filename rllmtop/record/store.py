@@ -889,16 +889,23 @@ class Recording:
     # -- the stream, for replay ---------------------------------------------------------------------------
 
     def stream(
-        self, after: float = -math.inf, until: float = math.inf, *, chunk: int = 256
+        self,
+        after: float = -math.inf,
+        until: float = math.inf,
+        *,
+        progress_from: float = -math.inf,
+        chunk: int = 256,
     ) -> Iterator[TimedRecord]:
         """Every recorded record with ``after < t <= until`` in time order, as the live session published
         them: StateEvents, LogEvents, full Scrapes, and RequestEvents rebuilt from the request rows
-        (:func:`request_events`). Lazy: reads the file in chunks as it is consumed."""
+        (:func:`request_events`). PROGRESS events before ``progress_from`` are left out (a replay catching
+        up after a seek does not need them). Lazy: reads the file in chunks as it is consumed."""
         seq = itertools.count()
+        progress_from = max(progress_from, after)
         parts = [
             ((r.t, 0, next(seq), r) for r in self._events_stream(after, until, chunk)),
             ((r.t, 1, next(seq), r) for r in self._scrape_stream(after, until, chunk)),
-            ((r.t, 2, next(seq), r) for r in self._request_stream(after, until, chunk)),
+            ((r.t, 2, next(seq), r) for r in self._request_stream(after, until, progress_from, chunk)),
         ]
         for item in heapq.merge(*parts):
             yield item[3]
@@ -942,7 +949,9 @@ class Recording:
                 return
             last_t, last_id = rows[-1][1], rows[-1][0]
 
-    def _request_stream(self, after: float, until: float, chunk: int) -> Iterator[RequestEvent]:
+    def _request_stream(
+        self, after: float, until: float, progress_from: float, chunk: int
+    ) -> Iterator[RequestEvent]:
         idx = self._req_index
         end = bisect.bisect_right(self._req_starts, until)
         ids = [rid for first, last, rid in idx[:end] if last > after]
@@ -957,7 +966,7 @@ class Recording:
             ).fetchall()
             by_id = {row[0]: self._request(row) for row in rows}
             for rid in part:
-                it = request_events(by_id[rid])
+                it = request_events(by_id[rid], progress_from=progress_from)
                 ev = next(it, None)
                 while ev is not None and ev.t <= after:
                     ev = next(it, None)
@@ -987,13 +996,15 @@ def _pop(
 # ---------------------------------------------------------------------------------------------- rebuild
 
 
-def request_events(r: RequestRecord, progress_interval: float = PROGRESS_INTERVAL) -> Iterator[RequestEvent]:
+def request_events(
+    r: RequestRecord, progress_interval: float = PROGRESS_INTERVAL, *, progress_from: float = -math.inf
+) -> Iterator[RequestEvent]:
     """The RequestEvents the live runner published for ``r``, rebuilt from its final record.
 
     QUEUED (when it waited on the client's concurrency cap), SENT, FIRST_TOKEN, FIRST_VISIBLE, PROGRESS on
     the session-time grid of ``progress_interval`` whenever the counts moved (from the gap blob; reasoning
-    tokens are the chunks before the first visible one, scaled to the recorded totals), then DONE or FAILED
-    with the record. Times never decrease.
+    tokens are the chunks before the first visible one, scaled to the recorded totals; none before
+    ``progress_from``), then DONE or FAILED with the record. Times never decrease.
     """
     cls = r.cls
     ok = r.status is RequestStatus.OK
@@ -1014,6 +1025,8 @@ def request_events(r: RequestRecord, progress_interval: float = PROGRESS_INTERVA
         last = counts.at(r.t_first_token)
         yield RequestEvent(RequestKind.FIRST_TOKEN, r.t_first_token, r.rid, cls, *last)
         tick = (math.floor(r.t_first_token / progress_interval) + 1) * progress_interval
+        if progress_from > tick:
+            tick = math.ceil(progress_from / progress_interval - 1e-9) * progress_interval
         visible = r.t_first_visible
         while True:
             nxt = tick if tick < t_end else math.inf

@@ -245,3 +245,38 @@ async def test_an_empty_recording_replays_its_info_only(tmp_path: Path) -> None:
     await asyncio.wait_for(task, 5)
     assert len(sink.records) == 1 and isinstance(sink.records[0], SessionInfo)
     assert src.finished and src.duration == 0.0
+
+
+async def test_seeks_leave_out_old_progress_but_nothing_else(recording: Recording) -> None:
+    src = ReplaySource(recording, catchup_detail=1.0)
+    src.pause()
+    sink, stop, task = await start(src)
+    await src.settled()
+    at_zero = len(sink.records)
+    src.seek(3.0)  # far forwards: the stream restarts after what was published, without old PROGRESS
+    await src.settled()
+    forward = sink.records[at_zero:]
+    assert forward == list(recording.stream(after=0.0, until=3.0, progress_from=2.0))
+    full = list(recording.stream(after=0.0, until=3.0))
+    lifecycle = [r for r in full if not (isinstance(r, RequestEvent) and r.kind is RequestKind.PROGRESS)]
+    assert [r for r in forward if r in lifecycle] == lifecycle  # every non-PROGRESS record is there
+    old = [r for r in forward if isinstance(r, RequestEvent) and r.kind is RequestKind.PROGRESS and r.t < 2.0]
+    assert old == [] and any(isinstance(r, RequestEvent) and r.kind is RequestKind.PROGRESS for r in full)
+    n = len(sink.records)
+    src.seek(2.5)  # backwards: Reset, then everything up to 2.5 with PROGRESS only from 1.5
+    await src.settled()
+    back = sink.records[n:]
+    assert back[0] == Reset(2.5) and back[2:] == list(recording.stream(until=2.5, progress_from=1.5))
+    stop.set()
+    await asyncio.wait_for(task, 5)
+
+
+def test_progress_from_drops_only_early_progress() -> None:
+    r = synth.record(1, 10.0, random.Random(3), reasoning=200, answer=50, itl=0.02)
+    full = list(request_events(r))
+    part = list(request_events(r, progress_from=12.0))
+    keep = [e for e in full if e.kind is not RequestKind.PROGRESS]
+    assert [e for e in part if e.kind is not RequestKind.PROGRESS] == keep
+    prog = [e for e in part if e.kind is RequestKind.PROGRESS]
+    assert prog and min(e.t for e in prog) >= 12.0
+    assert {e.t for e in prog} <= {e.t for e in full if e.kind is RequestKind.PROGRESS} | {12.0}
