@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     g.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     g.add_argument("--served-model-name", help="model name in /v1/models (default: the profile's)")
+    g.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* (never logged)")
     g.add_argument("--max-num-seqs", type=_pos_int, help="most requests running at once")
     g.add_argument("--max-num-batched-tokens", type=_pos_int, help="token budget per engine step")
     g.add_argument("--gpu-memory-utilization", type=_fraction, help="fraction of GPU memory for vLLM")
@@ -182,6 +183,7 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         reasoning_field=args.reasoning_field,
         reasoning_parser=args.reasoning_parser,
         faults=faults,
+        api_key=args.api_key,
     )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import os
 import secrets
 import sys
@@ -73,6 +74,7 @@ class ServerOptions:
     reasoning_field: str = "reasoning"  # "reasoning" | "reasoning_content"
     reasoning_parser: str | None = None  # None: the profile's; "none": reasoning inline in content
     faults: Faults = field(default_factory=Faults)
+    api_key: str | None = None  # like vLLM's --api-key: /v1/* answers 401 without "Authorization: Bearer KEY"
     resync_seconds: float = 0.1  # fall further behind than this and the schedule restarts from now
 
 
@@ -655,6 +657,12 @@ class SimServer:
             "/metrics": self._metrics,
         }
         post_routes = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+        key = self.options.api_key
+        if key and path.startswith("/v1"):
+            given = req.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+                conn.respond(401, b'{"error":"Unauthorized"}')
+                return
         if path in get_routes:
             if req.method not in ("GET", "HEAD"):
                 conn.respond(405, b'{"detail":"Method Not Allowed"}')

@@ -478,3 +478,14 @@ def test_serve_in_thread_with_the_sync_openai_client() -> None:
         port = int(url.rsplit(":", 1)[1])
         with pytest.raises(UserError, match="cannot listen"), serve_in_thread(options(port=port)):
             pass
+
+
+async def test_api_key_guards_v1_routes(client: httpx.AsyncClient) -> None:
+    async with serve_in_background(options(api_key="s3cret")) as url:
+        assert (await client.get(url + "/v1/models")).status_code == 401
+        bad = await client.get(url + "/v1/models", headers={"Authorization": "Bearer nope"})
+        assert bad.status_code == 401 and "s3cret" not in bad.text
+        ok = await client.get(url + "/v1/models", headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        assert (await client.get(url + "/health")).status_code == 200
+        assert "s3cret" not in (await client.get(url + "/metrics")).text
