@@ -210,6 +210,20 @@ def _safe_info(info: SessionInfo) -> SessionInfo:
 # ---------------------------------------------------------------------------------------------- encoding
 
 
+# numpy scalars that reach a record (counts computed with numpy) bind like Python numbers
+def _np_int(v: Any) -> int:
+    return int(v)
+
+
+def _np_float(v: Any) -> float:
+    return float(v)
+
+
+for _np_type in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64, np.bool_):
+    sqlite3.register_adapter(_np_type, _np_int)
+sqlite3.register_adapter(np.float32, _np_float)
+
+
 def _labels_json(labels: Labels) -> str:
     return json.dumps([list(p) for p in labels], separators=(",", ":"))
 
@@ -402,7 +416,14 @@ class Recorder:
             while j < len(batch) and not isinstance(batch[j], _Flush | _Close):
                 j += 1
             if j > i:
-                self._write(batch[i:j])
+                try:
+                    self._write(batch[i:j])
+                except Exception as e:  # a bug or an odd value: stop recording, keep the file, say so
+                    with contextlib.suppress(sqlite3.Error):
+                        if self._db.in_transaction:
+                            self._db.execute("ROLLBACK")
+                    if self.error is None:
+                        self._fail(e)
             if j < len(batch):
                 marker = batch[j]
                 if isinstance(marker, _Close):
@@ -516,9 +537,15 @@ class Recorder:
         self.flushes += 1
         self.max_flush_seconds = max(self.max_flush_seconds, time.perf_counter() - t0)
 
-    def _fail(self, e: sqlite3.Error) -> None:
-        msg = str(e)
-        if "full" in msg.lower():
+    def _fail(self, e: Exception) -> None:
+        msg = " ".join(str(e).split())[:200]
+        if not isinstance(e, sqlite3.Error):
+            what = (
+                f"{self.path}: recording stopped after t={self._committed_t():.1f} s: "
+                f"internal error ({type(e).__name__}: {msg})"
+            )
+            hint = "the file keeps what was written before; please report this with the session's log"
+        elif "full" in msg.lower():
             what = f"{self.path}: the disk is full ({msg}); recording stopped after t={self._committed_t():.1f} s"
             hint = "free some space or record elsewhere (--record FILE); what was written is kept"
         else:

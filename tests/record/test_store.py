@@ -432,3 +432,44 @@ def test_rebuilt_events_are_monotone_and_end_with_the_record(r: RequestRecord) -
     kinds = [e.kind for e in ev]
     assert kinds.count(RequestKind.FIRST_TOKEN) == 1
     assert kinds.count(RequestKind.FIRST_VISIBLE) == (1 if r.t_first_visible is not None else 0)
+
+
+def test_numpy_numbers_in_records_are_stored_as_numbers(tmp_path: Path) -> None:
+    import numpy as np
+
+    r = RequestRecord(
+        rid=np.int64(5),  # type: ignore[arg-type]
+        cls="c",
+        t_scheduled=np.float64(1.5),
+        t_done=2.0,
+        reasoning_tokens=np.int32(7),  # type: ignore[arg-type]
+        answer_tokens=np.uint16(3),  # type: ignore[arg-type]
+        tokens_exact=np.bool_(True),  # type: ignore[arg-type]
+    )
+    path = tmp_path / "np.db"
+    rec = Recorder(path, synth.info())
+    rec.handle(RequestEvent(RequestKind.DONE, 2.0, 5, "c", record=r))
+    rec.close(SessionState.DONE)
+    with open_recording(path) as got:
+        (back,) = got.requests()
+    assert (back.rid, back.t_scheduled, back.reasoning_tokens, back.answer_tokens) == (5, 1.5, 7, 3)
+    assert back.tokens_exact is True
+
+
+def test_an_unstorable_value_stops_the_recording_with_a_clear_error(tmp_path: Path) -> None:
+    good = RequestRecord(rid=1, cls="c", t_scheduled=1.0, t_done=1.5)
+    bad = RequestRecord(
+        rid=2, cls="c", t_scheduled=2.0, t_done=2.5, prompt_tokens=2**70
+    )  # too big for SQLite
+    path = tmp_path / "bad.db"
+    errors: list[UserError] = []
+    rec = Recorder(path, synth.info(), on_error=errors.append)
+    rec.handle(RequestEvent(RequestKind.DONE, 1.5, 1, "c", record=good))
+    rec.flush()
+    rec.handle(RequestEvent(RequestKind.DONE, 2.5, 2, "c", record=bad))
+    rec.flush()
+    assert len(errors) == 1 and "recording stopped after t=1.5 s" in errors[0].what
+    with pytest.raises(UserError):
+        rec.close(SessionState.DONE)
+    with open_recording(path) as got:
+        assert got.requests() == [good] and got.status is SessionState.DONE
