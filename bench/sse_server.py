@@ -95,17 +95,19 @@ class _Proto(asyncio.Protocol):
                 return
             body = json.loads(self.buf[i + 4 : i + 4 + n] or b"{}")
             self.buf = self.buf[i + 4 + n :]
-            self.server.start(self, body.get("bench", {}))
+            self.server.start(self, body.get("bench") or {})
 
 
 class Server:
-    def __init__(self) -> None:
+    def __init__(self, default: dict[str, float] | None = None) -> None:
+        self.default = default or {}
         self.heap: list[tuple[float, int, _Stream]] = []
         self.wake = asyncio.Event()
         self.seq = 0
 
     def start(self, proto: _Proto, spec: dict[str, float]) -> None:
         assert proto.transport is not None
+        spec = {**self.default, **spec}
         proto.transport.write(_HEAD + _ROLE_CHUNK)
         st = _Stream(proto, int(spec.get("n", 100)), int(spec.get("per_write", 4)), bool(spec.get("stamp")))
         interval = float(spec.get("interval", 0.0))
@@ -178,8 +180,8 @@ class _Stream:
             self.proto.transport.write(_tail(self.n))
 
 
-async def main_async(port: int) -> None:
-    server = Server()
+async def main_async(port: int, default: dict[str, float]) -> None:
+    server = Server(default)
     loop = asyncio.get_running_loop()
     srv = await loop.create_server(lambda: _Proto(server), "127.0.0.1", port, backlog=4096)
     print(f"listening on http://127.0.0.1:{srv.sockets[0].getsockname()[1]}", flush=True)
@@ -192,15 +194,35 @@ async def main_async(port: int) -> None:
     srv.close()
 
 
+def _raise_nofile() -> None:
+    """Thousands of streams need thousands of sockets: lift the soft descriptor limit to the hard one."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--cpu", type=int, default=None, help="pin the process to this CPU")
+    ap.add_argument(
+        "--n", type=int, default=100, help="chunks per stream when the request has no bench object"
+    )
+    ap.add_argument(
+        "--interval", type=float, default=0.0, help="seconds between chunks (0 = flat out), default"
+    )
+    ap.add_argument("--per-write", type=int, default=4, help="events per write in flat-out mode, default")
     args = ap.parse_args(argv)
+    _raise_nofile()
     if args.cpu is not None and hasattr(os, "sched_setaffinity"):
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, {args.cpu})
-    asyncio.run(main_async(args.port))
+    asyncio.run(main_async(args.port, {"n": args.n, "interval": args.interval, "per_write": args.per_write}))
     return 0
 
 

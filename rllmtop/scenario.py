@@ -220,7 +220,8 @@ class Scenario:
 
 def scenario_dirs() -> list[Path]:
     """Directories searched for shipped scenarios, in order: inside the installed package
-    (``rllmtop/scenarios``), then the source checkout's ``scenarios/`` next to the package."""
+    (``rllmtop/scenarios``: in a source checkout a symlink to ``../scenarios``, in a wheel the files
+    themselves), then the checkout's ``scenarios/`` next to the package."""
     here = Path(__file__).resolve().parent
     out: list[Path] = []
     try:
@@ -228,12 +229,12 @@ def scenario_dirs() -> list[Path]:
 
         res = files("rllmtop") / "scenarios"
         if res.is_dir():
-            out.append(Path(str(res)))
+            out.append(Path(str(res)).resolve())
     except (ModuleNotFoundError, TypeError, OSError):
         pass
     for d in (here / "scenarios", here.parent / "scenarios"):
-        if d.is_dir() and d not in out:
-            out.append(d)
+        if d.is_dir() and d.resolve() not in out:
+            out.append(d.resolve())
     return out
 
 

@@ -398,3 +398,53 @@ def test_unknown_name_suggests_a_shipped_one() -> None:
     with pytest.raises(UserError) as ei:
         load_scenario("nowhere/x.toml")
     assert "does not exist" in ei.value.what
+
+
+# ------------------------------------------------------------------------------------------------ docs
+
+
+def _readme_blocks() -> list[str]:
+    readme = Path(__file__).resolve().parent.parent / "scenarios" / "README.md"
+    text = readme.read_text()
+    return [b.split("```", 1)[0] for b in text.split("```toml\n")[1:]]
+
+
+def test_readme_dataset_mappings_load(tmp_path: Path) -> None:
+    """The column mappings documented for GSM8K, MATH-500, AIME 2024 and GPQA work on files of that shape."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from rllmtop.workload.prompts import load_scenario_prompts
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "gsm8k_test.jsonl").write_text('{"question": "q", "answer": "so\\n#### 1,200"}\n')
+    (data / "math500_test.jsonl").write_text(
+        '{"problem": "p", "solution": "s", "answer": "\\\\frac{1}{2}", "subject": "Algebra", "level": 3, '
+        '"unique_id": "test/algebra/1.json"}\n'
+    )
+    pq.write_table(
+        pa.table({"id": [60], "problem": ["p"], "solution": ["s"], "answer": ["204"]}),
+        data / "aime_2024.parquet",
+    )
+    (data / "gpqa_diamond.csv").write_text(
+        "Record ID,Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3\n"
+        "rec1,What?,yes,no,maybe,never\n"
+    )
+    (mapping,) = [b for b in _readme_blocks() if "gsm8k" in b]
+    p = tmp_path / "datasets.toml"
+    p.write_text("[load]\nnum_prompts = 4\n" + mapping)
+    sc = load_scenario(str(p))
+    assert [c.name for c in sc.classes] == ["gsm8k", "math500", "aime24", "gpqa"]
+    items = load_scenario_prompts(sc)
+    assert [i[0].reference for i in items[:3]] == ["1,200", "\\frac{1}{2}", "204"]
+    assert [i[0].kind for i in items] == ["number", "number", "number", "choice"]
+    assert items[3][0].reference in "ABCD" and items[1][0].id == "test/algebra/1.json"
+
+
+def test_readme_slo_and_matrix_examples_load(tmp_path: Path) -> None:
+    blocks = [b for b in _readme_blocks() if "gsm8k" not in b]
+    assert len(blocks) == 2
+    for b in blocks:
+        p = write(tmp_path, MINIMAL.replace("[[classes]]", b + "\n[[classes]]"))
+        sc = load_scenario(str(p))
+        assert sc.slo or len(matrix_cells(sc)) == 16
