@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import re
 import time
@@ -153,6 +154,8 @@ class _Req:
     __slots__ = (
         "abort",
         "cls",
+        "ended",
+        "http_status",
         "item",
         "last",
         "rid",
@@ -161,6 +164,7 @@ class _Req:
         "t_scheduled",
         "t_sent",
         "task",
+        "timer",
     )
 
     def __init__(self, rid: int, cls: int, item: PromptItem, t_scheduled: float) -> None:
@@ -174,6 +178,9 @@ class _Req:
         self.task: asyncio.Task[None] | None = None
         self.abort: tuple[RequestStatus, str] | None = None
         self.last = (0, 0)
+        self.http_status = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.ended = False
 
 
 class Runner:
@@ -342,7 +349,11 @@ class Runner:
     def _start(self, req: _Req) -> None:
         self.in_flight += 1
         self._active[req.rid] = req
-        req.task = asyncio.get_running_loop().create_task(self._send(req))
+        loop = asyncio.get_running_loop()
+        req.task = loop.create_task(self._send(req))
+        # the request ends here whatever happens to the task (even cancelled before its first step)
+        req.task.add_done_callback(functools.partial(self._task_done, req))
+        req.timer = loop.call_later(self.scenario.load.timeout, self._timeout, req)
 
     def _sending_over(self) -> None:
         if not self.sending_done.is_set():
@@ -400,17 +411,23 @@ class Runner:
             seed=request_seed(sc.seed, req.rid) if sc.load.request_seed else None,
             return_token_ids=sc.load.return_token_ids,
         )
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(sc.load.timeout, self._timeout, req)
-        status = 0
         try:
-            status = await self._client.post_stream(self._path, body, stream, on_sent=sent)
+            req.http_status = await self._client.post_stream(self._path, body, stream, on_sent=sent)
         except asyncio.CancelledError:
             if req.abort is None:
                 req.abort = (RequestStatus.CANCELLED, "cancelled by rllmtop")
-        finally:
-            timer.cancel()
-            self._finalize(req, self.clock.now(), status)
+
+    def _task_done(self, req: _Req, task: asyncio.Task[None]) -> None:
+        if req.timer is not None:
+            req.timer.cancel()
+        if task.cancelled():
+            if req.abort is None:
+                req.abort = (RequestStatus.CANCELLED, "cancelled by rllmtop")
+        elif task.exception() is not None:
+            exc = task.exception()
+            req.abort = (RequestStatus.ERROR, f"internal error in rllmtop's client: {exc!r}")
+            self._log("error", f"request {req.rid}: internal error in rllmtop's client: {exc!r}")
+        self._finalize(req, self.clock.now(), req.http_status)
 
     def _timeout(self, req: _Req) -> None:
         if req.abort is None:
@@ -422,6 +439,9 @@ class Runner:
             req.task.cancel()
 
     def _finalize(self, req: _Req, now: float, http_status: int = 0) -> None:
+        if req.ended:
+            return
+        req.ended = True
         sc = self.scenario
         c = sc.classes[req.cls]
         st = req.stream

@@ -359,3 +359,23 @@ async def test_send_lag_is_small(tmp_path: Path, timerfd: bool) -> None:
     lags = np.array([x.send_lag for x in sink.finals().values()])
     assert np.all(lags >= 0)
     assert np.percentile(lags, 50) < 0.005 and np.percentile(lags, 99) < 0.05
+
+
+async def test_cancel_before_requests_start_still_ends_them(tmp_path: Path) -> None:
+    """Cancelled in the very callback that dispatched them: the tasks never run a step."""
+    sc = scenario(tmp_path, 'process = "burst"\nburst_size = 5', "")
+    sink = Sink()
+    async with SseServer(correct_model) as srv:
+        r = make_runner(sc, srv.url, sink)
+        dispatch = r._dispatch
+
+        def dispatch_then_cancel(i: int, now: float) -> None:
+            dispatch(i, now)
+            if i == 4:
+                r.cancel()
+
+        r._dispatch = dispatch_then_cancel  # type: ignore[method-assign]
+        await asyncio.wait_for(r.run(), 5)
+    finals = sink.finals()
+    assert len(finals) == 5 and all(x.status is RequestStatus.CANCELLED for x in finals.values())
+    assert not sink.events(RequestKind.SENT) and r.in_flight == 0 and r.failed == 5
