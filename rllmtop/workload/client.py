@@ -35,7 +35,6 @@ __all__ = [
     "RequestFailed",
     "build_request_body",
     "endpoint_path",
-    "fetch_models",
 ]
 
 _loads = orjson.loads
@@ -915,25 +914,3 @@ def build_request_body(
     if return_token_ids:
         body["return_token_ids"] = True
     return orjson.dumps(body)
-
-
-async def fetch_models(base_url: str, api_key: str | None = None, timeout: float = 10.0) -> list[str]:
-    """Model ids served at ``base_url`` (``GET /v1/models``); UserError when unreachable."""
-    import httpx
-
-    url = endpoint_path(base_url, "chat").rsplit("/chat/completions", 1)[0] + "/models"
-    parts = urlsplit(base_url)
-    full = f"{parts.scheme}://{parts.netloc}{url}"
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        async with httpx.AsyncClient(timeout=timeout) as c:
-            r = await c.get(full, headers=headers)
-    except httpx.HTTPError as e:
-        raise UserError(f"cannot reach {full}: {e}", "is the server running? check --base-url") from e
-    if r.status_code != 200:
-        raise UserError(f"{full} answered HTTP {r.status_code}", "check the URL and --api-key")
-    try:
-        data = r.json().get("data", [])
-        return [str(m["id"]) for m in data if isinstance(m, dict) and "id" in m]
-    except (ValueError, AttributeError) as e:
-        raise UserError(f"{full} did not return a model list", "is this an OpenAI-compatible server?") from e
