@@ -27,6 +27,7 @@ as 0. Series live in fixed-size ring buffers: memory stays bounded however long 
 from __future__ import annotations
 
 import math
+import re
 import time
 import tomllib
 from collections import deque
@@ -83,6 +84,7 @@ CLIENT_BOTTLENECK_LAG_S = 0.010
 
 RATE_STEP = 1.0  # seconds per bin of the client-side rate series
 BOARD_LINGER_S = 5.0  # ended requests stay on the board this long
+ENGINE_RATE_SPAN = 1.0  # seconds the engine's generation rate is averaged over
 LOG_LINES = 500  # engine log / event log lines kept
 FINISHED_STRAGGLERS = 200  # finished stragglers kept for the list
 DIST_BINS = 24
@@ -228,7 +230,7 @@ class DistGroup:
 
     @property
     def label(self) -> str:
-        return f"{self.cls}/{self.difficulty}" if self.difficulty else self.cls
+        return f"{self.cls}/{self.difficulty}" if self.difficulty and self.difficulty != self.cls else self.cls
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,7 +447,7 @@ class LiveView:
         self._preempt = _Ring(cap)
         self._engine_tps = _Ring(cap)
         self._counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-        self._gen_t: float | None = None  # time of the previous generation_tokens_total reading
+        self._gen: deque[tuple[float, float]] = deque(maxlen=64)  # (t, tokens generated since start)
         self.missing: frozenset[str] = frozenset()
         self._scrape_ok = 0
         self._scrape_failed = 0
@@ -683,9 +685,20 @@ class LiveView:
         if preempt > 0:
             self._preempt.append(s.t, preempt)
         if gen_seen:
-            if gen_delta is not None and self._gen_t is not None and s.t > self._gen_t:
-                self._engine_tps.append(s.t, gen_delta / (s.t - self._gen_t))
-            self._gen_t = s.t
+            self._engine_rate(s.t, gen_delta)
+
+    def _engine_rate(self, t: float, delta: float | None) -> None:
+        """The engine's generation rate over the last second or more (one scrape interval is too noisy:
+        engines bump the counter in steps)."""
+        gen = self._gen
+        total = (gen[-1][1] if gen else 0.0) + (delta or 0.0)
+        if gen and delta is not None:
+            while len(gen) > 1 and t - gen[1][0] >= ENGINE_RATE_SPAN:
+                gen.popleft()
+            t0, v0 = gen[0]
+            if t > t0:
+                self._engine_tps.append(t, (total - v0) / (t - t0))
+        gen.append((t, total))
 
     def _on_log(self, ev: LogEvent) -> None:
         self._advance(ev.t)
@@ -866,10 +879,17 @@ class LiveView:
         return len(self._finished)
 
 
+_OVERRIDE_NUM = re.compile(r"^# rllmtop: overrides:.*--num-prompts (\d+)", re.MULTILINE)
+
+
 def _planned_from(scenario_text: str) -> int | None:
-    """``[load] num_prompts`` of the scenario as recorded, if it says."""
+    """``[load] num_prompts`` of the scenario as recorded (a ``--num-prompts`` override in its header wins),
+    if it says."""
     if not scenario_text:
         return None
+    m = _OVERRIDE_NUM.search(scenario_text)
+    if m:
+        return int(m.group(1))
     try:
         doc = tomllib.loads(scenario_text)
     except tomllib.TOMLDecodeError:

@@ -270,13 +270,20 @@ def test_failed_scrapes_leave_a_gap_and_log_once_until_recovery() -> None:
     assert snap.events_total == 2 and "recovered" in snap.events[-1].text
 
 
-def test_engine_generation_rate_from_the_counter() -> None:
+def test_engine_generation_rate_from_the_counter_over_a_second() -> None:
     v = view()
     for i, total in enumerate([1000, 1100, 1300]):
         t = 0.5 * (i + 1)
         v.handle(Scrape(t, 0.0, True, samples=(MetricSample(t, "generation_tokens_total", total),)))
     snap = v.snapshot(1.5)
-    assert snap.engine_tps.v.tolist() == [200.0, 400.0]
+    assert snap.engine_tps.v.tolist() == [200.0, 300.0]  # (1300 - 1000) / 1 s, not 200 / 0.5 s
+    # an engine that bumps its counter in steps: 1000 every other 0.25 s scrape is 2000 tok/s, not 0/4000
+    v = view()
+    for i in range(40):
+        t = 0.25 * (i + 1)
+        v.handle(Scrape(t, 0.0, True, samples=(MetricSample(t, "generation_tokens_total", 1000 * (i // 2)),)))
+    rates = v.snapshot(10.0).engine_tps.v[4:]
+    assert rates.min() >= 1500 and rates.max() <= 2700
 
 
 # ------------------------------------------------------------------------------------------------ series
@@ -550,3 +557,10 @@ def test_reset_record_starts_over_but_a_repeated_session_info_only_updates() -> 
     finish(v, record(1))
     v.handle(SessionInfo("s2", 0.0, "live"))  # another session
     assert v.snapshot(3.0).progress.done == 0 and v.snapshot(3.0).generation == g + 2
+
+
+def test_planned_count_honours_a_num_prompts_override_in_the_scenario_header() -> None:
+    text = "# rllmtop: overrides: --request-rate 4 --num-prompts 12\n[load]\nnum_prompts = 500\n"
+    v = view()
+    v.handle(SessionInfo("s", 0.0, "replay", scenario_text=text))
+    assert v.snapshot(0).progress.planned == 12

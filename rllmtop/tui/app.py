@@ -33,7 +33,7 @@ from rllmtop.tui.widgets.help import HelpScreen
 from rllmtop.tui.widgets.logpane import LogPane
 from rllmtop.tui.widgets.replaybar import ReplayBar, ReplayControls
 from rllmtop.tui.widgets.stragglers import StragglerList
-from rllmtop.view import LiveView, SummaryJob, ViewSnapshot
+from rllmtop.view import WINDOWS, LiveView, SummaryJob, ViewSnapshot
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -67,11 +67,17 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
+def chart_window(s: ViewSnapshot) -> float:
+    """The time span the charts show: the chosen window, or less while the session is younger than it
+    (at least the smallest window), so a short run fills the charts."""
+    return min(s.window, max(WINDOWS[0], s.t))
+
+
 def kv_chart(s: ViewSnapshot) -> ChartData:
     return ChartData(
         (Line(s.kv, "used", "green", fill=True, fmt=_pct),),
         s.t,
-        s.window,
+        chart_window(s),
         (s.generation, s.series_version),
         y_max=1.0,
         ref_line=1.0,
@@ -85,7 +91,7 @@ def queue_chart(s: ViewSnapshot) -> ChartData:
     return ChartData(
         (Line(s.running, "running", "cyan"), Line(s.waiting, "waiting", "yellow")),
         s.t,
-        s.window,
+        chart_window(s),
         (s.generation, s.series_version),
     )
 
@@ -98,7 +104,7 @@ def tps_chart(s: ViewSnapshot) -> ChartData:
             Line(s.engine_tps, "engine", "grey62"),
         ),
         s.t,
-        s.window,
+        chart_window(s),
         (s.generation, s.series_version),
     )
 
@@ -111,7 +117,7 @@ def rps_chart(s: ViewSnapshot) -> ChartData:
             Line(s.failures, "failed", "red"),
         ),
         s.t,
-        s.window,
+        chart_window(s),
         (s.generation, s.series_version),
         y_fmt=human,
     )

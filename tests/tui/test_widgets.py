@@ -219,3 +219,45 @@ def test_kv_chart_data_fixed_axis(n: int) -> None:
     snap = _snapshot_with_scrapes(n)
     data = kv_chart(snap)
     assert data.y_max == 1.0 and data.ref_line == 1.0 and data.marks is snap.preemptions
+
+
+def _asu_snapshot() -> ViewSnapshot:
+    from rllmtop.events import RequestEvent, RequestKind, RequestRecord
+
+    v = LiveView(summary_interval=0)
+    for rid in range(12):
+        cls = ("easy", "medium", "hard", "mcq")[rid % 4]
+        rec = RequestRecord(rid, cls, t_scheduled=0.0, t_dispatch=0.0, t_sent=0.0, t_first_token=0.1,
+                            t_first_visible=0.5, t_done=1.0 + rid, reasoning_tokens=100, answer_tokens=10,
+                            correct=True)  # fmt: skip
+        v.handle(RequestEvent(RequestKind.SENT, 0.0, rid, cls))
+        v.handle(RequestEvent(RequestKind.DONE, 1.0 + rid, rid, cls, 100, 10, record=rec))
+    return v.snapshot(20.0)
+
+
+@pytest.mark.parametrize(
+    ("width", "dropped"), [(120, set()), (62, {"strag", "ok/n"}), (40, {"E2E p50/90/99"})]
+)
+async def test_asu_panel_one_row_per_class_dropping_columns_when_narrow(
+    width: int, dropped: set[str]
+) -> None:
+    from rllmtop.tui.widgets.asu import AsuPanel
+
+    panel = AsuPanel()
+    async with _Host(panel).run_test(size=(width, 12)) as pilot:
+        panel.update_snapshot(_asu_snapshot())
+        await pilot.pause()
+        text = screen_text(pilot.app)
+        for cls in ("all", "easy", "medium", "hard", "mcq"):
+            assert cls in text
+        assert "TTFVT p50/90/99" in panel.columns and "class" in panel.columns
+        assert not dropped & set(panel.columns)
+        assert "client send-lag p99" in text
+
+
+def test_latency_triple() -> None:
+    from rllmtop.tui.widgets.asu import latency_triple
+
+    assert latency_triple({50: 0.8, 90: 1.7, 99: 2.8}) == "0.8/1.7/2.8s"
+    assert latency_triple({50: 0.01, 90: 0.02, 99: 0.5}) == "10/20/500ms"
+    assert latency_triple({50: None, 90: None, 99: None}) == "-"

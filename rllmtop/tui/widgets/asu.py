@@ -1,6 +1,12 @@
-"""The ASU panel: Accuracy, Service (tok/s) and User (TTFVT, E2E) numbers, overall and per class."""
+"""The ASU panel: Accuracy, Service (tok/s) and User (TTFVT, E2E) numbers, one row per class.
+
+Columns that do not fit are dropped, least important first; the client send-lag p99 line below turns red
+when the client itself is the bottleneck."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -10,11 +16,11 @@ from textual.widget import Widget
 from rllmtop.metrics.analysis import ClassSummary
 from rllmtop.view import CLIENT_BOTTLENECK_LAG_S, ViewSnapshot
 
-__all__ = ["AsuPanel"]
+__all__ = ["AsuPanel", "latency_triple"]
 
 
 def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
+    return "-" if x is None else f"{100 * x:.0f}%" if x in (0.0, 1.0) else f"{100 * x:.1f}%"
 
 
 def _s(x: float | None) -> str:
@@ -25,16 +31,36 @@ def _s(x: float | None) -> str:
     return f"{x:.1f}s" if x < 100 else f"{x:.0f}s"
 
 
-def _rows(c: ClassSummary) -> list[tuple[str, str]]:
-    return [
-        ("requests", f"{c.ok}/{c.requests}"),
-        ("accuracy", _pct(c.accuracy) + (f" of {c.graded}" if c.graded else "")),
-        ("tok/s", "-" if c.output_tps is None else f"{c.output_tps:,.0f}"),
-        ("TTFVT p50/90/99", " ".join(_s(c.ttfvt[q]) for q in (50, 90, 99))),
-        ("E2E p50/90/99", " ".join(_s(c.e2e[q]) for q in (50, 90, 99))),
-        ("error rate", _pct(c.error_rate)),
-        ("stragglers", str(c.stragglers)),
-    ]
+def latency_triple(d: dict[int, float | None]) -> str:
+    """p50/p90/p99 in one unit: ``0.8/1.7/2.8s`` (or ``-``)."""
+    vals = [d.get(q) for q in (50, 90, 99)]
+    if all(v is None for v in vals):
+        return "-"
+    top = max(v for v in vals if v is not None)
+    if top < 1:
+        return "/".join("-" if v is None else f"{v * 1000:.0f}" for v in vals) + "ms"
+    fmt = "{:.1f}" if top < 100 else "{:.0f}"
+    return "/".join("-" if v is None else fmt.format(v) for v in vals) + "s"
+
+
+@dataclass(frozen=True, slots=True)
+class _Col:
+    title: str
+    value: Callable[[ClassSummary], str]
+    priority: int  # lower = kept longer
+    width: int
+
+
+_COLS = (
+    _Col("class", lambda c: c.name, 0, 8),
+    _Col("ok/n", lambda c: f"{c.ok}/{c.requests}", 2, 9),
+    _Col("acc", lambda c: _pct(c.accuracy), 1, 6),
+    _Col("tok/s", lambda c: "-" if c.output_tps is None else f"{c.output_tps:,.0f}", 1, 8),
+    _Col("TTFVT p50/90/99", lambda c: latency_triple(c.ttfvt), 0, 15),
+    _Col("E2E p50/90/99", lambda c: latency_triple(c.e2e), 1, 15),
+    _Col("err", lambda c: _pct(c.error_rate), 1, 6),
+    _Col("strag", lambda c: str(c.stragglers), 3, 5),
+)
 
 
 class AsuPanel(Widget):
@@ -51,8 +77,8 @@ class AsuPanel(Widget):
         super().__init__(id=id)
         self._snap: ViewSnapshot | None = None
         self._key: object = None
-        self._cached: RenderableType = Text("")
         self.warning = False  # the client-bottleneck warning is showing
+        self.columns: list[str] = []  # titles of the columns drawn last (tests)
 
     def update_snapshot(self, snap: ViewSnapshot) -> None:
         key = (snap.generation, snap.summary_version)
@@ -66,26 +92,26 @@ class AsuPanel(Widget):
         if snap is None or snap.asu is None:
             return Text("no request has ended yet", style="dim")
         asu = snap.asu
+        rows = [asu.overall, *asu.classes] if len(asu.classes) > 1 else [asu.overall]
+        cols = list(_COLS)
         width = self.size.width
-        classes = list(asu.classes) if len(asu.classes) > 1 else []
-        cols = [asu.overall, *classes]
-        max_cols = max(1, (width - 16) // 17)
-        cols = cols[:max_cols]
-        table = Table(box=None, padding=(0, 1), show_header=True, header_style="bold", expand=False)
-        table.add_column("", style="dim", no_wrap=True)
+        while sum(c.width + 1 for c in cols) > width and len(cols) > 2:
+            drop = max(cols, key=lambda c: (c.priority, cols.index(c)))
+            cols.remove(drop)
+        self.columns = [c.title for c in cols]
+        table = Table(box=None, padding=(0, 1, 0, 0), show_header=True, header_style="bold", expand=False)
         for c in cols:
-            table.add_column(c.name, justify="right", no_wrap=True)
-        per = [_rows(c) for c in cols]
-        for i, (label, _) in enumerate(per[0]):
-            table.add_row(label, *(p[i][1] for p in per))
+            table.add_column(c.title, justify="left" if c.title == "class" else "right", no_wrap=True)
+        for i, cs in enumerate(rows):
+            table.add_row(*(c.value(cs) for c in cols), style="bold" if i == 0 and len(rows) > 1 else None)
         lag = snap.send_lag_p99
         self.warning = snap.client_bottleneck
-        lag_line = Text()
+        lag_line = Text(no_wrap=True, overflow="ellipsis")
         lag_line.append("client send-lag p99 ", style="dim")
         lag_line.append(_s(lag))
         if snap.client_bottleneck:
             lag_line.append(
-                f"  ⚠ client is the bottleneck (> {CLIENT_BOTTLENECK_LAG_S * 1000:.0f} ms): load is late",
+                f"  ⚠ the client is the bottleneck (> {CLIENT_BOTTLENECK_LAG_S * 1000:.0f} ms): sends are late",
                 style="bold red",
             )
         return Group(table, lag_line)

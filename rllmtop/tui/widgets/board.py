@@ -249,7 +249,7 @@ class RequestBoard(ScrollView, can_focus=True):
 
     def render_line(self, y: int) -> Strip:
         self._prepare()
-        width = self.size.width
+        width = self.scrollable_content_region.width  # without the scrollbar
         base = self._base
         if base is None:
             base = self._base = self.rich_style
