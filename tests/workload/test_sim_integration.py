@@ -322,3 +322,15 @@ max_tokens = 64
     assert res.pvalue > 0.01, res
     lag = np.array([x.send_lag for x in recs])
     assert np.percentile(lag, 99) < 0.05
+
+
+async def test_completions_api(tmp_path: Path, sim: Callable[..., str]) -> None:
+    url = sim("--speed", "100")
+    sc = make(
+        tmp_path, MIXED.format(load='api = "completions"').replace("num_prompts = 48", "num_prompts = 10")
+    )
+    r, sink = await run(sc, url)
+    assert r.done == 10
+    for e in sink.events():
+        if e.record is not None:
+            check_facts(e.record)
