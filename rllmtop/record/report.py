@@ -961,7 +961,7 @@ def _run_meta(r: RunData) -> list[tuple[str, str]]:
     ]
     rows += [(k, v) for k, v in extra.items()]
     header = _header_fields(info.scenario_text)
-    rows += [(k, v) for k, v in header.items() if k not in extra]
+    rows += [(k, v) for k, v in header.items() if k.replace(" ", "_") not in extra]
     if info.launch_command:
         rows.append(("launch command", " ".join(info.launch_command)))
     return rows
@@ -1041,7 +1041,7 @@ def write_report(run: RunData, out_dir: str | Path, *, rule: StragglerRule | Non
     md = [
         f"# {title}",
         "",
-        _md_table(["", ""], [[k, v] for k, v in meta], [False, False]),
+        _md_table(["field", "value"], [[k, v] for k, v in meta], [False, False]),
         "",
         "## ASU summary per class",
         "",
@@ -1084,7 +1084,7 @@ def write_report(run: RunData, out_dir: str | Path, *, rule: StragglerRule | Non
     )
     head, rows, right = _columns_table(COLUMNS, _asu_rows(summary))
     body = [
-        _html_table(["", ""], [[k, v] for k, v in meta], [False, False]),
+        _html_table(["field", "value"], [[k, v] for k, v in meta], [False, False]),
         "<h2>ASU summary per class</h2>",
         _html_table(head, rows, right) if summary.overall.requests else "<p>No request ended.</p>",
         f"<p><b>Stragglers:</b> {html.escape(summary.straggler_rule)}.</p>",
