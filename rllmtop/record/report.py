@@ -65,13 +65,16 @@ if TYPE_CHECKING:
 __all__ = [
     "FIGURES",
     "EngineSummary",
+    "MannWhitney",
     "RunData",
     "build_comparison",
     "build_report",
     "comparability_problems",
     "engine_summary",
+    "holm",
     "load_run",
     "mann_whitney",
+    "scrape_step",
     "write_comparison",
     "write_report",
 ]
