@@ -234,7 +234,8 @@ async def test_the_replay_clock(recording: Recording) -> None:
     assert src.clock.started_at == recording.info.started_at
     assert src.clock.to_monotonic(2.0) == math.inf  # paused: never
     src.resume()
-    assert src.clock.to_monotonic(2.0) - time.monotonic() == pytest.approx(0.5, abs=0.05)
+    ahead = src.clock.to_monotonic(2.0) - time.monotonic()
+    assert 0.25 < ahead <= 0.5 + 1e-6  # 0.5 s of replay at 1x, minus however long this line took
 
 
 async def test_an_empty_recording_replays_its_info_only(tmp_path: Path) -> None:
