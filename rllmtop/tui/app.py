@@ -215,9 +215,9 @@ class RllmtopApp(App[Any]):
             with Vertical(id="overview"):
                 with Grid(id="charts"):
                     yield BrailleChart("KV cache", kv_chart, id="chart-kv")
-                    yield BrailleChart("engine queue", queue_chart, id="chart-queue")
-                    yield BrailleChart("output tok/s", tps_chart, id="chart-tps", show_axis=True)
-                    yield BrailleChart("requests/s", rps_chart, id="chart-rps", show_axis=True)
+                    yield BrailleChart("queue", queue_chart, id="chart-queue")
+                    yield BrailleChart("tok/s", tps_chart, id="chart-tps", show_axis=True)
+                    yield BrailleChart("req/s", rps_chart, id="chart-rps", show_axis=True)
                 with Vertical(id="board-box", classes="box"):
                     yield RequestBoard(id="board")
             with Vertical(id="side"):
@@ -396,10 +396,7 @@ class RllmtopApp(App[Any]):
         r = self.replay
         if r is None:
             return
-        if direction > 0:
-            r.step(1.0)
-        else:
-            r.seek(max(0.0, r.position - 1.0))
+        r.step(1.0 if direction > 0 else -1.0)
         self._tick()
 
     def action_replay_speed(self, direction: int) -> None:

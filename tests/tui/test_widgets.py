@@ -236,7 +236,7 @@ def _asu_snapshot() -> ViewSnapshot:
 
 
 @pytest.mark.parametrize(
-    ("width", "dropped"), [(120, set()), (62, {"strag", "ok/n"}), (40, {"E2E p50/90/99"})]
+    ("width", "dropped"), [(120, set()), (62, {"strag", "ok/n"}), (40, {"E2E", "err", "strag", "ok/n"})]
 )
 async def test_asu_panel_one_row_per_class_dropping_columns_when_narrow(
     width: int, dropped: set[str]
@@ -250,7 +250,9 @@ async def test_asu_panel_one_row_per_class_dropping_columns_when_narrow(
         text = screen_text(pilot.app)
         for cls in ("all", "easy", "medium", "hard", "mcq"):
             assert cls in text
-        assert "TTFVT p50/90/99" in panel.columns and "class" in panel.columns
+        assert "TTFVT" in panel.columns and "class" in panel.columns
+        if width >= 62:  # the widest the panel gets squeezed to in the app
+            assert {"acc", "tok/s", "E2E", "err"} <= set(panel.columns)
         assert not dropped & set(panel.columns)
         assert "client send-lag p99" in text
 

@@ -112,7 +112,7 @@ def request_life(
         reasoning_tokens=reasoning,
         answer_tokens=answer_tokens,
         finish_reason="stop",
-        correct=rid % 3 != 0,
+        correct=rid % 5 != 0,
     )
     out.append(RequestEvent(K.DONE, t_done, rid, cls, reasoning, answer_tokens, record=rec))
     return out
@@ -201,3 +201,56 @@ class ScriptedReplaySession(ScriptedSession):
 
     def now(self) -> float:
         return self.replay.position  # type: ignore[union-attr]
+
+
+def demo_script() -> list[Record]:
+    """A small deterministic session: 40 requests of three classes over 30 s (one straggler, one error),
+    4 Hz scrapes with the KV cache filling and a few preemptions, engine log lines."""
+    from rllmtop.events import RequestStatus
+
+    recs: list[Record] = [
+        info(mode="live", scenario_name="demo", session_id="demo0001"),
+        StateEvent(0.0, SessionState.STARTING),
+        engine_log(0.05, "INFO rllmtop sim: profile rllm-7b"),
+        engine_log(0.10, "INFO Starting rllmtop sim server on 127.0.0.1"),
+        StateEvent(0.2, SessionState.RUNNING),
+        *scrapes(30.0, kv=lambda t: min(1.0, 0.05 + t / 18)),
+    ]
+    classes = ("easy", "medium", "hard")
+    for i in range(40):
+        cls = classes[i % 3]
+        think = (1.0, 2.5, 5.0)[i % 3] + (i % 4) * 0.3
+        recs += request_life(
+            i,
+            cls,
+            0.5 + i * 0.6,
+            think=think,
+            reasoning=int(300 * think),
+            answer_tokens=30 + i,
+            difficulty=cls,
+        )
+    recs += request_life(90, "hard", 2.0, think=26.0, reasoning=9000, difficulty="hard")  # the straggler
+    failed = RequestRecord(
+        rid=91, cls="easy", difficulty="easy", t_scheduled=5.0, t_dispatch=5.0, t_sent=5.0,
+        status=RequestStatus.ERROR, http_status=500, error="HTTP 500 from the engine",
+    )  # fmt: skip
+    recs += [
+        RequestEvent(K.SENT, 5.0, 91, "easy"),
+        RequestEvent(K.FAILED, 5.3, 91, "easy", detail="HTTP 500 from the engine", record=failed),
+    ]
+    recs.append(LogEvent(12.0, "rllmtop", "warning", "scrape took 0.4 s"))
+    recs.append(StateEvent(30.0, SessionState.DONE))
+    return sorted(recs, key=lambda r: getattr(r, "t", -1.0))
+
+
+def write_recording(path: str, records: list[Record] | None = None) -> None:
+    """Record ``records`` (default :func:`demo_script`) with the real recorder."""
+    from rllmtop.record.store import Recorder
+
+    recs = demo_script() if records is None else records
+    first = recs[0]
+    assert isinstance(first, SessionInfo)
+    rec = Recorder(path, first)
+    for r in recs[1:]:
+        rec.handle(r)
+    rec.close(SessionState.DONE)

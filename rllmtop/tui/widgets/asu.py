@@ -56,8 +56,8 @@ _COLS = (
     _Col("ok/n", lambda c: f"{c.ok}/{c.requests}", 2, 9),
     _Col("acc", lambda c: _pct(c.accuracy), 1, 6),
     _Col("tok/s", lambda c: "-" if c.output_tps is None else f"{c.output_tps:,.0f}", 1, 8),
-    _Col("TTFVT p50/90/99", lambda c: latency_triple(c.ttfvt), 0, 15),
-    _Col("E2E p50/90/99", lambda c: latency_triple(c.e2e), 1, 15),
+    _Col("TTFVT", lambda c: latency_triple(c.ttfvt), 0, 12),
+    _Col("E2E", lambda c: latency_triple(c.e2e), 1, 12),
     _Col("err", lambda c: _pct(c.error_rate), 1, 6),
     _Col("strag", lambda c: str(c.stragglers), 3, 5),
 )
@@ -114,4 +114,5 @@ class AsuPanel(Widget):
                 f"  ⚠ the client is the bottleneck (> {CLIENT_BOTTLENECK_LAG_S * 1000:.0f} ms): sends are late",
                 style="bold red",
             )
-        return Group(table, lag_line)
+        note = Text("TTFVT, E2E: p50/p90/p99 of ok requests", style="dim", no_wrap=True, overflow="ellipsis")
+        return Group(table, note, lag_line)

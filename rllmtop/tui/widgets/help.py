@@ -16,15 +16,19 @@ __all__ = ["HelpScreen"]
 
 PANELS = (
     ("KV cache", "engine KV-cache usage (0-100%), the dotted line is 100%; ▼ marks preemptions"),
-    ("running / waiting", "requests the engine is running vs queueing (from its /metrics)"),
+    ("queue", "requests the engine is running vs queueing (from its /metrics)"),
     (
-        "output tok/s",
-        "client-side tokens/s, reasoning (magenta) under answer (green); engine's own rate in grey",
+        "tok/s",
+        "client-side output tokens/s: reasoning (magenta) under answer (green); the engine's own rate grey",
     ),
-    ("arrivals / done", "requests sent vs finished per second; failures in red"),
+    ("req/s", "requests sent vs finished per second; failures in red"),
     ("requests", "in flight (and just ended): phase, age, reasoning and answer tokens, TTFT, TTFVT"),
     ("stragglers", "requests the stated rule flags, with the reason; ● in flight, ✓ finished"),
-    ("ASU", "Accuracy, Service (tok/s), User (TTFVT, E2E) over requests that ended; send-lag p99"),
+    (
+        "ASU",
+        "Accuracy, Service (tok/s), User (TTFVT, E2E p50/p90/p99) and error rate per class, over requests that"
+        " ended; client send-lag p99 turns red when the client itself is late (the load is not what was asked)",
+    ),
     ("reasoning length", "distribution of finished requests' reasoning tokens per class/difficulty"),
     ("logs", "events (errors and warnings) and the engine's own log when rllmtop launched it"),
 )
