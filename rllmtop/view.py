@@ -87,7 +87,7 @@ BOARD_LINGER_S = 5.0  # ended requests stay on the board this long
 ENGINE_RATE_SPAN = 1.0  # seconds the engine's generation rate is averaged over
 LOG_LINES = 500  # engine log / event log lines kept
 FINISHED_STRAGGLERS = 200  # finished stragglers kept for the list
-DIST_BINS = 24
+DIST_BINS = 64
 
 
 # ----------------------------------------------------------------------------------------- ring buffer
@@ -230,7 +230,9 @@ class DistGroup:
 
     @property
     def label(self) -> str:
-        return f"{self.cls}/{self.difficulty}" if self.difficulty and self.difficulty != self.cls else self.cls
+        return (
+            f"{self.cls}/{self.difficulty}" if self.difficulty and self.difficulty != self.cls else self.cls
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -263,3 +263,15 @@ def test_latency_triple() -> None:
     assert latency_triple({50: 0.8, 90: 1.7, 99: 2.8}) == "0.8/1.7/2.8s"
     assert latency_triple({50: 0.01, 90: 0.02, 99: 0.5}) == "10/20/500ms"
     assert latency_triple({50: None, 90: None, 99: None}) == "-"
+
+
+def test_hold_forward_fills_short_gaps_only() -> None:
+    from rllmtop.tui.widgets.chart import hold_forward
+
+    nan = np.nan
+    last = np.array([nan, 2.0, nan, nan, nan, 5.0, nan])
+    lo, hi, out = hold_forward(last.copy(), last.copy(), last, 2)
+    assert np.array_equal(out, [nan, 2.0, 2.0, 2.0, nan, 5.0, 5.0], equal_nan=True)
+    assert np.array_equal(lo, out, equal_nan=True) and np.array_equal(hi, out, equal_nan=True)
+    same = hold_forward(last, last, last, 0)[2]
+    assert np.array_equal(same, last, equal_nan=True)

@@ -21,7 +21,15 @@ from textual.widget import Widget
 
 from rllmtop.view import Series, ViewSnapshot
 
-__all__ = ["BrailleChart", "ChartData", "Line", "braille_codes", "column_minmax", "nice_ceiling"]
+__all__ = [
+    "BrailleChart",
+    "ChartData",
+    "Line",
+    "braille_codes",
+    "column_minmax",
+    "hold_forward",
+    "nice_ceiling",
+]
 
 _BRAILLE = [chr(0x2800 + i) for i in range(256)]
 _BRAILLE_NP = np.array(_BRAILLE, dtype="<U1")
@@ -39,6 +47,7 @@ class Line:
     color: str
     fill: bool = False
     stack_on: Series | None = None  # add this series' values first (stacked area)
+    hold: float = 1.0  # a point's value holds for this long (a 1 s rate bin; a gauge until the next scrape)
     fmt: Callable[[float], str] | None = None  # legend value format
 
 
@@ -104,6 +113,27 @@ def column_minmax(
     lo[full] = np.fmin.reduceat(vv, idx)
     hi[full] = np.fmax.reduceat(vv, idx)
     last[full] = v[ends[full] - 1]
+    return lo, hi, last
+
+
+def hold_forward(
+    lo: np.ndarray, hi: np.ndarray, last: np.ndarray, cols: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fill up to ``cols`` empty columns after each non-empty one with its last value (a value holds until
+    the next point when columns are narrower than the sampling step)."""
+    if cols <= 0 or lo.size == 0:
+        return lo, hi, last
+    idx = np.arange(lo.size)
+    filled = ~np.isnan(last)
+    src = np.maximum.accumulate(np.where(filled, idx, -1))
+    take = ~filled & (src >= 0) & (idx - src <= cols)
+    if not take.any():
+        return lo, hi, last
+    lo, hi, last = lo.copy(), hi.copy(), last.copy()
+    held = last[src[take]]
+    lo[take] = held
+    hi[take] = held
+    last[take] = held
     return lo, hi, last
 
 
@@ -269,7 +299,7 @@ class BrailleChart(Widget):
             v = s.v
             if ln.stack_on is not None and ln.stack_on.v.size == v.size and v.size:
                 v = np.nan_to_num(ln.stack_on.v) + np.nan_to_num(v)
-            lo, hi, last = column_minmax(s.t, v, t0, dt, ncols)
+            lo, hi, last = hold_forward(*column_minmax(s.t, v, t0, dt, ncols), int(ln.hold / dt))
             reduced.append((ln, lo, hi, last))
         if top is None:
             peak = max(

@@ -57,7 +57,7 @@ class ReasoningDist(Widget):
             out.append("no finished requests yet", style="dim")
             return out
         label_w = min(18, max(len(g.label) for g in dist.groups))
-        stats_w = 22
+        stats_w = 25
         bar_w = max(8, self.size.width - label_w - stats_w - 3)
         for g in dist.groups:
             p = g.pcts
