@@ -38,6 +38,7 @@ from typing import NamedTuple
 import numpy as np
 
 from rllmtop.events import (
+    TERMINAL_STATES,
     LogEvent,
     Phase,
     Record,
@@ -442,6 +443,7 @@ class LiveView:
         self.state = SessionState.STARTING
         self.state_detail = ""
         self._t_last = 0.0
+        self._t_end: float | None = None  # when the session reached a terminal state: the clock stops there
         # engine series
         self._kv = _Ring(cap)
         self._running = _Ring(cap)
@@ -494,10 +496,18 @@ class LiveView:
             self.state = rec.state
             self.state_detail = rec.detail
             self._advance(rec.t)
+            self._t_end = rec.t if rec.state in TERMINAL_STATES else None
             if rec.state in (SessionState.FAILED, SessionState.ENGINE_DIED):
-                self._event(
-                    rec.t, "rllmtop", "error", f"session {rec.state.value}: {rec.detail}".rstrip(": ")
+                last = self._events[-1] if self._events else None
+                said = (
+                    last is not None
+                    and last.level == "error"
+                    and bool(rec.detail)
+                    and rec.detail in last.text
                 )
+                if not said:  # unless the source already logged exactly why
+                    text = f"session {rec.state.value}: {rec.detail}".rstrip(": ")
+                    self._event(rec.t, "rllmtop", "error", text)
         elif isinstance(rec, SessionInfo):
             if self.info is not None and rec.session_id != self.info.session_id:
                 self._start_over()  # a different session: start over
@@ -768,8 +778,9 @@ class LiveView:
     # ------------------------------------------------------------------ output
 
     def snapshot(self, now: float) -> ViewSnapshot:
-        """The view at session time ``now`` (cost: O(in flight + points in the window))."""
-        now = max(now, self._t_last)
+        """The view at session time ``now`` (cost: O(in flight + points in the window)). Once the session
+        ended (a terminal state), time stands still at its end."""
+        now = self._clamp_now(now)
         self._advance(now)  # close finished bins (a record arriving late is added to its own bin)
         if self.auto_summary:
             job = self.summary_job()
@@ -842,7 +853,7 @@ class LiveView:
 
     def progress(self, now: float) -> Progress:
         """Just the progress counts (cheap: O(in flight)); for a headless progress line."""
-        now = max(now, self._t_last)
+        now = self._clamp_now(now)
         self._advance(now)
         in_flight = sum(1 for r in self._reqs.values() if r.t_sent is not None)
         return Progress(
@@ -855,6 +866,10 @@ class LiveView:
             self._tok_s(),
             now,
         )
+
+    def _clamp_now(self, now: float) -> float:
+        now = max(now, self._t_last)
+        return now if self._t_end is None else min(now, max(self._t_end, self._t_last))
 
     def progress_line(self, now: float) -> str:
         """``self.progress(now).line()``, with the state in front (``running · sent 12/40 · ...``)."""

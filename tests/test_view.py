@@ -564,3 +564,24 @@ def test_planned_count_honours_a_num_prompts_override_in_the_scenario_header() -
     v = view()
     v.handle(SessionInfo("s", 0.0, "replay", scenario_text=text))
     assert v.snapshot(0).progress.planned == 12
+
+
+def test_time_stands_still_once_the_session_ended() -> None:
+    v = view()
+    v.handle(StateEvent(0.0, SessionState.RUNNING))
+    v.handle(ev(K.SENT, 1.0, 1))
+    v.handle(StateEvent(4.0, SessionState.INTERRUPTED))
+    snap = v.snapshot(60.0)
+    assert snap.t == 4.0 and snap.progress.elapsed == 4.0 and snap.board[0].age == 3.0
+    v.handle(Reset(0.0))  # a replay seeking back runs again
+    assert v.snapshot(2.0).t == 2.0
+
+
+def test_a_failure_already_logged_is_not_logged_twice() -> None:
+    v = view()
+    why = "cannot reach http://127.0.0.1:9 (ConnectError)"
+    v.handle(LogEvent(0.3, "rllmtop", "error", why + " (is the server running?)"))
+    v.handle(StateEvent(0.3, SessionState.FAILED, why))
+    snap = v.snapshot(1.0)
+    assert [e.text for e in snap.events] == [why + " (is the server running?)"]
+    assert snap.state_detail == why

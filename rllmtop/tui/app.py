@@ -294,7 +294,19 @@ class RllmtopApp(App[Any]):
         if self._quitting:
             self.exit(self.outcome)
         elif state is WorkerState.SUCCESS:
-            self.notify("session ended: press q to quit", timeout=10)
+            snap = self.snapshot
+            if snap is not None and snap.state in (SessionState.FAILED, SessionState.ENGINE_DIED):
+                why = snap.state_detail or next(
+                    (e.text for e in reversed(snap.events) if e.level == "error"), "see the events (key 3)"
+                )
+                self.notify(
+                    f"{why}\npress q to quit",
+                    title=f"session {snap.state.value}",
+                    severity="error",
+                    timeout=3600,
+                )
+            else:
+                self.notify("session ended: press q to quit", timeout=10)
 
     # ------------------------------------------------------------------ refresh
 

@@ -234,3 +234,34 @@ async def test_refresh_and_ctrl_c_keep_working_under_the_help_screen() -> None:
         assert s.stops == 1
         s.finish()
         await until(pilot, lambda: not app.is_running, what="the app to exit")
+
+
+async def test_a_failed_session_says_why_on_screen() -> None:
+    from rllmtop.events import LogEvent
+
+    why = "cannot reach http://127.0.0.1:9 (ConnectError: All connection attempts failed)"
+    s = ScriptedSession(
+        [
+            info(engine_kind="unknown"),
+            LogEvent(0.3, "rllmtop", "error", why),
+            StateEvent(0.3, SessionState.FAILED, why),
+        ]
+    )
+
+    async def fail() -> str:
+        s.advance(0.3)
+        return "failed"
+
+    s.run = fail  # type: ignore[method-assign]
+    app = app_for(s)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, app.ended.is_set, what="the session to fail")
+        await pilot.pause()
+        assert any(why in n.message and n.severity == "error" for n in app._notifications)
+        assert "FAILED" in screen_text(app)
+        s.t = 50.0
+        app._tick()
+        assert app.snapshot is not None and app.snapshot.t == 0.3  # the clock stopped at the failure
+        await pilot.press("q")
+        await until(pilot, lambda: not app.is_running, what="the app to exit")
+    assert app.return_value == "failed"

@@ -166,10 +166,10 @@ def braille_codes(
     with np.errstate(invalid="ignore"):
         y_top = np.clip(np.rint(np.nan_to_num(top) * scale), 0, dots - 1)
         y_bot = np.clip(np.rint(np.nan_to_num(bottom) * scale), 0, dots - 1)
-    if fill:
-        # a zero-height area draws nothing (but a line at 0 does draw the bottom row)
+    if fill and base is not None:
+        # a stacked area starts above the one below it; at zero height it draws nothing
         valid = valid & (np.nan_to_num(top) > np.nan_to_num(bottom))
-        y_bot = np.where(y_bot < y_top, y_bot + (base is not None), y_bot)
+        y_bot = np.where(y_bot < y_top, y_bot + 1, y_bot)
     r = np.arange(dots)[::-1][:, None]  # row 0 is the top: its dot height is dots-1
     grid = (r >= y_bot[None, :]) & (r <= y_top[None, :]) & valid[None, :]
     if ncols % 2:
