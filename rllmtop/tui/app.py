@@ -139,15 +139,16 @@ class RllmtopApp(App[Any]):
         Binding("q", "quit", "quit"),
         Binding("ctrl+c", "quit", "quit", show=False, priority=True),
         Binding("question_mark", "help", "help"),
-        Binding("plus,equals_sign", "zoom(1)", "window+", key_display="+"),
-        Binding("minus", "zoom(-1)", "window-", key_display="-"),
+        Binding("plus,equals_sign", "zoom(1)", "window", key_display="+-"),
+        Binding("minus", "zoom(-1)", "narrower", key_display="-", show=False),
         Binding("s", "sort", "sort"),
         Binding("S", "reverse_sort", "reverse", show=False),
         Binding("f", "filter_phase", "filter"),
         Binding("slash", "filter_text", "find", key_display="/"),
-        Binding("1", "page(1)", "overview", show=False),
-        Binding("2", "page(2)", "analysis", show=False),
-        Binding("3", "page(3)", "logs", show=False),
+        # pages: small terminals only (hidden when everything fits, see check_action)
+        Binding("1", "page(1)", "main"),
+        Binding("2", "page(2)", "ASU"),
+        Binding("3", "page(3)", "logs"),
         # replay only (hidden otherwise, see check_action)
         Binding("space", "replay_pause", "pause"),
         Binding("full_stop", "replay_step(1)", "step", key_display="."),
@@ -198,6 +199,7 @@ class RllmtopApp(App[Any]):
         self._board: RequestBoard  # set in on_mount
         self._filter: FilterInput
         self._main: Any = None
+        self._fits = False
         self._summary_task: asyncio.Task[None] | None = None
 
     @property
@@ -335,6 +337,10 @@ class RllmtopApp(App[Any]):
             self._summary_task = None
 
     def _titles(self, snap: ViewSnapshot) -> None:
+        fits = self.everything_fits
+        if fits != self._fits:  # the terminal was resized across the breakpoints: page keys come or go
+            self._fits = fits
+            self.refresh_bindings()
         engine_box = self._engine_box
         show = snap.engine_log_total > 0
         if engine_box is not None and engine_box.display != show:
@@ -434,7 +440,16 @@ class RllmtopApp(App[Any]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action.startswith("replay_"):
             return self.replay is not None
+        if action == "page":
+            return not self.everything_fits
         return True
+
+    @property
+    def everything_fits(self) -> bool:
+        """Wide and tall enough for every panel at once (no pages)."""
+        main = self._main
+        return main is not None and main.has_class("-wide") and main.has_class("-tall")
+
 
 
 def _span(seconds: float) -> str:

@@ -161,10 +161,16 @@ async def test_ctrl_c_quits_and_a_finished_session_quits_at_once() -> None:
 
 
 async def test_replay_keys_drive_the_replay_source() -> None:
-    s = ScriptedReplaySession(script(), duration=60.0)
+    s = ScriptedReplaySession(script(40), duration=60.0)
     app = app_for(s)
     r = s.replay
     async with app.run_test(size=(80, 24)) as pilot:
+        s.replay.position = 15.0  # type: ignore[union-attr]
+        s.advance(15.0)  # more board rows than fit: the focused board must not eat home/end/left/right
+        app._tick()
+        await pilot.pause()
+        assert len(app._board.rows) > app._board.size.height and app._board.has_focus
+        r.position = 0.0
         await pilot.press("space")
         assert r.paused
         await pilot.press("full_stop")
@@ -265,3 +271,19 @@ async def test_a_failed_session_says_why_on_screen() -> None:
         await pilot.press("q")
         await until(pilot, lambda: not app.is_running, what="the app to exit")
     assert app.return_value == "failed"
+
+
+async def test_page_keys_only_on_small_terminals() -> None:
+    s = ScriptedSession(script())
+    app = app_for(s)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert not app.everything_fits and app.check_action("page", (2,))
+        assert "ASU" in screen_text(app).splitlines()[-1]  # the footer offers the pages
+        await pilot.resize_terminal(160, 48)
+        await pilot.pause()
+        assert app.everything_fits and not app.check_action("page", (2,))
+        await until(
+            pilot, lambda: "ASU" not in screen_text(app).splitlines()[-1], what="the footer to drop pages"
+        )
+        s.finish()

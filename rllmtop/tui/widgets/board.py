@@ -100,8 +100,9 @@ def _cells(r: BoardRow) -> tuple[str, ...]:
     )
 
 
-class RequestBoard(ScrollView, can_focus=True):
-    """Rows of :class:`BoardRow`. Keys (when focused): up/down/page keys move the cursor."""
+class RequestBoard(ScrollView, can_focus=True, inherit_bindings=False):
+    """Rows of :class:`BoardRow`. Keys (when focused): up/down/page keys move the cursor. It does not take
+    ScrollView's home/end/left/right: those seek in a replay."""
 
     DEFAULT_CSS = """
     RequestBoard {
