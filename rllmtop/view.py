@@ -85,6 +85,7 @@ CLIENT_BOTTLENECK_LAG_S = 0.010
 
 RATE_STEP = 1.0  # seconds per bin of the client-side rate series
 BOARD_LINGER_S = 5.0  # ended requests stay on the board this long
+MAX_ENDED_ROWS = 500  # ... but no more than this many of them
 ENGINE_RATE_SPAN = 1.0  # seconds the engine's generation rate is averaged over
 LOG_LINES = 500  # engine log / event log lines kept
 FINISHED_STRAGGLERS = 200  # finished stragglers kept for the list
@@ -640,6 +641,13 @@ class LiveView:
                     Straggler(req.rid, req.cls, req.phase, age, req.reasoning, why, True)
                 )
         self._ended.append((ev.t, req))
+        if len(self._ended) > MAX_ENDED_ROWS:  # a replay catching up ends thousands at once
+            self._trim_ended(ev.t)
+
+    def _trim_ended(self, now: float) -> None:
+        ended = self._ended
+        while ended and (ended[0][0] < now - BOARD_LINGER_S or len(ended) > MAX_ENDED_ROWS):
+            ended.popleft()
 
     def _recently_ended(self, rid: int) -> bool:
         return any(r.rid == rid for _, r in self._ended)
@@ -792,20 +800,28 @@ class LiveView:
         base = summary.baselines if summary is not None else None
         rows: list[BoardRow] = []
         in_flight_strag: list[Straggler] = []
+        # per class: the run time and reasoning length above which the rule may flag (None: never); only
+        # requests past a limit pay for the rule's wording (base.why)
+        limits: dict[str, tuple[float, float]] = {}
+        f = self.rule.factor
+        inf = math.inf
         for req in self._reqs.values():
             row = req.row(now)
             if base is not None and req.t_sent is not None:
-                why = base.why(req.cls, row.age, req.reasoning)
-                if why is not None:
-                    row = row._replace(straggler=why)
-                    in_flight_strag.append(
-                        Straggler(req.rid, req.cls, req.phase, row.age, req.reasoning, why, False)
-                    )
+                lim = limits.get(req.cls)
+                if lim is None:
+                    med_t, med_r = base.medians(req.cls)
+                    lim = limits[req.cls] = (f * med_t if med_t else inf, f * med_r if med_r else inf)
+                if row.age > lim[0] or req.reasoning > lim[1]:
+                    why = base.why(req.cls, row.age, req.reasoning)
+                    if why is not None:
+                        row = row._replace(straggler=why)
+                        in_flight_strag.append(
+                            Straggler(req.rid, req.cls, req.phase, row.age, req.reasoning, why, False)
+                        )
             rows.append(row)
-        ended = self._ended
-        while ended and (ended[0][0] < now - BOARD_LINGER_S or len(ended) > 500):
-            ended.popleft()
-        rows.extend(r.row(now) for _, r in ended)
+        self._trim_ended(now)
+        rows.extend(r.row(now) for _, r in self._ended)
         in_flight_strag.sort(key=lambda s: -s.age)
         stragglers = (*in_flight_strag, *reversed(self._fin_stragglers))
         asu = summary.asu if summary is not None else None
