@@ -101,7 +101,7 @@ async def _run(session: Session, progress_out: TextIO) -> SessionOutcome:
         progress.line("interrupt: stopping (press Ctrl-C again to cancel in-flight requests)")
         session.request_stop()
 
-    def on_sigterm() -> None:
+    def on_sigterm() -> None:  # end now: cancel in-flight requests, tear the engine down, close the file
         session.request_stop()
         session.request_stop()
 

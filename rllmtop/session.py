@@ -31,6 +31,7 @@ from rllmtop.events import (
     Record,
     RequestEvent,
     RequestRecord,
+    Reset,
     SessionInfo,
     SessionState,
     StateEvent,
@@ -132,6 +133,8 @@ class Session:
     def publish(self, rec: Record) -> None:
         if isinstance(rec, RequestEvent) and rec.record is not None:
             self._records.append(rec.record)
+        elif isinstance(rec, Reset):
+            self._records.clear()
         elif isinstance(rec, StateEvent):
             self.state = rec.state
         elif isinstance(rec, SessionInfo):
@@ -236,7 +239,12 @@ class Session:
         if plan.record_path is not None:
             from rllmtop.record.store import Recorder
 
-            self._recorder = Recorder(plan.record_path, info)
+            loop = asyncio.get_running_loop()
+
+            def on_error(e: UserError) -> None:  # called once, from the recorder's writer thread
+                loop.call_soon_threadsafe(self._log, f"{e.what} ({e.hint})" if e.hint else e.what, "error")
+
+            self._recorder = Recorder(plan.record_path, info, on_error=on_error)
             self._sinks.insert(0, self._recorder.handle)
         self.publish(info)
         self._set_state(SessionState.STARTING)
@@ -258,7 +266,7 @@ class Session:
             info = dataclasses.replace(
                 self.info or info,
                 engine_kind=kind,
-                engine_version=identity.version or "",
+                engine_version=identity.version or (self.engine.version if self.engine else ""),
                 engine_url=base_url,
                 metrics_url=metrics_url or identity.metrics_url or f"{base_url}/metrics",
                 model=model,
@@ -286,26 +294,21 @@ class Session:
             if not eng.url:
                 raise UserError("no engine URL to attach to", "pass a URL: rllmtop attach http://HOST:PORT")
             return eng.url.rstrip("/"), eng.metrics_url
-        from rllmtop.engines.launch_args import build_command
+        from rllmtop.engines.launch_args import build_command, choose_port
         from rllmtop.engines.launcher import EngineProcess
 
         seed = plan.scenario.seed if plan.scenario else 0
         launch = build_command(
-            eng,
-            seed=seed,
-            port=eng.port or _free_port(eng.host),
-            model=eng.model,
-            extra_args=plan.extra_engine_args,
+            eng, seed=seed, port=choose_port(eng), model=eng.model, extra_args=plan.extra_engine_args
         )
-        self.publish(
-            dataclasses.replace(info, launch_command=tuple(launch.redacted_argv), engine_url=launch.base_url)
-        )
+        self.publish(dataclasses.replace(info, launch_command=tuple(launch.redacted_argv)))
         self.engine = EngineProcess(launch, clock=self.clock, publish=self.publish, name=eng.kind)
         self._log(f"launching {eng.kind}: {' '.join(launch.redacted_argv)}")
         await self.engine.start()
         await self.engine.wait_ready(eng.startup_timeout, progress=self._startup_progress)
-        self._log(f"{eng.kind} ready at {launch.base_url} after {self.clock.now():.1f} s")
-        return launch.base_url, eng.metrics_url
+        base_url = self.engine.base_url
+        self._log(f"{eng.kind} ready at {base_url} after {self.clock.now():.1f} s")
+        return base_url, eng.metrics_url
 
     def _startup_progress(self, elapsed: float, last_line: str) -> None:
         self._set_state(SessionState.STARTING, f"{elapsed:.0f} s: {last_line[:160]}")
@@ -423,14 +426,6 @@ class Session:
             slo_missed=missed,
             requests=len(self._records),
         )
-
-
-def _free_port(host: str = "127.0.0.1") -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def api_key_from_env(explicit: str | None) -> str | None:
