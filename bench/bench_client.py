@@ -65,7 +65,7 @@ async def run_rllmtop(url: str, spec: dict[str, Any]) -> tuple[int, list[float],
         nonlocal total, errors
         await asyncio.sleep(delay)
         st = ChatStream(thinking=False, keep_answer=spec["stamp"])
-        await client.post_stream("/v1/chat/completions", body, st)
+        await client.post_stream(client.request_bytes("/v1/chat/completions", body), st)
         st.finish(time.monotonic())
         if st.error:
             errors += 1

@@ -18,6 +18,7 @@ the split is known exactly.
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 import time
 from array import array
@@ -686,6 +687,10 @@ class _Exchange:
             self.end(f"connection closed by {self._peer()} mid-stream after {st.chunks} chunks{what}", now)
 
 
+def _nothing() -> None:
+    pass
+
+
 class _Conn(asyncio.BufferedProtocol):
     __slots__ = ("client", "closed", "exchange", "peer", "reused", "transport")
 
@@ -705,11 +710,15 @@ class _Conn(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         now = _monotonic()
+        client = self.client
+        data = client._rbuf[:nbytes].tobytes()
+        if now >= client.due_at:  # a send is due: do it first (a storm of reads must not delay it)
+            client.on_due()
         ex = self.exchange
         if ex is None:  # bytes on an idle connection: the server is confused; drop the connection
             self.close()
             return
-        ex.feed(self.client._rbuf[:nbytes].tobytes(), now)
+        ex.feed(data, now)
 
     def eof_received(self) -> bool:
         return False
@@ -765,6 +774,9 @@ class HttpClient:
         self._idle: list[_Conn] = []
         self._all: set[_Conn] = set()
         self.connections_opened = 0
+        self.due_at = math.inf  # see on_due
+        self.on_due: Callable[[], None] = _nothing
+        """Called from the read path once ``time.monotonic()`` passes ``due_at`` (the runner's next send)."""
 
     def _forget(self, conn: _Conn) -> None:
         self._all.discard(conn)
@@ -795,53 +807,72 @@ class HttpClient:
         self.connections_opened += 1
         return conn
 
-    async def post_stream(
-        self,
-        path: str,
-        body: bytes,
-        stream: ChatStream,
-        *,
-        on_sent: Callable[[float], None] | None = None,
-        exchange_out: list[_Exchange] | None = None,
-    ) -> int:
-        """POST ``body`` to ``path`` and feed the response to ``stream`` until it ends.
-
-        Returns the HTTP status (0 if none was received). Transport errors end up in ``stream.error``;
-        nothing is raised except CancelledError. ``exchange_out`` receives the live exchange (so the
-        caller can abort it with :meth:`abort`).
-        """
-        loop = asyncio.get_running_loop()
-        request = b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s" % (
+    def request_bytes(self, path: str, body: bytes) -> bytes:
+        """The whole HTTP request for a POST of ``body`` to ``path``."""
+        return b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s" % (
             path.encode(),
             self._head,
             len(body),
             body,
         )
+
+    def _idle_conn(self) -> _Conn | None:
+        while self._idle:
+            c = self._idle.pop()
+            if not c.closed:
+                return c
+        return None
+
+    def _send_on(self, conn: _Conn, request: bytes, stream: ChatStream) -> _Exchange:
+        ex = _Exchange(stream, asyncio.get_running_loop().create_future())
+        ex.conn = conn
+        conn.exchange = ex
+        assert conn.transport is not None
+        conn.transport.write(request)
+        return ex
+
+    def send_now(self, request: bytes, stream: ChatStream) -> _Exchange | None:
+        """Write ``request`` at once on an idle keep-alive connection (no await), or None if there is none.
+
+        Pass the exchange to :meth:`post_stream` (``started=``) to follow the response.
+        """
+        conn = self._idle_conn()
+        return None if conn is None else self._send_on(conn, request, stream)
+
+    async def post_stream(
+        self,
+        request: bytes,
+        stream: ChatStream,
+        *,
+        on_sent: Callable[[float], None] | None = None,
+        exchange_out: list[_Exchange] | None = None,
+        started: _Exchange | None = None,
+    ) -> int:
+        """Send ``request`` (see :meth:`request_bytes`) and feed the response to ``stream`` until it ends.
+
+        ``started``: an exchange already written by :meth:`send_now`. Returns the HTTP status (0 if none
+        was received). Transport errors end up in ``stream.error``; nothing is raised except
+        CancelledError. ``exchange_out`` receives the live exchange (so the caller can :meth:`abort` it).
+        """
+        ex = started
         for attempt in (0, 1):
-            conn = None
-            while self._idle:
-                c = self._idle.pop()
-                if not c.closed:
-                    conn = c
-                    break
-            if conn is None:
-                try:
-                    conn = await self._connect()
-                except RequestFailed as e:
-                    stream.fail(str(e))
-                    return 0
-            fut: asyncio.Future[None] = loop.create_future()
-            ex = _Exchange(stream, fut)
-            ex.conn = conn
-            conn.exchange = ex
+            if ex is None:
+                conn = self._idle_conn()
+                if conn is None:
+                    try:
+                        conn = await self._connect()
+                    except RequestFailed as e:
+                        stream.fail(str(e))
+                        return 0
+                ex = self._send_on(conn, request, stream)
+                if on_sent is not None and attempt == 0:
+                    on_sent(_monotonic())
+            conn = ex.conn
+            assert conn is not None
             if exchange_out is not None:
                 exchange_out[:] = [ex]
-            assert conn.transport is not None
-            conn.transport.write(request)
-            if on_sent is not None and attempt == 0:
-                on_sent(_monotonic())
             try:
-                await fut
+                await ex.future
             except BaseException:  # cancelled: the response is abandoned, so is the connection
                 conn.exchange = None
                 conn.close()
@@ -854,6 +885,7 @@ class HttpClient:
                 # a keep-alive connection the server had already closed: once more on a fresh one
                 stream.error = None
                 stream.done = False
+                ex = None
                 continue
             if ex.keep_alive and ex.body_done and not conn.closed:
                 conn.reused = True

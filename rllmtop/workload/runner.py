@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import ctypes
 import ctypes.util
-import functools
+import math
 import os
 import re
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,6 +39,9 @@ from rllmtop.workload.arrivals import schedule
 from rllmtop.workload.client import ChatStream, HttpClient, build_request_body, endpoint_path
 from rllmtop.workload.grading import grade
 from rllmtop.workload.prompts import PromptItem, PromptMix, load_scenario_prompts
+
+if TYPE_CHECKING:
+    from rllmtop.workload.client import _Exchange
 
 __all__ = ["PROGRESS_INTERVAL", "Runner", "request_seed"]
 
@@ -151,25 +156,31 @@ class _Pacer:
 
 
 class _Req:
+    """One request's state in the runner (few objects per request: the GC scans every live one)."""
+
     __slots__ = (
         "abort",
         "cls",
+        "deadline",
         "ended",
         "http_status",
         "item",
         "last",
+        "name",
         "rid",
+        "runner",
         "stream",
         "t_dispatch",
         "t_scheduled",
         "t_sent",
         "task",
-        "timer",
     )
 
-    def __init__(self, rid: int, cls: int, item: PromptItem, t_scheduled: float) -> None:
+    def __init__(self, runner: Runner, rid: int, cls: int, item: PromptItem, t_scheduled: float) -> None:
+        self.runner = runner
         self.rid = rid
         self.cls = cls
+        self.name = runner.scenario.classes[cls].name
         self.item = item
         self.t_scheduled = t_scheduled
         self.t_dispatch: float | None = None
@@ -179,8 +190,36 @@ class _Req:
         self.abort: tuple[RequestStatus, str] | None = None
         self.last = (0, 0)
         self.http_status = 0
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = math.inf  # monotonic time of the per-request timeout
         self.ended = False
+
+    def first_token(self, t: float) -> None:
+        r = self.runner
+        r._publish(RequestEvent(RequestKind.FIRST_TOKEN, t - r.clock.t0, self.rid, self.name))
+
+    def first_visible(self, t: float) -> None:
+        r = self.runner
+        st = self.stream
+        assert st is not None
+        r._publish(
+            RequestEvent(
+                RequestKind.FIRST_VISIBLE,
+                t - r.clock.t0,
+                self.rid,
+                self.name,
+                reasoning_tokens=st.reasoning_tokens,
+                answer_tokens=st.answer_tokens,
+            )
+        )
+
+    def sent(self, t: float) -> None:
+        r = self.runner
+        self.t_sent = t - r.clock.t0
+        r.sent += 1
+        r._publish(RequestEvent(RequestKind.SENT, self.t_sent, self.rid, self.name))
+
+    def done(self, task: asyncio.Task[None]) -> None:
+        self.runner._task_done(self, task)
 
 
 class Runner:
@@ -231,6 +270,7 @@ class Runner:
         self._pacer: _Pacer | None = None
         self._t_start = 0.0
         self._log_last: dict[str, float] = {}
+        self._context = contextvars.copy_context()  # one context for every request task
         self._log_suppressed: dict[str, int] = {}
 
     # ----------------------------------------------------------------------------------------- control
@@ -259,12 +299,13 @@ class Runner:
         )
         self._pacer = _Pacer(loop, self._pace, use_timerfd=self._use_timerfd)
         self.pacer_kind = self._pacer.kind
+        self._client.on_due = self._pace
         ticker = loop.create_task(self._progress_loop())
         try:
             if self._stopped or not self._deadlines:
                 self._sending_over()
             else:
-                self._pacer.arm(self._deadlines[0])
+                self._arm(self._deadlines[0])
             await self._finished.wait()
         finally:
             self._pacer.close()
@@ -286,6 +327,7 @@ class Runner:
         if self._stopped:
             return
         self._stopped = True
+        self._client.due_at = math.inf
         now = self.clock.now()
         while self._queue:
             req = self._queue.popleft()
@@ -327,16 +369,23 @@ class Runner:
             self._next += 1
             now = time.monotonic()
         if self._stopped:
+            self._client.due_at = math.inf
             return
         if self._next < n:
-            assert self._pacer is not None
-            self._pacer.arm(deadlines[self._next])
-        elif not self._queue:
-            self._sending_over()
+            self._arm(deadlines[self._next])
+        else:
+            self._client.due_at = math.inf
+            if not self._queue:
+                self._sending_over()
+
+    def _arm(self, deadline: float) -> None:
+        assert self._pacer is not None
+        self._pacer.arm(deadline)
+        self._client.due_at = deadline
 
     def _dispatch(self, i: int, now_mono: float) -> None:
         cls, item = self._picks[i]
-        req = _Req(i, cls, item, self._t_start + float(self._times[i]))
+        req = _Req(self, i, cls, item, self._t_start + float(self._times[i]))
         req.t_dispatch = now_mono - self.clock.t0
         cap = self.scenario.load.max_concurrency
         if cap is not None and self.in_flight >= cap:
@@ -349,11 +398,18 @@ class Runner:
     def _start(self, req: _Req) -> None:
         self.in_flight += 1
         self._active[req.rid] = req
-        loop = asyncio.get_running_loop()
-        req.task = loop.create_task(self._send(req))
-        # the request ends here whatever happens to the task (even cancelled before its first step)
-        req.task.add_done_callback(functools.partial(self._task_done, req))
-        req.timer = loop.call_later(self.scenario.load.timeout, self._timeout, req)
+        request = self._prepare(req)
+        assert req.stream is not None
+        # on a warm keep-alive connection the request is written now, not when a task first runs
+        started = self._client.send_now(request, req.stream)
+        now = time.monotonic()
+        if started is not None:
+            req.sent(now)
+        req.deadline = now + self.scenario.load.timeout  # checked by the progress tick
+        ctx = self._context
+        req.task = asyncio.get_running_loop().create_task(self._send(req, request, started), context=ctx)
+        # the request ends there whatever happens to the task (even cancelled before its first step)
+        req.task.add_done_callback(req.done, context=ctx)
 
     def _sending_over(self) -> None:
         if not self.sending_done.is_set():
@@ -366,39 +422,16 @@ class Runner:
     def _cls_name(self, req: _Req) -> str:
         return self.scenario.classes[req.cls].name
 
-    async def _send(self, req: _Req) -> None:
+    def _prepare(self, req: _Req) -> bytes:
+        """The request's ChatStream (reporting first tokens to the request) and its HTTP request bytes."""
         sc = self.scenario
         c = sc.classes[req.cls]
-        t0 = self.clock.t0
-        name = c.name
         stream = ChatStream(
             thinking=c.thinking, keep_answer=sc.load.record_answers or req.item.reference is not None
         )
+        stream.on_first_token = req.first_token
+        stream.on_first_visible = req.first_visible
         req.stream = stream
-        publish = self._publish
-
-        def first_token(t: float) -> None:
-            publish(RequestEvent(RequestKind.FIRST_TOKEN, t - t0, req.rid, name))
-
-        def first_visible(t: float) -> None:
-            publish(
-                RequestEvent(
-                    RequestKind.FIRST_VISIBLE,
-                    t - t0,
-                    req.rid,
-                    name,
-                    reasoning_tokens=stream.reasoning_tokens,
-                    answer_tokens=stream.answer_tokens,
-                )
-            )
-
-        def sent(t: float) -> None:
-            req.t_sent = t - t0
-            self.sent += 1
-            publish(RequestEvent(RequestKind.SENT, req.t_sent, req.rid, name))
-
-        stream.on_first_token = first_token
-        stream.on_first_visible = first_visible
         body = build_request_body(
             api=sc.load.api,
             model=self.model,
@@ -411,15 +444,22 @@ class Runner:
             seed=request_seed(sc.seed, req.rid) if sc.load.request_seed else None,
             return_token_ids=sc.load.return_token_ids,
         )
+        return self._client.request_bytes(self._path, body)
+
+    async def _send(self, req: _Req, request: bytes, started: _Exchange | None) -> None:
+        assert req.stream is not None
         try:
-            req.http_status = await self._client.post_stream(self._path, body, stream, on_sent=sent)
+            req.http_status = await self._client.post_stream(
+                request,
+                req.stream,
+                on_sent=req.sent,
+                started=started,
+            )
         except asyncio.CancelledError:
             if req.abort is None:
                 req.abort = (RequestStatus.CANCELLED, "cancelled by rllmtop")
 
     def _task_done(self, req: _Req, task: asyncio.Task[None]) -> None:
-        if req.timer is not None:
-            req.timer.cancel()
         if task.cancelled():
             if req.abort is None:
                 req.abort = (RequestStatus.CANCELLED, "cancelled by rllmtop")
@@ -535,20 +575,23 @@ class Runner:
             self._progress()
 
     def _progress(self) -> None:
+        """Publish moved token counts, and time out requests past their deadline (one pass per tick)."""
         now = self.clock.now()
+        mono = now + self.clock.t0
         publish = self._publish
+        expired = []
         for req in self._active.values():
+            if mono >= req.deadline:
+                expired.append(req)
             st = req.stream
             if st is None:
                 continue
             counts = (st.reasoning_tokens, st.answer_tokens)
             if counts != req.last:
                 req.last = counts
-                publish(
-                    RequestEvent(
-                        RequestKind.PROGRESS, now, req.rid, self._cls_name(req), counts[0], counts[1]
-                    )
-                )
+                publish(RequestEvent(RequestKind.PROGRESS, now, req.rid, req.name, counts[0], counts[1]))
+        for req in expired:
+            self._timeout(req)
 
     def _log(self, level: str, text: str) -> None:
         self._publish(LogEvent(self.clock.now(), "client", level, text))

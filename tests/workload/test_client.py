@@ -263,7 +263,7 @@ def test_request_body() -> None:
 async def post(client: HttpClient, **kw: bool) -> tuple[int, ChatStream]:
     st = ChatStream(**kw)
     body = build_request_body(api="chat", model="m", prompt="p", max_tokens=10, temperature=0)
-    status = await client.post_stream("/v1/chat/completions", body, st)
+    status = await client.post_stream(client.request_bytes("/v1/chat/completions", body), st)
     st.finish(asyncio.get_running_loop().time())
     return status, st
 
@@ -445,10 +445,39 @@ async def test_abort_closes_a_stalled_stream() -> None:
         body = build_request_body(api="chat", model="m", prompt="p", max_tokens=10, temperature=0)
         first = asyncio.Event()
         st.on_first_token = lambda t: first.set()
-        task = asyncio.create_task(client.post_stream("/v1/chat/completions", body, st, exchange_out=holder))
+        task = asyncio.create_task(
+            client.post_stream(client.request_bytes("/v1/chat/completions", body), st, exchange_out=holder)
+        )
         await asyncio.wait_for(first.wait(), 10)
         HttpClient.abort(holder[0], "timed out after 1 s")
         assert await task == 200
         assert st.error == "timed out after 1 s" and st.reasoning_tokens == 1
         gate.set()
         client.close()
+
+
+async def test_due_sends_run_from_the_read_path() -> None:
+    """The runner's pacer is also driven from reads, so a storm of reads cannot delay a due send."""
+    async with SseServer(_answer_one) as srv:
+        client = HttpClient(srv.url)
+        calls: list[float] = []
+
+        def due() -> None:
+            calls.append(client.due_at)
+            client.due_at = float("inf")
+
+        client.on_due = due
+        client.due_at = 0.0  # already due
+        status, _ = await post(client)
+        assert status == 200 and calls == [0.0]
+        # a warm connection takes a request synchronously
+        req = client.request_bytes("/v1/chat/completions", b"{}")
+        st2 = ChatStream()
+        ex = client.send_now(req, st2)
+        assert ex is not None and srv.connections == 1
+        assert await client.post_stream(req, st2, started=ex) == 200 and st2.error is None
+        client.close()
+
+
+async def _answer_one(body: dict, reply: Reply) -> None:
+    await reasoning_then_answer(reply, 1, ["x"])
