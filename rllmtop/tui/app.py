@@ -451,7 +451,6 @@ class RllmtopApp(App[Any]):
         return main is not None and main.has_class("-wide") and main.has_class("-tall")
 
 
-
 def _span(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds / 3600:g} h"

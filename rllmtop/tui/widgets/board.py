@@ -18,6 +18,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from rllmtop.events import Phase
+from rllmtop.tui.widgets.styles import BOLD, DIM, HEADING, RED_BOLD, REVERSE
 from rllmtop.view import BoardRow, ViewSnapshot
 
 __all__ = ["FILTERS", "SORTS", "RequestBoard"]
@@ -258,7 +259,7 @@ class RequestBoard(ScrollView, can_focus=True, inherit_bindings=False):
         if y == 0:
             return self._status_line(width, base)
         if y == 1:
-            head = base + Style(bold=True, underline=True)
+            head = base + HEADING
             parts = []
             for c, w in cols:
                 title = c.title + ("▼" if self.sort_reverse else "▲") if c.sort == self.sort_key else c.title
@@ -270,10 +271,10 @@ class RequestBoard(ScrollView, can_focus=True, inherit_bindings=False):
         if i >= len(self.rows):
             if not self.rows and y == self.HEADER_LINES:
                 msg = "no requests" if self.total == 0 else "no requests match the filter"
-                return Strip([Segment(msg, base + Style(dim=True))]).crop_extend(0, width, base)
+                return Strip([Segment(msg, base + DIM)]).crop_extend(0, width, base)
             return Strip.blank(width, base)
         r = self.rows[i]
-        row_style = base + Style(reverse=True) if i == self.cursor and self.has_focus else base
+        row_style = base + REVERSE if i == self.cursor and self.has_focus else base
         cells = _cells(r)
         # three segments: up to the phase, the coloured phase, the rest
         fmt = [
@@ -287,7 +288,7 @@ class RequestBoard(ScrollView, can_focus=True, inherit_bindings=False):
         if r.straggler is not None:
             rest = width - used
             flag = ("⚠ " + r.straggler)[: max(0, rest)] if rest > 8 else "⚠"
-            segs.append(Segment(flag, row_style + Style(color="red", bold=True)))
+            segs.append(Segment(flag, row_style + RED_BOLD))
         return Strip(segs).crop_extend(0, width, row_style)
 
     def _status_line(self, width: int, base: Style) -> Strip:
@@ -296,13 +297,13 @@ class RequestBoard(ScrollView, can_focus=True, inherit_bindings=False):
         left = snap.progress.line() if snap is not None else ""
         n_strag = sum(1 for s in snap.stragglers if not s.finished) if snap is not None else 0
         right = self.describe()
-        segs = [Segment(left, base + Style(bold=True))]
+        segs = [Segment(left, base + BOLD)]
         if n_strag:
-            segs.append(Segment(f" · ⚠ {n_strag} straggling", base + Style(color="red", bold=True)))
+            segs.append(Segment(f" · ⚠ {n_strag} straggling", base + RED_BOLD))
         used = len(left) + (len(segs[-1].text) if n_strag else 0)
         pad = width - used - len(right)
         if pad >= 2:
-            segs.append(Segment(" " * pad + right, base + Style(dim=True)))
+            segs.append(Segment(" " * pad + right, base + DIM))
         return Strip(segs).crop_extend(0, width, base)
 
     _phase_styles: ClassVar[dict[Phase, Style]] = {p: Style(color=c) for p, c in PHASE_STYLES.items()}

@@ -19,6 +19,7 @@ from rich.style import Style
 from textual.strip import Strip
 from textual.widget import Widget
 
+from rllmtop.tui.widgets.styles import BOLD, DIM, RED, RED_BOLD, color
 from rllmtop.view import Series, ViewSnapshot
 
 __all__ = [
@@ -244,7 +245,7 @@ class BrailleChart(Widget):
 
     def _build(self, data: ChartData, t1: float, width: int, height: int) -> list[Strip]:
         base_style = self.rich_style
-        muted = base_style + Style(dim=True)
+        muted = base_style + DIM
         strips = [self._title(data, width, base_style)]
         plot_rows = height - 1 - (1 if self.show_axis else 0)
         plot_w = width - GUTTER
@@ -266,7 +267,7 @@ class BrailleChart(Widget):
         return [s.crop_extend(0, width, base_style) for s in strips]
 
     def _title(self, data: ChartData, width: int, base: Style) -> Strip:
-        segs = [Segment(self.title, base + Style(bold=True))]
+        segs = [Segment(self.title, base + BOLD)]
         for ln in data.lines:
             if ln.series.missing:
                 val = "n/a"
@@ -274,11 +275,11 @@ class BrailleChart(Widget):
                 val = "-"
             else:
                 val = (ln.fmt or human)(ln.series.last)
-            segs.append(Segment("  ■ ", base + Style(color=ln.color)))
+            segs.append(Segment("  ■ ", base + color(ln.color)))
             segs.append(Segment(f"{ln.label} {val}", base))
         if data.marks is not None and not data.marks.missing:
             n = int(np.nansum(data.marks.v)) if data.marks.v.size else 0
-            segs.append(Segment(f"  ▼ {data.mark_label} {n}", base + Style(color="red" if n else None)))
+            segs.append(Segment(f"  ▼ {data.mark_label} {n}", (base + RED if n else base)))
         return Strip(segs).crop_extend(0, width, base)
 
     def _plot(
@@ -323,8 +324,8 @@ class BrailleChart(Widget):
             mc = ((data.marks.t - t0) / dt).astype(int) // 2
             mark_cols = {int(x) for x in mc if 0 <= x < plot_w}
         y_fmt = data.y_fmt or human
-        styles = [base + Style(color=ln.color) for ln, *_ in reduced]
-        mark_style = base + Style(color="red", bold=True)
+        styles = [base + color(ln.color) for ln, *_ in reduced]
+        mark_style = base + RED_BOLD
         chars = _BRAILLE_NP[codes]  # (rows, plot_w) single characters
         if ref_row >= 0:
             chars[ref_row][codes[ref_row] == 0] = "┄"
@@ -333,6 +334,14 @@ class BrailleChart(Widget):
             chars[0, cols] = "▼"
             owner[0, cols] = -2
         row_text = np.ascontiguousarray(chars).view(f"<U{plot_w}")[:, 0]  # one string per row, no loop
+        # blank cells take the colour of the run before them: fewer segments for the terminal to style
+        blank = owner == -1
+        if ref_row >= 0:
+            blank[ref_row] = False
+        idx = np.where(blank, 0, np.arange(plot_w)[None, :])
+        idx[:, 0] = np.where(blank[:, 0], 0, idx[:, 0])
+        filled_from = np.maximum.accumulate(idx, axis=1)
+        owner = np.where(blank & (filled_from > 0), np.take_along_axis(owner, filled_from, axis=1), owner)
         strips = []
         for r in range(rows):
             label = y_fmt(top) if r == 0 else (y_fmt(0.0) if r == rows - 1 else "")

@@ -7,10 +7,10 @@ from __future__ import annotations
 import textwrap
 
 from rich.segment import Segment
-from rich.style import Style
 from textual.strip import Strip
 from textual.widget import Widget
 
+from rllmtop.tui.widgets.styles import BOLD, DIM, RED
 from rllmtop.view import Straggler, ViewSnapshot
 
 __all__ = ["StragglerList"]
@@ -49,9 +49,9 @@ class StragglerList(Widget):
 
     def _build(self, snap: ViewSnapshot, width: int, height: int) -> list[Strip]:
         base = self.rich_style
-        dim = base + Style(dim=True)
-        bold = base + Style(bold=True)
-        red = base + Style(color="red")
+        dim = base + DIM
+        bold = base + BOLD
+        red = base + RED
         out: list[list[Segment]] = []
         rule = textwrap.wrap("rule: " + snap.straggler_rule, max(10, width)) or [""]
         for i, part in enumerate(rule):
