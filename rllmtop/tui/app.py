@@ -162,7 +162,11 @@ class RllmtopApp(App[Any]):
     ]
 
     KEY_HELP: ClassVar[list[tuple[str, str]]] = [
-        ("q, ctrl+c", "quit: stop sending, let in-flight requests finish (again: cancel them), then exit"),
+        (
+            "q, ctrl+c",
+            "quit: stop sending, let in-flight requests finish (again, or if already draining: cancel them), "
+            "then exit once the recording is closed",
+        ),
         ("?", "this help"),
         ("+ / -", "widen / narrow the chart window (30 s ... 1 h)"),
         ("s / S", "sort the request board by the next column / reverse the order"),
@@ -349,11 +353,15 @@ class RllmtopApp(App[Any]):
     # ------------------------------------------------------------------ actions
 
     async def action_quit(self) -> None:
-        """First: stop sending and drain; second: cancel in-flight; then exit once the session ended."""
+        """First: stop sending and drain; second: cancel in-flight; then exit once the session ended.
+        A session already draining (it finished sending) is told both at once: quitting means now."""
         if self.ended.is_set():
             self.exit(self.outcome)
             return
         self._quitting = True
+        if self._stops == 0 and self.session.state is SessionState.DRAINING:
+            self._stops = 1
+            self.session.request_stop()
         self._stops += 1
         if self._stops <= 2:
             self.session.request_stop()

@@ -287,3 +287,14 @@ async def test_page_keys_only_on_small_terminals() -> None:
             pilot, lambda: "ASU" not in screen_text(app).splitlines()[-1], what="the footer to drop pages"
         )
         s.finish()
+
+
+async def test_quit_while_draining_cancels_at_once() -> None:
+    s = ScriptedSession([*script(), StateEvent(2.0, SessionState.DRAINING)])
+    app = app_for(s)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await play(pilot, s, 2.5)
+        assert s.state is SessionState.DRAINING
+        await pilot.press("q")
+        assert s.stops == 2  # stop sending (already so) + cancel the in-flight ones
+        await until(pilot, lambda: not app.is_running, what="the app to exit")
