@@ -163,9 +163,9 @@ async def test_ctrl_c_quits_and_a_finished_session_quits_at_once() -> None:
 async def test_replay_keys_drive_the_replay_source() -> None:
     s = ScriptedReplaySession(script(40), duration=60.0)
     app = app_for(s)
-    r = s.replay
+    r = s.fake_replay
     async with app.run_test(size=(80, 24)) as pilot:
-        s.replay.position = 15.0  # type: ignore[union-attr]
+        r.position = 15.0
         s.advance(15.0)  # more board rows than fit: the focused board must not eat home/end/left/right
         app._tick()
         await pilot.pause()

@@ -96,7 +96,7 @@ def _snapshot_with_scrapes(n: int, *, missing: tuple[str, ...] = ()) -> ViewSnap
     v = LiveView(summary_interval=0)
     for i in range(1, n + 1):
         t = i * 0.25
-        samples = (
+        samples: tuple[MetricSample, ...] = (
             MetricSample(t, "requests_running", float(i % 5)),
             MetricSample(t, "requests_waiting", 1.0),
         )

@@ -30,7 +30,7 @@ class ScriptedSession:
         self.records = sorted(records, key=lambda r: getattr(r, "t", -1.0))
         self.info: SessionInfo | None = None
         self.state = SessionState.STARTING
-        self.replay = None
+        self.replay: FakeReplay | None = None
         self.record_path = record_path
         self.sinks: list[Callable[[Record], None]] = []
         self.t = 0.0
@@ -197,10 +197,11 @@ class FakeReplay:
 class ScriptedReplaySession(ScriptedSession):
     def __init__(self, records: Iterable[Record] = (), duration: float = 100.0) -> None:
         super().__init__(records)
-        self.replay = FakeReplay(duration)  # type: ignore[assignment]
+        self.fake_replay = FakeReplay(duration)
+        self.replay = self.fake_replay
 
     def now(self) -> float:
-        return self.replay.position  # type: ignore[union-attr]
+        return self.fake_replay.position
 
 
 def demo_script() -> list[Record]:
