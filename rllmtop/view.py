@@ -63,6 +63,7 @@ from rllmtop.metrics.analysis import (
 
 __all__ = [
     "CLIENT_BOTTLENECK_LAG_S",
+    "LOG_LINES",
     "WINDOWS",
     "BoardRow",
     "DistGroup",
@@ -75,6 +76,7 @@ __all__ = [
     "Summary",
     "SummaryJob",
     "ViewSnapshot",
+    "format_elapsed",
 ]
 
 WINDOWS: tuple[float, ...] = (30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)

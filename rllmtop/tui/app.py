@@ -336,6 +336,8 @@ class RllmtopApp(App[Any]):
     async def _summarise(self, job: SummaryJob) -> None:
         try:
             await asyncio.to_thread(job.run)
+        except Exception as e:  # a bug in the analysis must not take the monitor down
+            self.notify(f"could not compute the ASU summary: {e!r}", severity="error", timeout=30)
         finally:
             self.view.install(job)
             self._summary_task = None
