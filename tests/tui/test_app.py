@@ -110,7 +110,9 @@ async def test_keys_change_window_sort_filter_and_pages() -> None:
         await pilot.press("f")
         assert board.phase_filter == "active"
         await pilot.press("slash")
-        await pilot.press(*"math", "enter")
+        await pilot.press(*"math")
+        assert "math" in screen_text(app).splitlines()[-2]  # the filter line shows what is typed
+        await pilot.press("enter")
         assert board.text_filter == "math"
         assert board.rows and all(r.cls == "math" for r in board.rows)
         await pilot.press("slash", "backspace", "backspace", "backspace", "backspace", "enter")

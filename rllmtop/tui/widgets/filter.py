@@ -15,7 +15,7 @@ class FilterInput(Input):
     """Enter applies (posts ``Input.Submitted``), escape cancels (posts :class:`FilterInput.Cancelled`)."""
 
     DEFAULT_CSS = """
-    FilterInput {
+    FilterInput, FilterInput:focus {
         height: 1;
         border: none;
         padding: 0 1;
