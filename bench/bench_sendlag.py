@@ -81,6 +81,9 @@ def _scenario(text: str) -> Any:
         os.unlink(f.name)
 
 
+FREEZE = True
+
+
 async def _run(sc: Any, url: str, use_timerfd: bool) -> tuple[list[Any], float, float, str]:
     records: list[Any] = []
 
@@ -165,7 +168,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hold", type=float, default=10.0, help="seconds each held stream lasts")
     ap.add_argument("--interval", type=float, default=0.050, help="seconds between chunks of a held stream")
     ap.add_argument("--no-timerfd", action="store_true", help="use the portable pacer (loop timer + spin)")
+    ap.add_argument("--no-freeze", action="store_true", help="do not freeze the GC's old objects during runs")
+    ap.add_argument(
+        "--ballast",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep N small objects alive, like an application's heap (the TUI, caches)",
+    )
     args = ap.parse_args(argv)
+    global FREEZE
+    FREEZE = not args.no_freeze
+    ballast = [[i] for i in range(args.ballast)]
     with contextlib.suppress(OSError, AttributeError):
         os.sched_setaffinity(0, {0})
     with contextlib.suppress(ImportError, ValueError, OSError):
@@ -173,13 +187,16 @@ def main(argv: list[str] | None = None) -> int:
 
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    print(f"load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"load average {os.getloadavg()[0]:.2f}; GC freeze during runs: {FREEZE}; ballast {args.ballast} objects"
+    )
     if args.part in ("lag", "both"):
         part_lag(args.rate, args.burstiness, args.seconds, not args.no_timerfd)
     if args.part in ("held", "both"):
         levels = [int(x) for x in args.levels.split(",")]
         part_held(levels, args.hold, args.interval, not args.no_timerfd)
     print(f"load average at end {os.getloadavg()[0]:.2f}")
+    del ballast
     return 0
 
 

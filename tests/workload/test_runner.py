@@ -379,3 +379,23 @@ async def test_cancel_before_requests_start_still_ends_them(tmp_path: Path) -> N
     finals = sink.finals()
     assert len(finals) == 5 and all(x.status is RequestStatus.CANCELLED for x in finals.values())
     assert not sink.events(RequestKind.SENT) and r.in_flight == 0 and r.failed == 5
+
+
+async def test_gc_frozen_during_the_run_only(tmp_path: Path) -> None:
+    import gc
+
+    sc = scenario(tmp_path, 'process = "burst"\nburst_size = 3', "")
+    frozen_at_send: list[int] = []
+    sink = Sink()
+
+    def publish(rec: Any) -> None:
+        if isinstance(rec, RequestEvent) and rec.kind is RequestKind.SENT:
+            frozen_at_send.append(gc.get_freeze_count())
+        sink(rec)
+
+    assert gc.get_freeze_count() == 0
+    async with SseServer(correct_model) as srv:
+        r = Runner(sc, base_url=srv.url, model="tiny", api_key=None, clock=Clock(), publish=publish)
+        await r.run()
+    assert len(frozen_at_send) == 3 and all(n > 0 for n in frozen_at_send)
+    assert gc.get_freeze_count() == 0
