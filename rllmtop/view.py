@@ -103,7 +103,7 @@ class _Ring:
     Each point is written twice (at i and i + capacity) so ``view()`` never copies or wraps.
     """
 
-    __slots__ = ("_t", "_v", "cap", "head", "n")
+    __slots__ = ("_t", "_v", "cap", "head", "n", "version")
 
     def __init__(self, capacity: int) -> None:
         self.cap = capacity
@@ -111,12 +111,14 @@ class _Ring:
         self._v = np.zeros(2 * capacity)
         self.head = 0  # next write position, 0..cap-1
         self.n = 0
+        self.version = 0  # bumps on every change
 
     def append(self, t: float, v: float) -> None:
         h = self.head
         self._t[h] = self._t[h + self.cap] = t
         self._v[h] = self._v[h + self.cap] = v
         self.head = h + 1 if h + 1 < self.cap else 0
+        self.version += 1
         if self.n < self.cap:
             self.n += 1
 
@@ -132,6 +134,7 @@ class _Ring:
         i = (self.head - 1 - k) % self.cap
         self._v[i] += dv
         self._v[i + self.cap] += dv
+        self.version += 1
         return True
 
     def last(self) -> float | None:
@@ -162,6 +165,7 @@ class Series:
     v: np.ndarray  # values (NaN = no reading, e.g. a failed scrape), read-only
     last: float | None = None  # newest value, None if none (or NaN)
     missing: bool = False
+    version: int = 0  # changes whenever the series changed (a chart redraws only then, or when time moves)
 
 
 class BoardRow(NamedTuple):
@@ -899,7 +903,7 @@ class LiveView:
         if last is not None and math.isnan(last):
             last = None
         missing = name in self.missing
-        return Series(name, t, v, None if missing else last, missing)
+        return Series(name, t, v, None if missing else last, missing, ring.version)
 
     def _tok_s(self) -> float:
         """Client-side output tokens/s over the last (up to) 5 closed bins."""

@@ -33,7 +33,7 @@ from rllmtop.tui.widgets.help import HelpScreen
 from rllmtop.tui.widgets.logpane import LogPane
 from rllmtop.tui.widgets.replaybar import ReplayBar, ReplayControls
 from rllmtop.tui.widgets.stragglers import StragglerList
-from rllmtop.view import WINDOWS, LiveView, SummaryJob, ViewSnapshot
+from rllmtop.view import WINDOWS, LiveView, Series, SummaryJob, ViewSnapshot
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -73,12 +73,18 @@ def chart_window(s: ViewSnapshot) -> float:
     return min(s.window, max(WINDOWS[0], s.t))
 
 
+def _chart(s: ViewSnapshot, lines: tuple[Line, ...], **kw: Any) -> ChartData:
+    """Chart data on the shared time axis; its version changes only when one of its own series (or its
+    marks) changed, so a chart whose data did not move is not redrawn."""
+    marks: Series | None = kw.get("marks")
+    version = (s.generation, *(ln.series.version for ln in lines), marks.version if marks is not None else 0)
+    return ChartData(lines, s.t, chart_window(s), version, **kw)
+
+
 def kv_chart(s: ViewSnapshot) -> ChartData:
-    return ChartData(
+    return _chart(
+        s,
         (Line(s.kv, "used", "green", fill=True, fmt=_pct),),
-        s.t,
-        chart_window(s),
-        (s.generation, s.series_version),
         y_max=1.0,
         ref_line=1.0,
         marks=s.preemptions,
@@ -88,37 +94,28 @@ def kv_chart(s: ViewSnapshot) -> ChartData:
 
 
 def queue_chart(s: ViewSnapshot) -> ChartData:
-    return ChartData(
-        (Line(s.running, "running", "cyan"), Line(s.waiting, "waiting", "yellow")),
-        s.t,
-        chart_window(s),
-        (s.generation, s.series_version),
-    )
+    return _chart(s, (Line(s.running, "running", "cyan"), Line(s.waiting, "waiting", "yellow")))
 
 
 def tps_chart(s: ViewSnapshot) -> ChartData:
-    return ChartData(
+    return _chart(
+        s,
         (
             Line(s.reasoning_tps, "reasoning", "magenta", fill=True),
             Line(s.answer_tps, "answer", "green", fill=True, stack_on=s.reasoning_tps),
             Line(s.engine_tps, "engine", "grey62"),
         ),
-        s.t,
-        chart_window(s),
-        (s.generation, s.series_version),
     )
 
 
 def rps_chart(s: ViewSnapshot) -> ChartData:
-    return ChartData(
+    return _chart(
+        s,
         (
             Line(s.arrivals, "sent", "dodger_blue1"),
             Line(s.completions, "done", "cyan"),
             Line(s.failures, "failed", "red"),
         ),
-        s.t,
-        chart_window(s),
-        (s.generation, s.series_version),
         y_fmt=human,
     )
 

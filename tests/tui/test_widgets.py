@@ -275,3 +275,21 @@ def test_hold_forward_fills_short_gaps_only() -> None:
     assert np.array_equal(lo, out, equal_nan=True) and np.array_equal(hi, out, equal_nan=True)
     same = hold_forward(last, last, last, 0)[2]
     assert np.array_equal(same, last, equal_nan=True)
+
+
+async def test_a_chart_redraws_only_when_its_own_series_changed() -> None:
+    from rllmtop.tui.app import tps_chart
+
+    kv, tps = BrailleChart("KV", kv_chart), BrailleChart("tok/s", tps_chart)
+    async with _Host(kv, tps).run_test(size=(60, 12)) as pilot:
+        v = LiveView(summary_interval=0)
+        v.handle(Scrape(1.0, 0.0, True, samples=(MetricSample(1.0, "kv_cache_usage", 0.5),)))
+        for w in (kv, tps):
+            w.update_snapshot(v.snapshot(5.0))
+        await pilot.pause()
+        assert (kv.renders, tps.renders) == (1, 1)
+        v.handle(Scrape(4.5, 0.0, True, samples=(MetricSample(4.5, "kv_cache_usage", 0.7),)))  # KV only
+        for w in (kv, tps):
+            w.update_snapshot(v.snapshot(5.0))
+        await pilot.pause()
+        assert (kv.renders, tps.renders) == (2, 1)

@@ -57,7 +57,7 @@ class ChartData:
     lines: tuple[Line, ...]
     t1: float  # right edge (session seconds)
     window: float
-    version: tuple[int, int]  # (generation, series_version): changes whenever a point was added
+    version: tuple[int, ...]  # changes whenever a point was added to one of its series
     y_max: float | None = None  # fixed top of the axis (None: from the data)
     ref_line: float | None = None  # a dotted horizontal line (e.g. KV 100%)
     marks: Series | None = None  # instants to flag on the top row (preemptions)
