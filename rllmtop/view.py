@@ -742,6 +742,11 @@ class LiveView:
 
     # ------------------------------------------------------------------ controls
 
+    def set_planned(self, n: int | None) -> None:
+        """How many requests the run will send (kept across a Reset); None: unknown (or from SessionInfo)."""
+        self._planned_arg = n
+        self.planned = n if n is not None else self.planned
+
     def set_window(self, seconds: float) -> None:
         self.window = float(min(max(seconds, 1.0), max(WINDOWS)))
 

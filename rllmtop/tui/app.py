@@ -183,7 +183,9 @@ class RllmtopApp(App[Any]):
     ) -> None:
         super().__init__()
         self.session = session
-        self.view = view or LiveView(auto_summary=False, planned=_planned(session))
+        self.view = view or LiveView(auto_summary=False)
+        if self.view.planned is None:
+            self.view.set_planned(_planned(session))
         self.refresh_interval = refresh
         self.snapshot: ViewSnapshot | None = None  # the last snapshot handed to the widgets
         self.outcome: Any = None
@@ -467,10 +469,16 @@ def _span(seconds: float) -> str:
 
 
 def _planned(session: SessionLike) -> int | None:
-    plan = getattr(session, "plan", None)
-    scenario = getattr(plan, "scenario", None)
-    load = getattr(scenario, "load", None)
-    n = getattr(load, "num_prompts", None)
+    """Requests the session's scenario will send, when it says: ``num_prompts``, or a single burst's size."""
+    scenario = getattr(getattr(session, "plan", None), "scenario", None)
+    n = getattr(getattr(scenario, "load", None), "num_prompts", None)
+    arrival = getattr(scenario, "arrival", None)
+    if (
+        n is None
+        and getattr(arrival, "process", None) == "burst"
+        and getattr(arrival, "burst_interval", 1) is None
+    ):
+        n = getattr(arrival, "burst_size", None)
     return n if isinstance(n, int) else None
 
 

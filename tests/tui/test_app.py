@@ -56,8 +56,12 @@ async def test_charts_receive_samples_and_board_moves_from_thinking_to_answering
         assert rows[0].phase is Phase.ANSWERING and rows[0].ttfvt is not None
         await play(pilot, s, 8.0)
         charts = {c.id: c for c in app.query(BrailleChart)}
-        kv = charts["chart-kv"].data
-        assert kv is not None and kv.lines[0].series.t.size == 32  # 8 s of 4 Hz scrapes
+        kv_chart = charts["chart-kv"]
+
+        def kv_points() -> int:
+            return 0 if kv_chart.data is None else kv_chart.data.lines[0].series.t.size
+
+        await until(pilot, lambda: kv_points() == 32, what="the KV chart drawn with 8 s of 4 Hz scrapes")
         tps = charts["chart-tps"].data
         assert tps is not None and tps.lines[0].series.v.sum() > 0  # reasoning tokens/s
         assert all(c.renders > 0 for c in charts.values())

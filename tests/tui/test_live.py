@@ -87,6 +87,7 @@ async def test_live_burst_on_the_simulator(tmp_path: Path) -> None:
         text = screen_text(app)
         assert "rule: run time or reasoning length > 3x" in text
         assert "sim" in text and "stragglers" in text  # header: engine kind, scenario
+        assert app.snapshot.progress.planned == 128  # type: ignore[union-attr]  # one burst of 128
         # keys
         board = app.query_one(RequestBoard)
         window = app.view.window
