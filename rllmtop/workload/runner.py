@@ -624,7 +624,10 @@ class Runner:
         mono = now + self.clock.t0
         publish = self._publish
         expired = []
-        for req in self._active.values():
+        client = self._client
+        for i, req in enumerate(list(self._active.values())):
+            if not i & 127 and time.monotonic() >= client.due_at:
+                self._pace()  # thousands in flight make this pass take ms: sends due meanwhile go first
             if mono >= req.deadline:
                 expired.append(req)
             st = req.stream
