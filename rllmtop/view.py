@@ -53,13 +53,18 @@ from rllmtop.events import (
     StateEvent,
 )
 from rllmtop.metrics.analysis import (
+    EMPTY_DIST,
     AsuSummary,
+    DistGroup,
+    Distribution,
     StragglerBaselines,
     StragglerRule,
     asu_summary,
     counter_increase,
-    percentiles,
+    reasoning_distribution,
 )
+
+DIST_BINS = 64
 
 __all__ = [
     "CLIENT_BOTTLENECK_LAG_S",
@@ -91,7 +96,6 @@ MAX_ENDED_ROWS = 500  # ... but no more than this many of them
 ENGINE_RATE_SPAN = 1.0  # seconds the engine's generation rate is averaged over
 LOG_LINES = 500  # engine log / event log lines kept
 FINISHED_STRAGGLERS = 200  # finished stragglers kept for the list
-DIST_BINS = 64
 
 
 # ----------------------------------------------------------------------------------------- ring buffer
@@ -227,29 +231,6 @@ class ScrapeHealth:
 
 
 @dataclass(frozen=True, slots=True)
-class DistGroup:
-    """Reasoning lengths of finished ok requests of one (class, difficulty)."""
-
-    cls: str
-    difficulty: str
-    n: int
-    pcts: dict[int, float | None]  # analysis.percentiles
-    counts: tuple[int, ...]  # per bin of Distribution.edges
-
-    @property
-    def label(self) -> str:
-        return (
-            f"{self.cls}/{self.difficulty}" if self.difficulty and self.difficulty != self.cls else self.cls
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Distribution:
-    edges: tuple[float, ...]  # bin edges (tokens), len = bins + 1; shared by every group
-    groups: tuple[DistGroup, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class Summary:
     """The O(n) numbers, computed by a :class:`SummaryJob` from the requests that had ended."""
 
@@ -259,9 +240,6 @@ class Summary:
     baselines: StragglerBaselines | None
     distribution: Distribution
     cost_s: float  # wall seconds it took
-
-
-EMPTY_DIST = Distribution((), ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,26 +313,9 @@ class SummaryJob:
         recs = self.records
         asu = asu_summary(recs, self.rule) if recs else None
         baselines = self.rule.baselines(recs) if recs else None
-        dist = _distribution(recs)
+        dist = reasoning_distribution(recs, DIST_BINS)
         self.result = Summary(self.generation, self.finished, asu, baselines, dist, time.perf_counter() - t0)
         return self.result
-
-
-def _distribution(recs: list[RequestRecord], bins: int = DIST_BINS) -> Distribution:
-    groups: dict[tuple[str, str], list[int]] = {}
-    for r in recs:
-        if r.status is RequestStatus.OK:
-            groups.setdefault((r.cls, r.difficulty), []).append(r.reasoning_tokens)
-    if not groups:
-        return EMPTY_DIST
-    top = max(max(v) for v in groups.values())
-    edges = np.linspace(0.0, float(max(top, 1)), bins + 1)
-    out = []
-    for (cls, diff), vals in sorted(groups.items()):
-        arr = np.asarray(vals, dtype=float)
-        counts, _ = np.histogram(arr, bins=edges)
-        out.append(DistGroup(cls, diff, arr.size, percentiles(arr), tuple(int(c) for c in counts)))
-    return Distribution(tuple(float(e) for e in edges), tuple(out))
 
 
 # ----------------------------------------------------------------------------------------- the view

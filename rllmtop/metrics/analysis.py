@@ -33,10 +33,17 @@ from rllmtop.events import (
 )
 
 __all__ = [
+    "EMPTY_DIST",
+    "KV_FULL",
+    "MIN_TEST_N",
     "PCTS",
     "SLO_KEYS",
     "AsuSummary",
     "ClassSummary",
+    "DistGroup",
+    "Distribution",
+    "EngineSummary",
+    "MannWhitney",
     "StragglerBaselines",
     "StragglerRule",
     "Timeline",
@@ -44,10 +51,15 @@ __all__ = [
     "check_slos",
     "counter_increase",
     "counter_rates",
+    "engine_summary",
     "histogram_quantile",
     "histogram_window",
+    "holm",
+    "mann_whitney",
     "merge_histograms",
     "percentiles",
+    "reasoning_distribution",
+    "scrape_step",
     "timeline",
 ]
 
@@ -551,3 +563,196 @@ def timeline(
     )
     cols["reasoning_tps"], cols["answer_tps"] = _token_columns(requests, edges)
     return Timeline(step, edges[:-1], cols)
+
+
+# ------------------------------------------------------------------------------------------ distributions
+
+
+@dataclass(frozen=True, slots=True)
+class DistGroup:
+    """Reasoning lengths of finished ok requests of one (class, difficulty)."""
+
+    cls: str
+    difficulty: str
+    n: int
+    pcts: dict[int, float | None]  # analysis.percentiles
+    counts: tuple[int, ...]  # per bin of Distribution.edges
+
+    @property
+    def label(self) -> str:
+        return (
+            f"{self.cls}/{self.difficulty}" if self.difficulty and self.difficulty != self.cls else self.cls
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Distribution:
+    edges: tuple[float, ...]  # bin edges (tokens), len = bins + 1; shared by every group
+    groups: tuple[DistGroup, ...]
+
+
+EMPTY_DIST = Distribution((), ())
+
+
+def reasoning_distribution(recs: Sequence[RequestRecord], bins: int = 64) -> Distribution:
+    """Histogram of reasoning lengths of finished ok requests per (class, difficulty), on shared edges."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for r in recs:
+        if r.status is RequestStatus.OK:
+            groups.setdefault((r.cls, r.difficulty), []).append(r.reasoning_tokens)
+    if not groups:
+        return EMPTY_DIST
+    top = max(max(v) for v in groups.values())
+    edges = np.linspace(0.0, float(max(top, 1)), bins + 1)
+    out = []
+    for (cls, diff), vals in sorted(groups.items()):
+        arr = np.asarray(vals, dtype=float)
+        counts, _ = np.histogram(arr, bins=edges)
+        out.append(DistGroup(cls, diff, arr.size, percentiles(arr), tuple(int(c) for c in counts)))
+    return Distribution(tuple(float(e) for e in edges), tuple(out))
+
+
+# ------------------------------------------------------------------------------------------ engine side and run comparison
+
+KV_FULL = 0.95  # "KV full" threshold for the time-at-full column
+
+
+@dataclass(frozen=True)
+class EngineSummary:
+    """Engine-side numbers over the load window (load start .. last request end). ``None``: not served."""
+
+    window_s: float
+    step_s: float  # gauge readings are taken as the last reading in windows of this size
+    kv_usage_mean: float | None  # 0..1, time-weighted
+    kv_usage_peak: float | None  # highest reading of any engine
+    kv_full_frac: float | None  # fraction of the window with usage >= KV_FULL
+    running_mean: float | None
+    running_peak: float | None
+    waiting_mean: float | None
+    waiting_peak: float | None
+    preemptions: float | None  # counter increase over the session
+    prefix_hit_rate: float | None  # prefix-cache hits / queries (increase over the session)
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _finite_or_none(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
+
+
+def _increase(samples: Sequence[MetricSample], name: str) -> float | None:
+    series: dict[tuple[tuple[str, str], ...], list[tuple[float, float]]] = {}
+    for s in samples:
+        if s.name == name:
+            series.setdefault(s.labels, []).append((s.t, s.value))
+    if not series:
+        return None
+    return float(sum(counter_increase([v for _, v in sorted(pts)]) for pts in series.values()))
+
+
+def scrape_step(samples: Sequence[MetricSample]) -> float:
+    """The typical time between two readings of one series (the scrape interval), 0.25 s if unknown."""
+    times = sorted({s.t for s in samples if s.name in ("kv_cache_usage", "requests_running")})
+    if len(times) < 3:
+        return 0.25
+    return max(float(np.median(np.diff(times))), 0.01)
+
+
+def engine_summary(
+    samples: Sequence[MetricSample], t0: float, t1: float, step: float | None = None
+) -> EngineSummary:
+    """Gauge means/peaks over ``[t0, t1]`` (last reading per ``step`` window, carried forward; NaN windows
+    where the engine serves nothing are left out), counter increases over the whole session."""
+    step = step or scrape_step(samples)
+    t1 = max(t1, t0 + step)
+    gauges = [s for s in samples if s.name in ("kv_cache_usage", "requests_running", "requests_waiting")]
+    tl = timeline((), gauges, step=step, t_end=t1)
+    mask = (tl.t + step > t0) & (tl.t < t1)
+
+    def col(name: str) -> np.ndarray:
+        c = tl.columns[name][mask]
+        return c[~np.isnan(c)]
+
+    def mean(name: str) -> float | None:
+        c = col(name)
+        return _finite_or_none(float(c.mean())) if c.size else None
+
+    def peak(name: str) -> float | None:
+        vals = [s.value for s in samples if s.name == name and t0 <= s.t <= t1 + step]
+        return float(max(vals)) if vals else None
+
+    kv = col("kv_cache_usage")
+    hits = _increase(samples, "prefix_cache_hits_total")
+    queries = _increase(samples, "prefix_cache_queries_total")
+    return EngineSummary(
+        window_s=t1 - t0,
+        step_s=step,
+        kv_usage_mean=mean("kv_cache_usage"),
+        kv_usage_peak=peak("kv_cache_usage"),
+        kv_full_frac=float(np.mean(kv >= KV_FULL)) if kv.size else None,
+        running_mean=mean("requests_running"),
+        running_peak=peak("requests_running"),
+        waiting_mean=mean("requests_waiting"),
+        waiting_peak=peak("requests_waiting"),
+        preemptions=_increase(samples, "preemptions_total"),
+        prefix_hit_rate=(hits / queries) if hits is not None and queries else None,
+    )
+
+
+@dataclass(frozen=True)
+class MannWhitney:
+    n_a: int
+    n_b: int
+    median_a: float | None
+    median_b: float | None
+    u: float | None  # U statistic of sample b
+    p: float | None  # two-sided p-value; None when a sample has fewer than MIN_TEST_N values
+    effect: float | None  # P(b > a) + 0.5 P(b = a): 0.5 = no shift, > 0.5 = b larger
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+MIN_TEST_N = 5
+
+
+def mann_whitney(a: Sequence[float], b: Sequence[float]) -> MannWhitney:
+    """Two-sided Mann-Whitney U test of b against a (scipy), with the common-language effect size."""
+    from scipy.stats import mannwhitneyu
+
+    xa = np.asarray(a, dtype=float)
+    xb = np.asarray(b, dtype=float)
+    xa = xa[~np.isnan(xa)]
+    xb = xb[~np.isnan(xb)]
+    med_a = float(np.median(xa)) if xa.size else None
+    med_b = float(np.median(xb)) if xb.size else None
+    if xa.size < MIN_TEST_N or xb.size < MIN_TEST_N:
+        return MannWhitney(int(xa.size), int(xb.size), med_a, med_b, None, None, None)
+    if np.all(xa == xa[0]) and np.all(xb == xa[0]):  # identical constants: no difference, scipy says nan
+        u = xa.size * xb.size / 2
+        return MannWhitney(int(xa.size), int(xb.size), med_a, med_b, u, 1.0, 0.5)
+    res = mannwhitneyu(xb, xa, alternative="two-sided")
+    u = float(res.statistic)
+    p = float(res.pvalue)
+    return MannWhitney(
+        int(xa.size),
+        int(xb.size),
+        med_a,
+        med_b,
+        u,
+        p if math.isfinite(p) else None,
+        u / (xa.size * xb.size),
+    )
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm-Bonferroni adjusted p-values (None entries are skipped and stay None)."""
+    idx = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    m = len(idx)
+    out: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(idx):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out

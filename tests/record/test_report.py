@@ -20,6 +20,7 @@ from scipy.stats import mannwhitneyu
 
 from rllmtop.errors import UserError
 from rllmtop.events import MetricSample, RequestRecord, RequestStatus, SessionInfo, encode_gaps
+from rllmtop.metrics import analysis as A
 from rllmtop.metrics.analysis import StragglerRule, asu_summary
 from rllmtop.record import report as R
 from rllmtop.summary import markdown_table
@@ -216,7 +217,7 @@ def test_engine_summary_means_peaks_missing_and_counter_reset() -> None:
         MetricSample(0, "prefix_cache_hits_total", 0),
         MetricSample(3, "prefix_cache_hits_total", 25),
     ]
-    e = R.engine_summary(samples, 0.0, 4.0, step=1.0)
+    e = A.engine_summary(samples, 0.0, 4.0, step=1.0)
     # last reading per 1 s bin: bins [0,1) .. [3,4) read 0.0, 0.5, 1.0, 0.5
     assert e.kv_usage_mean == pytest.approx(0.5)
     assert e.kv_usage_peak == 1.0
@@ -277,7 +278,7 @@ def test_mann_whitney_matches_scipy_and_reports_effect_size() -> None:
     rng = np.random.default_rng(3)
     a = rng.normal(10, 2, 80)
     b = rng.normal(12, 2, 90)
-    m = R.mann_whitney(a, b)
+    m = A.mann_whitney(a, b)
     ref = mannwhitneyu(b, a, alternative="two-sided")
     assert m.u == pytest.approx(ref.statistic) and m.p == pytest.approx(ref.pvalue)
     assert m.n_a == 80 and m.n_b == 90
@@ -288,22 +289,22 @@ def test_mann_whitney_matches_scipy_and_reports_effect_size() -> None:
 
 def test_mann_whitney_same_distribution_is_not_significant() -> None:
     rng = np.random.default_rng(11)
-    m = R.mann_whitney(rng.gamma(2, 3, 200), rng.gamma(2, 3, 200))
+    m = A.mann_whitney(rng.gamma(2, 3, 200), rng.gamma(2, 3, 200))
     assert m.p is not None and m.p > 0.05
     assert m.effect is not None and 0.4 < m.effect < 0.6
 
 
 def test_mann_whitney_edge_cases() -> None:
-    few = R.mann_whitney([1, 2, 3], [4, 5, 6, 7, 8])
+    few = A.mann_whitney([1, 2, 3], [4, 5, 6, 7, 8])
     assert few.p is None and few.u is None and few.median_a == 2.0
-    same = R.mann_whitney([0] * 10, [0] * 12)  # e.g. reasoning length of two plain-LLM runs
+    same = A.mann_whitney([0] * 10, [0] * 12)  # e.g. reasoning length of two plain-LLM runs
     assert same.p == 1.0 and same.effect == 0.5
-    nan = R.mann_whitney([float("nan")] * 10, [1.0] * 10)
+    nan = A.mann_whitney([float("nan")] * 10, [1.0] * 10)
     assert nan.n_a == 0 and nan.p is None
 
 
 def test_holm_adjustment() -> None:
-    got = R.holm([0.01, None, 0.04, 0.03, 0.5])
+    got = A.holm([0.01, None, 0.04, 0.03, 0.5])
     # sorted: 0.01*4=0.04, 0.03*3=0.09, 0.04*2=0.08 -> monotone 0.09, 0.5*1 -> 0.5
     assert got == pytest.approx([0.04, None, 0.09, 0.09, 0.5])  # type: ignore[arg-type]
 
