@@ -297,12 +297,18 @@ class SummaryJob:
     """The O(n) part of a snapshot, detached from the view: safe to :meth:`run` in another thread (it only
     reads its own copy of the finished records, which are immutable)."""
 
-    __slots__ = ("finished", "generation", "records", "result", "rule")
+    __slots__ = ("finished", "generation", "in_flight", "records", "result", "rule")
 
     def __init__(
-        self, records: list[RequestRecord], rule: StragglerRule, generation: int, finished: int
+        self,
+        records: list[RequestRecord],
+        rule: StragglerRule,
+        generation: int,
+        finished: int,
+        in_flight: list[tuple[str, float, int]] | None = None,
     ) -> None:
         self.records = records
+        self.in_flight = in_flight or []
         self.rule = rule
         self.generation = generation
         self.finished = finished
@@ -312,7 +318,7 @@ class SummaryJob:
         t0 = time.perf_counter()
         recs = self.records
         asu = asu_summary(recs, self.rule) if recs else None
-        baselines = self.rule.baselines(recs) if recs else None
+        baselines = self.rule.baselines(recs, self.in_flight) if recs else None
         dist = reasoning_distribution(recs, DIST_BINS)
         self.result = Summary(self.generation, self.finished, asu, baselines, dist, time.perf_counter() - t0)
         return self.result
@@ -433,6 +439,7 @@ class LiveView:
         self.series_version = 0
         # requests
         self._reqs: dict[int, _Req] = {}
+        self._t_seen = 0.0  # latest request-event time (ages of in-flight requests for the summary job)
         self._ended: deque[tuple[float, _Req]] = deque()
         self._finished: list[RequestRecord] = []
         self._sent = 0
@@ -522,6 +529,8 @@ class LiveView:
 
     def _on_request(self, ev: RequestEvent) -> None:
         self._advance(ev.t)
+        if ev.t > self._t_seen:
+            self._t_seen = ev.t
         kind = ev.kind
         req = self._reqs.get(ev.rid)
         if req is None:
@@ -734,7 +743,11 @@ class LiveView:
             if self._wall() - self._summary_wall < max(self.summary_interval, 10 * cost):
                 return None
         self._summary_pending = True
-        return SummaryJob(list(self._finished), self.rule, self.generation, n)
+        t = self._t_seen
+        open_now = [
+            (r.cls, t - r.t_sent, r.reasoning) for r in self._reqs.values() if r.t_sent is not None
+        ]
+        return SummaryJob(list(self._finished), self.rule, self.generation, n, open_now)
 
     def install(self, job: SummaryJob) -> None:
         """Adopt a finished job's result (ignored if a new session started meanwhile)."""

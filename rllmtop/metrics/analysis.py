@@ -99,40 +99,68 @@ def _median(values: Sequence[float]) -> float | None:
 @dataclass(frozen=True)
 class StragglerRule:
     """A request straggles when its run time or its reasoning length exceeds ``factor`` times the median
-    of the *finished* requests of its class (all classes together while its class has fewer than
-    ``min_finished`` finished). In-flight requests are judged on their age and reasoning tokens so far,
-    so they are flagged while they happen; finished ones on E2E and final reasoning length."""
+    of its class (of all requests while its class has fewer than ``min_finished`` finished).
+
+    The median counts the requests still in flight as *censored*: each has run at least its age, so the
+    median is only known once at least half of the group has finished, and it is then the
+    ``ceil(n/2)``-th smallest finished value (an upper bound of the true median). Early in a burst,
+    when only the fast requests have finished, nothing is flagged; a few hard requests running far
+    behind the rest of the batch are. In-flight requests are judged on their age and reasoning tokens
+    so far, so they are flagged while they happen; finished ones on E2E and final reasoning length."""
 
     factor: float = 3.0
     min_finished: int = 5
 
     def describe(self) -> str:
         return (
-            f"run time or reasoning length > {self.factor:g}x the median of finished requests of the same "
-            f"class (all classes until a class has {self.min_finished} finished)"
+            f"run time or reasoning length > {self.factor:g}x the median of its class (all classes until "
+            f"a class has {self.min_finished} finished; requests in flight count as at least their age, "
+            "so no verdict before half have finished)"
         )
 
-    def baselines(self, finished: Sequence[RequestRecord]) -> StragglerBaselines:
-        """Medians per class and overall, from finished ok requests."""
+    def baselines(
+        self,
+        finished: Sequence[RequestRecord],
+        in_flight: Iterable[tuple[str, float, int]] = (),
+    ) -> StragglerBaselines:
+        """Medians per class and overall from finished ok requests, with ``in_flight`` (class, age,
+        reasoning tokens so far) as censored observations."""
         by_cls_e2e: dict[str, list[float]] = defaultdict(list)
         by_cls_rsn: dict[str, list[float]] = defaultdict(list)
-        all_e2e: list[float] = []
-        all_rsn: list[float] = []
         for r in finished:
             if r.status is not RequestStatus.OK or r.e2e is None:
                 continue
-            e = r.e2e
-            by_cls_e2e[r.cls].append(e)
+            by_cls_e2e[r.cls].append(r.e2e)
             by_cls_rsn[r.cls].append(r.reasoning_tokens)
-            all_e2e.append(e)
-            all_rsn.append(r.reasoning_tokens)
+        open_by_cls: dict[str, int] = defaultdict(int)
+        for cls, _age, _rsn in in_flight:
+            open_by_cls[cls] += 1
+        all_e2e = [v for vs in by_cls_e2e.values() for v in vs]
+        all_rsn = [v for vs in by_cls_rsn.values() for v in vs]
+        n_open = sum(open_by_cls.values())
         per_cls = {
-            c: (_median(v), _median(by_cls_rsn[c]))
+            c: (_censored_median(v, open_by_cls[c]), _censored_median(by_cls_rsn[c], open_by_cls[c]))
             for c, v in by_cls_e2e.items()
             if len(v) >= self.min_finished
         }
-        overall = (_median(all_e2e), _median(all_rsn)) if len(all_e2e) >= self.min_finished else (None, None)
+        overall = (
+            (_censored_median(all_e2e, n_open), _censored_median(all_rsn, n_open))
+            if len(all_e2e) >= self.min_finished
+            else (None, None)
+        )
         return StragglerBaselines(self, per_cls, overall)
+
+
+def _censored_median(done: Sequence[float], n_open: int) -> float | None:
+    """Median of ``done`` plus ``n_open`` values known only to be larger than anything seen so far:
+    the ceil(n/2)-th smallest finished value, or None while fewer than half have finished."""
+    n = len(done) + n_open
+    k = (n + 1) // 2  # 1-based rank of the (upper) median
+    if not done or k > len(done):
+        return None
+    if n_open == 0:
+        return float(np.median(done))
+    return float(np.partition(np.asarray(done, dtype=float), k - 1)[k - 1])
 
 
 @dataclass(frozen=True)

@@ -159,3 +159,24 @@ def test_timeline_counts_tokens_and_marks_missing_metrics_nan() -> None:
     assert np.all(np.isnan(tl.columns["requests_waiting"]))  # never served: missing, not 0
     assert tl.columns["kv_cache_usage"][1] == pytest.approx(0.175)  # last reading before t=2.0
     assert tl.columns["preemptions"].sum() == pytest.approx(4.0)
+
+
+def test_straggler_rule_gives_no_verdict_before_half_a_class_has_finished() -> None:
+    # a burst: the 6 fast ones finished, 10 of the class still run -> the median is not known yet
+    fast = [rec(i, "hard", e2e=1.0) for i in range(6)]
+    open_now = [("hard", 20.0, 5000)] * 10
+    base = A.StragglerRule().baselines(fast, open_now)
+    assert base.medians("hard") == (None, None)
+    assert base.why("hard", 20.0, 5000) is None
+    # once most of the batch finished, the one still running far behind is flagged
+    done = fast + [rec(10 + i, "hard", e2e=4.0) for i in range(8)]
+    base = A.StragglerRule().baselines(done, [("hard", 30.0, 9000)])
+    med_t, _ = base.medians("hard")
+    assert med_t == 4.0  # 15 requests, one open: the 8th smallest finished
+    assert base.why("hard", 30.0, 9000) is not None
+    assert base.why("hard", 11.0, 10) is None
+
+
+def test_censored_median_equals_the_plain_median_when_nothing_is_open() -> None:
+    recs = [rec(i, e2e=float(i + 1)) for i in range(10)]
+    assert A.StragglerRule().baselines(recs).medians("easy")[0] == pytest.approx(5.5)
