@@ -80,7 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_load_overrides(p)
     _add_output(p)
 
-    p = sub.add_parser("launch", help="launch vLLM or SGLang, monitor it, always tear it down")
+    p = sub.add_parser(
+        "launch",
+        help="launch vLLM or SGLang, monitor it, always tear it down",
+        usage="rllmtop launch {vllm,sglang} MODEL [options] [-- extra engine arguments]",
+        epilog="Everything after `--` is passed to the engine unchanged.",
+    )
     p.add_argument("engine", choices=["vllm", "sglang"])
     p.add_argument("model", help="model path or name to serve")
     p.add_argument("--scenario", help="send this scenario's load (its engine toggles apply too)")
@@ -91,7 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="engine entry command instead of `vllm serve` / `python -m sglang.launch_server`",
     )
     p.add_argument("--startup-timeout", type=float, metavar="S", help="give up if not ready after S seconds")
-    p.add_argument("engine_args", nargs=argparse.REMAINDER, help="after `--`: extra arguments for the engine")
     _add_load_overrides(p)
     _add_output(p)
 
@@ -130,8 +134,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rllmtop.sim.cli import main as sim_main
 
         return sim_main(argv[1:])
+    engine_args: list[str] = []
+    if argv and argv[0] == "launch" and "--" in argv:  # `launch ... -- <engine args>`
+        cut = argv.index("--")
+        argv, engine_args = argv[:cut], argv[cut + 1 :]
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.engine_args = engine_args
     debug = args.debug or bool(os.environ.get("RLLMTOP_DEBUG"))
     try:
         from rllmtop import commands

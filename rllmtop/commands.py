@@ -160,7 +160,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     engine = dataclasses.replace(base, **changes)
     if scenario is not None:
         scenario = dataclasses.replace(scenario, engine=engine)
-    extra = tuple(a for a in args.engine_args if a != "--") if args.engine_args else ()
+    extra = tuple(args.engine_args)
     session = build_session(
         scenario,
         mode="live" if not args.headless else "headless",
