@@ -31,12 +31,19 @@ class _Progress:
     def handle(self, rec: Record) -> None:
         if isinstance(rec, StateEvent):
             self.line(f"[{rec.t:7.1f}s] {rec.state.value}" + (f": {rec.detail}" if rec.detail else ""))
-        elif isinstance(rec, LogEvent) and rec.level in ("warning", "error"):
+        elif isinstance(rec, LogEvent) and self._shows(rec):
             self.line(f"[{rec.t:7.1f}s] {rec.level}: {rec.text}")
         elif isinstance(rec, SessionInfo) and rec.engine_version:
             self.line(
                 f"engine: {rec.engine_kind} {rec.engine_version} at {rec.engine_url}, model {rec.model}"
             )
+
+    def _shows(self, rec: LogEvent) -> bool:
+        """rllmtop's own warnings and errors; an engine's errors only while it is meant to be serving (its
+        warnings and its shutdown noise are in the recording and the TUI's engine pane)."""
+        if rec.source == "engine":
+            return rec.level == "error" and not self.session.tearing_down
+        return rec.level in ("warning", "error")
 
     def line(self, text: str) -> None:
         if self.tty and self._last_len:

