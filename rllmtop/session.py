@@ -12,7 +12,6 @@ one-line detail; whatever happens the engine is torn down and the recording clos
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
 import uuid
@@ -115,9 +114,11 @@ class Session:
         self._grace_task: asyncio.Task[None] | None = None
         self._detail = ""
         self._interrupted = False
-        self.tearing_down = (
-            False  # set once rllmtop asked the engine to stop (its shutdown noise is expected)
-        )
+        # set once rllmtop asked the engine to stop (its shutdown noise is expected)
+        self.tearing_down = False
+        # the session's task was cancelled (a forced quit): re-raised once everything is torn down
+        self._cancelled = False
+        self.outcome: SessionOutcome | None = None  # set once run() has torn everything down
         if plan.replay_path is not None:
             from rllmtop.record.replay import ReplaySource
             from rllmtop.record.store import open_recording
@@ -285,9 +286,13 @@ class Session:
         except asyncio.CancelledError:
             final = SessionState.INTERRUPTED
             self._detail = self._detail or "cancelled"
+            self._cancelled = _cancelled_from_outside()
         finally:
             final = await self._teardown(final, scrape_task)
-        return self._outcome(final)
+            self.outcome = self._outcome(final)
+        if self._cancelled:  # torn down and recorded in full; now honour the cancellation
+            raise asyncio.CancelledError
+        return self.outcome
 
     async def _start_engine(self, info: SessionInfo) -> tuple[str, str | None]:
         """Launch the engine when the plan says so; return (base_url, metrics_url)."""
@@ -392,20 +397,39 @@ class Session:
             if run_task is not None and not run_task.done():
                 if self.runner is not None:
                     self.runner.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
+                try:
                     await asyncio.wait_for(run_task, 30)
+                except asyncio.CancelledError:  # the runner's task ends cancelled: that is not ours
+                    self._cancelled = self._cancelled or _cancelled_from_outside()
+                except Exception:
+                    pass
 
     async def _teardown(self, final: SessionState, scrape_task: asyncio.Task[Any] | None) -> SessionState:
+        """Always runs to the end, even when the session's task is cancelled meanwhile (a forced quit):
+        the engine is stopped (or killed through its guard) and the recording closed with the final state.
+        A cancellation seen here is remembered and re-raised by the caller afterwards."""
         if self._grace_task is not None:
             self._grace_task.cancel()
         self._stop.set()
         if scrape_task is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            try:
                 await asyncio.wait_for(scrape_task, 5)
+            except asyncio.CancelledError:
+                self._cancelled = self._cancelled or _cancelled_from_outside()
+            except Exception:
+                pass
         self.tearing_down = True
         if self.engine is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.shield(self.engine.stop())
+            except asyncio.CancelledError:
+                self._cancelled = self._cancelled or _cancelled_from_outside()
+                self.engine.kill_now()  # SIGTERM now; the guard finishes the group off
+            except Exception:
+                pass
+        if self._cancelled:
+            final = SessionState.INTERRUPTED
+            self._detail = self._detail or "cancelled"
         if final is SessionState.DONE and self._interrupted:
             final = SessionState.INTERRUPTED
         self._set_state(final, self._detail)
@@ -430,6 +454,12 @@ class Session:
             slo_missed=missed,
             requests=len(self._records),
         )
+
+
+def _cancelled_from_outside() -> bool:
+    """True when the running task itself was cancelled (not merely an awaited inner task)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def api_key_from_env(explicit: str | None) -> str | None:

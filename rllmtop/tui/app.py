@@ -291,6 +291,8 @@ class RllmtopApp(App[Any]):
             return
         if state is WorkerState.SUCCESS:
             self.outcome = event.worker.result
+        elif state is WorkerState.CANCELLED:  # forced quit: the session still tore down and recorded
+            self.outcome = getattr(self.session, "outcome", None)
         elif state is WorkerState.ERROR:
             self.session_error = event.worker.error
             self.notify(f"session failed: {event.worker.error}", severity="error", timeout=30)
