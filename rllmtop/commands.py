@@ -92,8 +92,14 @@ def _present(session: Session, headless: bool) -> int:
             "the TUI needs an interactive terminal (stdin/stdout are not a TTY)",
             "add --headless for scripts, CI and clusters",
         )
+    from rllmtop._loop import new_event_loop
+
     app = build_app(session)
-    outcome = app.run()
+    loop = new_event_loop()
+    try:
+        outcome = app.run(loop=loop)
+    finally:
+        loop.close()
     if isinstance(outcome, SessionOutcome):
         from rllmtop.headless import format_outcome
 

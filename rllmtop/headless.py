@@ -12,6 +12,7 @@ import signal
 import sys
 from typing import TextIO
 
+from rllmtop._loop import run as run_loop
 from rllmtop.events import LogEvent, Record, SessionInfo, StateEvent
 from rllmtop.session import Session, SessionOutcome
 from rllmtop.summary import text_table
@@ -129,6 +130,6 @@ async def _run(session: Session, progress_out: TextIO) -> SessionOutcome:
 
 def run_headless(session: Session, *, out: TextIO | None = None, progress_out: TextIO | None = None) -> int:
     """Run to the end, print the summary, return the exit code (see SessionOutcome.exit_code)."""
-    outcome = asyncio.run(_run(session, progress_out or sys.stderr))
+    outcome = run_loop(_run(session, progress_out or sys.stderr))
     print(format_outcome(session, outcome), file=out or sys.stdout)
     return outcome.exit_code

@@ -218,7 +218,9 @@ class Session:
         plan = self.plan
         sc = plan.scenario
         eng = plan.engine
-        extra: list[tuple[str, str]] = list(plan.info_extra)
+        from rllmtop._loop import loop_name
+
+        extra: list[tuple[str, str]] = [*plan.info_extra, ("event_loop", loop_name())]
         if eng.kind == "sim":
             extra += [("profile", eng.profile), ("speed", f"{eng.speed:g}")]
         return SessionInfo(

@@ -109,6 +109,7 @@ def test_run_headless_records_and_summarises(tmp_path: Path) -> None:
     assert rec.status is SessionState.DONE
     assert len(rec.requests()) == 8
     assert rec.info.engine_kind == "sim" and rec.info.engine_version
+    assert ("event_loop", "uvloop") in rec.info.extra  # the fast loop is the default where installed
 
 
 def test_run_exit_code_1_when_an_slo_is_missed(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -257,7 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _list_profiles(args)
         options = options_from_args(args)
         SimServer(options)  # validate everything before the event loop starts
-        return asyncio.run(_serve(options))
+        with asyncio.Runner(loop_factory=_new_loop) as runner:
+            return runner.run(_serve(options))
     except UserError as e:
         print(f"rllmtop sim: {e.what}", file=sys.stderr)
         if e.hint:
@@ -265,3 +267,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         return 0
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (more streamed tokens per core), unless RLLMTOP_LOOP=asyncio."""
+    if os.environ.get("RLLMTOP_LOOP", "").strip().lower() not in ("asyncio", "default", "std"):
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()

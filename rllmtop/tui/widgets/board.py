@@ -85,6 +85,8 @@ _COLS = (
 def _secs(x: float | None) -> str:
     if x is None:
         return "-"
+    if x < 1:
+        return f"{x * 1000:.0f}ms"  # TTFTs are milliseconds: "0.0s" would hide them
     return f"{x:.1f}s" if x < 100 else f"{x:.0f}s"
 
 
