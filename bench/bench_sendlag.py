@@ -19,7 +19,6 @@ printed before and after.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import subprocess
@@ -34,6 +33,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from rllmtop._loop import loop_name, new_event_loop  # noqa: E402
+from rllmtop._loop import run as run_loop  # noqa: E402
 from rllmtop.clock import Clock  # noqa: E402
 from rllmtop.events import RequestEvent  # noqa: E402
 from rllmtop.scenario import load_scenario  # noqa: E402
@@ -114,7 +115,7 @@ def part_lag(rate: float, burstiness: float, seconds: float, use_timerfd: bool) 
             f'seed = 1\n[arrival]\nprocess = "gamma"\nrate = {rate}\nburstiness = {burstiness}\n'
             f'[load]\nduration = {seconds}\n[[classes]]\nprompts = "math-easy"\nmax_tokens = 64\n'
         )
-        records, cpu, wall, pacer = asyncio.run(_run(sc, url, use_timerfd))
+        records, cpu, wall, pacer = run_loop(_run(sc, url, use_timerfd))
         lags = np.array([r.send_lag for r in records if r.send_lag is not None])
         errors = sum(1 for r in records if r.error)
         print(
@@ -137,7 +138,7 @@ def part_held(levels: list[int], hold: float, interval: float, use_timerfd: bool
                 f"[load]\nduration = {2 * hold}\n"
                 f'[[classes]]\nprompts = "math-easy"\nmax_tokens = 64\n'
             )
-            records, cpu, wall, _ = asyncio.run(_run(sc, url, use_timerfd))
+            records, cpu, wall, _ = run_loop(_run(sc, url, use_timerfd))
             steady = np.array(
                 [r.send_lag for r in records if r.t_scheduled >= hold and r.send_lag is not None]
             )
@@ -188,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print(
-        f"load average {os.getloadavg()[0]:.2f}; GC freeze during runs: {FREEZE}; ballast {args.ballast} objects"
+        f"load average {os.getloadavg()[0]:.2f}; GC freeze during runs: {FREEZE}; ballast {args.ballast} objects; "
+        f"event loop {loop_name(new_event_loop())} (RLLMTOP_LOOP=asyncio for the standard one)"
     )
     if args.part in ("lag", "both"):
         part_lag(args.rate, args.burstiness, args.seconds, not args.no_timerfd)
