@@ -110,7 +110,8 @@ class Session:
         self._recorder: Recorder | None = None
         self._records: list[RequestRecord] = []
         self._stop_requests = 0
-        self._stop = asyncio.Event()  # ends attach-only sessions and the scraper
+        self._stop = asyncio.Event()  # ends attach-only sessions and the scraper (re-made in run())
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._grace_task: asyncio.Task[None] | None = None
         self._detail = ""
         self._interrupted = False
@@ -162,7 +163,19 @@ class Session:
 
     def request_stop(self) -> None:
         """First call: stop sending and let in-flight requests finish within the scenario's grace period.
-        Second call: cancel them now."""
+        Second call: cancel them now. Safe to call from any thread (the TUI runs the session on its own)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is not loop:
+                loop.call_soon_threadsafe(self._request_stop)
+                return
+        self._request_stop()
+
+    def _request_stop(self) -> None:
         self._stop_requests += 1
         self._interrupted = True
         if self.replay is not None:
@@ -196,6 +209,8 @@ class Session:
     # ------------------------------------------------------------------ run
 
     async def run(self) -> SessionOutcome:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()  # bound to the loop the session runs on
         if self.replay is not None:
             return await self._run_replay()
         return await self._run_live()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
+from collections import deque
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from textual import work
@@ -179,10 +181,25 @@ class RllmtopApp(App[Any]):
     ]
 
     def __init__(
-        self, session: SessionLike, *, view: LiveView | None = None, refresh: float = REFRESH_S
+        self,
+        session: SessionLike,
+        *,
+        view: LiveView | None = None,
+        refresh: float = REFRESH_S,
+        session_thread: bool | None = None,
     ) -> None:
         super().__init__()
         self.session = session
+        # The real session runs on its own thread and event loop, so that drawing a frame (~10 ms) never
+        # delays a scheduled send; its records reach the view through a queue drained at each refresh.
+        # Test doubles driven from the test's loop run on the app's loop (session_thread=False).
+        if session_thread is None:
+            from rllmtop.session import Session
+
+            session_thread = isinstance(session, Session)
+        self.session_thread = session_thread
+        self._inbox: deque[Record] = deque()
+        self._switch_interval = sys.getswitchinterval()
         self.view = view or LiveView(auto_summary=False)
         if self.view.planned is None:
             self.view.set_planned(_planned(session))
@@ -272,8 +289,14 @@ class RllmtopApp(App[Any]):
         self._filter = self.query_one(FilterInput)
         self._main = self.screen  # actions may run while the help screen is on top
         self._board.focus()
-        self.session.add_sink(self.view.handle)
-        self._worker = self._run_session()
+        if self.session_thread:
+            self.session.add_sink(self._inbox.append)  # deque.append is atomic: safe across threads
+            # a frame holds the GIL for ~10 ms; let the session thread in at least every millisecond
+            sys.setswitchinterval(0.001)
+            self._worker = self._run_session_thread()
+        else:
+            self.session.add_sink(self.view.handle)
+            self._worker = self._run_session()
         self._tick()
         self.set_interval(self.refresh_interval, self._tick)
 
@@ -282,6 +305,20 @@ class RllmtopApp(App[Any]):
     @work(exclusive=True, exit_on_error=False, group="session")
     async def _run_session(self) -> Any:
         return await self.session.run()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="session")
+    def _run_session_thread(self) -> Any:
+        from rllmtop._loop import run
+
+        return run(self.session.run())
+
+    def on_unmount(self) -> None:
+        sys.setswitchinterval(self._switch_interval)
+        if self.session_thread and not self.ended.is_set():
+            # the app is going away without a quit (an exception, a test harness): end the session
+            # thread too, or the process would wait for it forever; it still tears down and records
+            self.session.request_stop()
+            self.session.request_stop()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker is not self._worker:
@@ -320,6 +357,9 @@ class RllmtopApp(App[Any]):
     def _tick(self) -> None:
         if not self._consumers:  # not mounted yet
             return
+        inbox = self._inbox
+        while inbox:
+            self.view.handle(inbox.popleft())
         snap = self.view.snapshot(self.session.now())
         self.snapshot = snap
         self.ticks += 1
@@ -372,6 +412,8 @@ class RllmtopApp(App[Any]):
             self.notify("stopping: waiting for in-flight requests (q again cancels them)", timeout=10)
         elif self._stops == 2:
             self.notify("cancelling in-flight requests", timeout=10)
+        elif self.session_thread:  # the session tears down on its own thread, bounded: say what it waits for
+            self.notify("stopping the engine and closing the recording...", timeout=10)
         elif self._worker is not None:
             self._worker.cancel()
 
@@ -485,7 +527,12 @@ def _planned(session: SessionLike) -> int | None:
 
 
 def build_app(
-    session: SessionLike, *, view: LiveView | None = None, refresh: float = REFRESH_S
+    session: SessionLike,
+    *,
+    view: LiveView | None = None,
+    refresh: float = REFRESH_S,
+    session_thread: bool | None = None,
 ) -> RllmtopApp:
-    """The monitor for ``session`` (live, attach or replay: the same app)."""
-    return RllmtopApp(session, view=view, refresh=refresh)
+    """The monitor for ``session`` (live, attach or replay: the same app). A real Session runs on its own
+    thread (``session_thread`` defaults to that); test doubles run on the app's loop."""
+    return RllmtopApp(session, view=view, refresh=refresh, session_thread=session_thread)
