@@ -40,6 +40,7 @@ from rllmtop.scenario import EngineSpec, Scenario
 
 if TYPE_CHECKING:
     from rllmtop.engines.launcher import EngineProcess
+    from rllmtop.metrics.scrape import Scraper
     from rllmtop.record.replay import ReplaySource
     from rllmtop.record.store import Recorder
     from rllmtop.workload.runner import Runner
@@ -112,6 +113,7 @@ class Session:
         self._stop_requests = 0
         self._stop = asyncio.Event()  # ends attach-only sessions and the scraper (re-made in run())
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._scraper: Scraper | None = None
         self._grace_task: asyncio.Task[None] | None = None
         self._detail = ""
         self._interrupted = False
@@ -347,7 +349,7 @@ class Session:
         from rllmtop.engines.adapters import adapter_for
         from rllmtop.metrics.scrape import Scraper
 
-        scraper = Scraper(
+        self._scraper = scraper = Scraper(
             info.metrics_url,
             adapter_for(info.engine_kind if info.engine_kind != "unknown" else identity.kind or "vllm"),
             clock=self.clock,
@@ -431,6 +433,18 @@ class Session:
         if scrape_task is not None:
             try:
                 await asyncio.wait_for(scrape_task, 5)
+            except asyncio.CancelledError:
+                self._cancelled = self._cancelled or _cancelled_from_outside()
+            except Exception:
+                pass
+        if (
+            self._scraper is not None
+            and final in (SessionState.DONE, SessionState.INTERRUPTED)
+            and not self._cancelled
+            and not (self.engine is not None and self.engine.died.is_set())
+        ):  # the engine's final counters, before it goes away
+            try:
+                await asyncio.wait_for(self._scraper.scrape_once(), 5)
             except asyncio.CancelledError:
                 self._cancelled = self._cancelled or _cancelled_from_outside()
             except Exception:

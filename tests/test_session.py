@@ -89,3 +89,24 @@ async def test_engine_dying_mid_run_ends_as_engine_died(tmp_path: Path) -> None:
     assert "exited with code 1" in rec.status_detail
     # in-flight requests ended (failed or cancelled), none left dangling
     assert rec.requests() and all(r.status.value in ("ok", "error", "cancelled") for r in rec.requests())
+
+
+async def test_the_recording_ends_with_the_engines_final_counters(tmp_path: Path) -> None:
+    """A last scrape is taken after the load drained: the recorded counters cover every token served,
+    even when regular polls are far apart (here one every 30 s)."""
+    f = tmp_path / "s.toml"
+    f.write_text(
+        'name = "final"\nseed = 4\nscrape_interval = 30\n[engine]\nkind = "sim"\nspeed = 50\n'
+        '[arrival]\nprocess = "constant"\nrate = 50\n[load]\nnum_prompts = 10\n'
+        '[[classes]]\nname = "e"\nprompts = "math-easy"\nmax_tokens = 1024\n'
+    )
+    db = tmp_path / "final.db"
+    outcome = await asyncio.wait_for(
+        build_session(load_scenario(str(f)), mode="headless", record=db).run(), 60
+    )
+    assert outcome.state is SessionState.DONE
+    rec = open_recording(db)
+    served = sum(r.completion_tokens or 0 for r in rec.requests())
+    gen = rec.samples(names=["generation_tokens_total"])
+    assert len(gen) >= 2  # the first poll and the final one
+    assert gen[-1].value == served > 0

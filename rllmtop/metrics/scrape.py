@@ -86,6 +86,17 @@ class Scraper:
         finally:
             stop_wait.cancel()
 
+    async def scrape_once(self) -> Scrape:
+        """One poll, published like the others: the session takes a last one when the load has drained,
+        so the recording ends with the engine's final counters (polls may be seconds apart on a busy
+        engine). Call it after :meth:`run` returned."""
+        import httpx
+
+        async with httpx.AsyncClient(timeout=self.timeout, headers=self._headers, follow_redirects=True) as c:
+            scrape = await self._poll(c, self.clock.now())
+        self._report(scrape)
+        return scrape
+
     async def _poll(self, client: httpx.AsyncClient, started: float) -> Scrape:
         import httpx
 

@@ -119,8 +119,10 @@ async def test_tiny_vllm_through_the_launcher(vllm_env: VllmCpuEnv, tiny_model: 
         f"max KV usage {watch.maxima['vllm:kv_cache_usage_perc']:.2f}, max waiting "
         f"{watch.maxima['vllm:num_requests_waiting']:.0f}, preemptions {preempt_after - preempt_before:.0f}"
     )
-    assert watch.maxima["vllm:kv_cache_usage_perc"] >= 0.9
-    assert watch.maxima["vllm:num_requests_waiting"] >= 1
+    # Preemptions (a counter: it cannot be missed) prove the small KV space ran out. The gauges are only
+    # sampled when vLLM's CPU API server, starved by its own worker on 2 cores, answers a poll: during this
+    # 7 s burst some runs get none mid-load. Their peaks are asserted by the longer full-session test
+    # (test_session.py: ~35 s of sustained saturation), not here.
     assert preempt_after > preempt_before
     success = sum(metric_values(after, "vllm:request_success_total"))
     assert success >= N_STREAMS
