@@ -368,13 +368,17 @@ class EngineProcess:
         if proc is None:
             return None
         if proc.returncode is None:
-            self._signal(signal.SIGTERM)
+            self._terminate()
         self._close_lifeline()
         async with self._stop_lock:
             if self._stopped:
                 return proc.returncode
             if proc.returncode is None:
-                self._log("rllmtop", "info", f"stopping {self.name} (SIGTERM to process group {self._pgid})")
+                self._log(
+                    "rllmtop",
+                    "info",
+                    f"stopping {self.name} (SIGTERM to process group {self._pgid} via its guard)",
+                )
                 try:
                     await asyncio.wait_for(self._exited.wait(), grace + 1.0)
                 except TimeoutError:
@@ -403,8 +407,21 @@ class EngineProcess:
         signal handlers). The guard SIGKILLs whatever is left after its grace period."""
         self._stop_requested = True
         if self._proc is not None and self._proc.returncode is None:
-            self._signal(signal.SIGTERM)
+            self._terminate()
         self._close_lifeline()
+
+    def _terminate(self) -> None:
+        """SIGTERM to the guard alone: it passes one SIGTERM to every process of the group. (A group-wide
+        SIGTERM on top of that reached each engine process twice, and the second could land while Python
+        was finalising, after its handlers were reset: the engine then died by the signal.) If the guard
+        is already gone, the group gets it directly."""
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            os.kill(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            self._signal(signal.SIGTERM)
 
     def _signal(self, sig: int) -> None:
         if self._pgid is None:
