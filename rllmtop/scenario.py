@@ -16,7 +16,7 @@ import re
 import shlex
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
@@ -681,54 +681,10 @@ _TOP_KEYS = (
     "slo",
     "matrix",
 )
-_ENGINE_KEYS = (
-    "kind",
-    "profile",
-    "speed",
-    "reasoning_field",
-    "faults",
-    "url",
-    "metrics_url",
-    "model",
-    "served_model_name",
-    "command",
-    "args",
-    "env",
-    "host",
-    "port",
-    "startup_timeout",
-    "quantization",
-    "kv_cache_dtype",
-    "prefix_caching",
-    "speculative",
-    "max_num_seqs",
-    "max_num_batched_tokens",
-    "gpu_memory_utilization",
-    "max_model_len",
-    "num_gpu_blocks_override",
-    "reasoning_parser",
-)
+# the [engine] table's keys are EngineSpec's fields; which apply to which engine kind:
+_ENGINE_KEYS = tuple(f.name for f in fields(EngineSpec))
 _SIM_ONLY = ("profile", "speed", "reasoning_field", "faults")
-_LAUNCH_ONLY = (
-    "model",
-    "served_model_name",
-    "command",
-    "args",
-    "env",
-    "host",
-    "port",
-    "startup_timeout",
-    "quantization",
-    "kv_cache_dtype",
-    "prefix_caching",
-    "speculative",
-    "max_num_seqs",
-    "max_num_batched_tokens",
-    "gpu_memory_utilization",
-    "max_model_len",
-    "num_gpu_blocks_override",
-    "reasoning_parser",
-)
+_LAUNCH_ONLY = tuple(k for k in _ENGINE_KEYS if k not in ("kind", "url", "metrics_url", *_SIM_ONLY))
 _ARRIVAL_KEYS = (
     "process",
     "rate",

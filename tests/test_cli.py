@@ -175,30 +175,8 @@ def test_attach_to_an_unreachable_url_is_one_clear_message(tmp_path: Path) -> No
     assert open_recording(db).status is SessionState.FAILED
 
 
-@pytest.fixture
-def sim_server() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rllmtop.sim", "serve", "--port", "0", "--speed", "40", "--seed", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    url = ""
-    for line in proc.stdout:
-        if "Starting rllmtop sim server on " in line:
-            url = line.split(" on ", 1)[1].strip()
-            break
-    assert url, "simulator did not start"
-    yield proc, url
-    proc.kill()
-    proc.wait(10)
-
-
-def test_attach_with_load_against_an_outside_server(
-    sim_server: tuple[subprocess.Popen[str], str], tmp_path: Path
-) -> None:
-    _, url = sim_server
+def test_attach_with_load_against_an_outside_server(outside_sim: str, tmp_path: Path) -> None:
+    url = outside_sim
     db = tmp_path / "attach.db"
     p = rllmtop("attach", url, "--scenario", str(scenario(tmp_path)), "--headless", "--record", str(db))
     assert p.returncode == 0, p.stderr
@@ -207,10 +185,8 @@ def test_attach_with_load_against_an_outside_server(
     assert rec.samples(names=["kv_cache_usage"])  # scraped the outside server's /metrics
 
 
-def test_attach_without_load_watches_until_interrupted(
-    sim_server: tuple[subprocess.Popen[str], str], tmp_path: Path
-) -> None:
-    _, url = sim_server
+def test_attach_without_load_watches_until_interrupted(outside_sim: str, tmp_path: Path) -> None:
+    url = outside_sim
     db = tmp_path / "watch.db"
     proc = subprocess.Popen(
         [sys.executable, "-m", "rllmtop", "attach", url, "--headless", "--record", str(db)],

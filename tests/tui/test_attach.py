@@ -3,9 +3,6 @@ monitor fills from the engine's /metrics alone, and with a scenario it also driv
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,28 +15,6 @@ from rllmtop.scenario import EngineSpec, load_scenario
 from rllmtop.tui.app import build_app
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def outside_sim() -> Iterator[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rllmtop.sim", "serve", "--port", "0", "--speed", "20", "--seed", "3"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    url = ""
-    for line in proc.stdout:
-        if "Starting rllmtop sim server on " in line:
-            url = line.split(" on ", 1)[1].strip()
-            break
-    try:
-        assert url, "the simulator did not start"
-        yield url
-    finally:
-        proc.kill()
-        proc.wait(10)
 
 
 async def test_attach_without_load_monitors_the_engine(outside_sim: str, tmp_path: Path) -> None:
