@@ -11,27 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from rllmtop.errors import UserError
-from rllmtop.scenario import EngineSpec, Scenario
+from rllmtop.scenario import OVERRIDE_FLAGS, EngineSpec, Scenario
 from rllmtop.session import Session, SessionOutcome, SessionPlan, default_record_path
 
 __all__ = ["build_session", "dispatch"]
 
-_OVERRIDES = (
-    "request_rate",
-    "burstiness",
-    "max_concurrency",
-    "num_prompts",
-    "duration",
-    "seed",
-    "model",
-    "base_url",
-    "speed",
-    "profile",
-)
-
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: getattr(args, k, None) for k in _OVERRIDES if getattr(args, k, None) is not None}
+    return {k: getattr(args, k, None) for k in OVERRIDE_FLAGS if getattr(args, k, None) is not None}
 
 
 def _api_key(args: argparse.Namespace) -> str | None:
