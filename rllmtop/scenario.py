@@ -19,19 +19,26 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from rllmtop.errors import UserError
+from rllmtop.events import Provenance
+from rllmtop.redact import is_secret_name, redact_url
 
 __all__ = [
     "ARRIVAL_PROCESSES",
     "BUILTIN_PROMPT_SETS",
     "ENGINE_KINDS",
+    "GOODPUT_KEYS",
     "OVERRIDE_FLAGS",
+    "SLO_KEYS",
     "ArrivalSpec",
+    "ConversationSpec",
+    "EngineEndpoint",
     "EngineSpec",
     "LoadSpec",
     "PhaseSpec",
+    "PrometheusSpec",
     "PromptSource",
     "RequestClass",
     "Scenario",
@@ -68,7 +75,22 @@ OVERRIDE_FLAGS: dict[str, str] = {
 }
 """``load_scenario`` override keys (the CLI flag dests) and the flag each comes from."""
 
-_SECRET_NAME = re.compile(r"(?i)(api[_-]?key|token|secret|password|passwd)")
+# SLO keys a scenario's [slo] table may use: "<metric>_<stat>" = maximum seconds, plus the rates below.
+_SLO_LATENCIES = ("ttft", "ttfvt", "e2e", "tpot", "send_lag")
+_SLO_STATS = ("p50", "p90", "p99")
+SLO_KEYS: dict[str, str] = {
+    **{f"{m}_{s}": f"max {m.upper()} {s} in seconds" for m in _SLO_LATENCIES for s in _SLO_STATS},
+    "error_rate": "max fraction of requests that failed (0..1)",
+    "accuracy": "min fraction of graded requests answered correctly (0..1)",
+    "output_tps": "min service throughput, output tokens/s",
+}
+# per-request SLOs for goodput (`--goodput ttfvt:30 e2el:120`, `[slo.goodput]`), seconds, vllm bench names
+GOODPUT_KEYS: dict[str, str] = {
+    "ttft": "max time to first token, seconds",
+    "ttfvt": "max time to first visible (answer) token, seconds",
+    "e2el": "max end-to-end latency, seconds",
+    "itl": "max mean inter-token latency of the request, seconds",
+}
 
 
 @dataclass(frozen=True)
@@ -77,6 +99,28 @@ class SpeculativeConfig:
     num_speculative_tokens: int
     draft_model: str | None = None
     acceptance_rate: float | None = None  # simulator only: probability each draft token is accepted
+
+
+@dataclass(frozen=True)
+class EngineEndpoint:
+    """One engine of a fleet to watch (and, with client-side balancing, to send to)."""
+
+    url: str  # base URL serving /v1
+    metrics_url: str | None = None  # when its /metrics lives elsewhere
+    gpu_metrics_url: str | None = None  # a dcgm-exporter /metrics for its GPUs
+    name: str | None = None  # display name (default: host:port)
+
+
+@dataclass(frozen=True)
+class PrometheusSpec:
+    """Read the fleet's engine series from a Prometheus server instead of scraping each engine."""
+
+    url: str  # e.g. http://prometheus:9090
+    selector: str = ""  # a label selector added to every query, e.g. '{job="vllm"}'
+    interval: float = 1.0  # seconds between instant queries
+    backfill: float = (
+        0.0  # on attach, read this many seconds of history with a range query (0 = the chart window)
+    )
 
 
 @dataclass(frozen=True)
@@ -123,6 +167,13 @@ class EngineSpec:
     max_model_len: int | None = None
     num_gpu_blocks_override: int | None = None
     reasoning_parser: str | None = None  # vLLM spelling ("deepseek_r1", "qwen3"); mapped for SGLang
+    # fleets
+    endpoints: tuple[EngineEndpoint, ...] = ()  # engines to watch; empty = the one engine (url or launched)
+    replicas: int = 1  # simulator: N independent simulated engines, each its own process and port
+    balance: str = (
+        "none"  # "none" (load goes to url: one engine or a router) | "round_robin" | "least_in_flight"
+    )
+    prometheus: PrometheusSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -147,10 +198,16 @@ class ArrivalSpec:
     # phases
     phases: tuple[PhaseSpec, ...] = ()
     repeat_phases: bool = False
-    # trace replay (BurstGPT-style CSV/JSONL of timestamps)
+    # trace replay: timestamps, and with a known format per-request input/output lengths
     trace_file: str | None = None
     trace_column: str = "timestamp"
+    trace_format: str = "timestamps"  # "timestamps" | "burstgpt" | "mooncake" | "azure"
     time_scale: float = 1.0  # multiply trace gaps by this
+    rate_scale: float = 1.0  # multiply the trace's request rate by this (gaps divided by it)
+    # ramp-up (as `vllm bench serve --ramp-up-strategy`): the rate moves from start to end over the run
+    ramp_up_strategy: str | None = None  # "linear" | "exponential"
+    ramp_up_start_rate: float | None = None
+    ramp_up_end_rate: float | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +229,17 @@ class PromptSource:
 
 
 @dataclass(frozen=True)
+class ConversationSpec:
+    """Multi-turn: each arrival starts a conversation of ``turns`` turns (``turns_max``: drawn uniformly
+    from turns..turns_max); the next turn is sent ``think_time`` seconds (exponential mean) after the
+    previous answer ended, with the history carried (reasoning stripped, as R1/Qwen3 templates expect)."""
+
+    turns: int = 1
+    turns_max: int | None = None
+    think_time: float = 0.0
+
+
+@dataclass(frozen=True)
 class RequestClass:
     name: str
     prompts: PromptSource
@@ -181,6 +249,13 @@ class RequestClass:
     top_p: float | None = None
     thinking: bool = True  # sent as chat_template_kwargs {"enable_thinking": ...} (Qwen3-style)
     system: str | None = None
+    difficulty: str | None = None  # declared tier ("easy" | "medium" | "hard" | "mcq"): told to the simulator
+    reasoning_effort: str | None = None  # "low" | "medium" | "high" (OpenAI-style; the simulator honours it)
+    reasoning_budget: int | None = None  # max reasoning tokens where the engine has a budget (sim honours it)
+    chat_template_kwargs: Mapping[str, Any] = field(
+        default_factory=dict, hash=False
+    )  # passed through as given
+    conversation: ConversationSpec | None = None  # multi-turn sessions; None = single-turn requests
 
 
 @dataclass(frozen=True)
@@ -196,6 +271,12 @@ class LoadSpec:
     request_seed: bool | None = None
     return_token_ids: bool = False  # ask vLLM for per-chunk token ids (exact counts); off for other engines
     timeout: float = 3600.0  # per-request timeout, seconds
+    ignore_eos: bool = False  # ask the engine to generate max_tokens (vLLM/sim `ignore_eos`)
+    clamp_max_tokens: bool = False  # a class asking more than the engine's max_model_len: clamp (else refuse)
+    # scale-out
+    workers: int = 1  # sender processes on this machine (0 = auto from the planned rate and streams)
+    ray: str | None = None  # Ray cluster address ("auto", "ray://host:10001", "local"); None = no Ray
+    on_worker_death: str = "continue"  # "continue" (its in-flight requests fail, others go on) | "stop"
 
 
 @dataclass(frozen=True)
@@ -211,10 +292,14 @@ class Scenario:
     seed: int = 0
     model: str | None = None  # model name sent in requests; None = first of /v1/models
     slo: Mapping[str, float] = field(default_factory=dict)  # e.g. {"ttfvt_p99": 30.0, "error_rate": 0.01}
+    goodput: Mapping[str, float] = field(
+        default_factory=dict
+    )  # per-request SLOs, seconds: ttft, ttfvt, e2el, itl
     matrix: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     scrape_interval: float = 0.25
     overrides: Mapping[str, Any] = field(default_factory=dict)  # CLI overrides applied (key -> value)
     cell: Mapping[str, Any] = field(default_factory=dict)  # the [matrix] cell applied, if any
+    provenance: Provenance | None = None  # resolved once at load: overrides, cell, planned count, workload
 
 
 # ============================================================================================ the loader
@@ -327,7 +412,7 @@ def _header(overrides: Mapping[str, Any], cell: Mapping[str, Any]) -> str:
         parts = []
         for k, v in overrides.items():
             if k == "base_url":
-                v = _redact_url(str(v))
+                v = redact_url(str(v))
             parts.append(f"{OVERRIDE_FLAGS.get(k, k)} {v}")
         out += f"{_HEADER}overrides: {' '.join(parts)}\n"
     if cell:
@@ -344,19 +429,6 @@ def _cell_label(cell: Mapping[str, Any]) -> str:
         return str(v)
 
     return ",".join(f"{k}={show(v)}" for k, v in cell.items())
-
-
-def _redact_url(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
-    return url
 
 
 def _load_text(text: str, path: Path, overrides: dict[str, Any], cell: dict[str, Any]) -> Scenario:
@@ -428,7 +500,7 @@ def _reject_secrets(ctx: _Ctx, raw: Any, path: str) -> None:
     if isinstance(raw, dict):
         for k, v in raw.items():
             p = f"{path}.{k}" if path else k
-            if k in ("api_key", "apikey", "api-key"):
+            if isinstance(k, str) and is_secret_name(k) and k not in ("env",):
                 raise UserError(
                     f"{ctx.file}: {p}: API keys do not belong in scenario files (they are recorded)",
                     "pass --api-key KEY or set OPENAI_API_KEY instead",
@@ -793,7 +865,7 @@ def _build_engine(ctx: _Ctx, raw: Any, base: Path) -> EngineSpec:
     faults = _build_faults(ctx, raw.get("faults", {})) if isinstance(raw, dict) else {}
     env = t.str_map("env")
     for k in env:
-        if _SECRET_NAME.search(k):
+        if is_secret_name(k):
             raise UserError(
                 f"{ctx.file}: engine.env.{k}: secrets do not belong in scenario files (they are recorded)",
                 f"export {k} in your shell instead: launched engines inherit rllmtop's environment",
@@ -1107,8 +1179,6 @@ def _build_prompts(ctx: _Ctx, raw: Any, path: str, base: Path) -> PromptSource:
 
 
 def _build_slo(ctx: _Ctx, raw: Any) -> dict[str, float]:
-    from rllmtop.metrics.analysis import SLO_KEYS
-
     t = _T(ctx, raw, "slo", tuple(SLO_KEYS))
     out: dict[str, float] = {}
     for k in t.raw:

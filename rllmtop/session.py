@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -491,7 +490,3 @@ def _cancelled_from_outside() -> bool:
     """True when the running task itself was cancelled (not merely an awaited inner task)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
-
-
-def api_key_from_env(explicit: str | None) -> str | None:
-    return explicit or os.environ.get("OPENAI_API_KEY") or None

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import socket
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from rllmtop.errors import UserError
+from rllmtop.redact import redact_argv, redact_env, secret_values
 from rllmtop.scenario import EngineSpec
 
 __all__ = [
@@ -28,13 +28,10 @@ __all__ = [
     "build_command",
     "choose_port",
     "pick_free_port",
-    "redact_argv",
-    "redact_env",
 ]
 
 LAUNCHABLE_KINDS = ("sim", "vllm", "sglang")
 
-REDACTED = "***"
 
 # EngineSpec.faults key -> simulator flag
 FAULT_FLAGS: dict[str, str] = {
@@ -109,10 +106,6 @@ _SPEC_METHODS: dict[str, str] = {
 _SPEC_NEEDS_DRAFT = frozenset({"draft_model", "eagle", "eagle3"})
 
 # Flags whose value is a secret, and environment names that hold one.
-_SECRET_FLAG = re.compile(r"^--?(?:[\w-]*[-_])?(?:api[-_]?key|key|token|secret|password|passwd)$", re.I)
-_SECRET_ENV = re.compile(r"(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$", re.I)
-_URL_PASSWORD = re.compile(r"(?P<pre>[a-z][a-z0-9+.-]*://[^/\s:@]+:)[^/\s@]+(?=@)", re.I)
-_BEARER = re.compile(r"(?P<pre>\bBearer\s+)\S+", re.I)
 
 
 @dataclass(frozen=True)
@@ -182,9 +175,9 @@ def build_command(
     argv += [str(a) for a in spec.args]
     argv += [str(a) for a in extra_args]
     env = {str(k): str(v) for k, v in spec.env.items()}
-    redacted, arg_secrets = _redact_argv(argv)
-    env_redacted, env_secrets = _redact_env(env)
-    secrets = tuple(sorted({s for s in (*arg_secrets, *env_secrets) if len(s) >= 4}, key=len, reverse=True))
+    redacted = redact_argv(argv)
+    env_redacted = redact_env(env)
+    secrets = tuple(sorted({s for s in secret_values(argv, env) if len(s) >= 4}, key=len, reverse=True))
     api_key = _flag_value(argv, "--api-key")
     if api_key is None and kind == "vllm":
         api_key = env.get("VLLM_API_KEY")
@@ -530,21 +523,6 @@ def _num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(float(v))
 
 
-# ---------------------------------------------------------------------------------------------- secrets
-
-
-def redact_argv(argv: Sequence[str]) -> tuple[str, ...]:
-    """``argv`` with secret values replaced by ``***`` (``--api-key X``, ``--hf-token=X``, URL passwords,
-    ``Bearer X``)."""
-    return tuple(_redact_argv(argv)[0])
-
-
-def redact_env(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    """Sorted ``(name, value)`` pairs with the values of ``*_KEY``/``*_TOKEN``/``*SECRET``/``*PASSWORD``
-    names replaced by ``***``."""
-    return _redact_env(env)[0]
-
-
 def _flag_value(argv: Sequence[str], flag: str) -> str | None:
     """The last value given for ``flag`` (``--flag V`` or ``--flag=V``), else None."""
     found: str | None = None
@@ -554,49 +532,3 @@ def _flag_value(argv: Sequence[str], flag: str) -> str | None:
         elif a.startswith(flag + "="):
             found = a[len(flag) + 1 :]
     return found
-
-
-def _redact_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    out: list[str] = []
-    secrets: list[str] = []
-    hide_next = False
-    for a in argv:
-        a = str(a)
-        if hide_next:
-            hide_next = False
-            secrets.append(a)
-            out.append(REDACTED)
-            continue
-        flag, eq, value = a.partition("=")
-        if flag.startswith("-") and _SECRET_FLAG.match(flag):
-            if eq:
-                secrets.append(value)
-                out.append(f"{flag}={REDACTED}")
-            else:
-                hide_next = True
-                out.append(a)
-            continue
-        out.append(_scrub_inline(a, secrets))
-    return out, secrets
-
-
-def _scrub_inline(text: str, secrets: list[str]) -> str:
-    for m in _URL_PASSWORD.finditer(text):
-        secrets.append(m.group(0)[len(m.group("pre")) :])
-    for m in _BEARER.finditer(text):
-        secrets.append(m.group(0)[len(m.group("pre")) :])
-    text = _URL_PASSWORD.sub(lambda m: m.group("pre") + REDACTED, text)
-    return _BEARER.sub(lambda m: m.group("pre") + REDACTED, text)
-
-
-def _redact_env(env: Mapping[str, str]) -> tuple[tuple[tuple[str, str], ...], list[str]]:
-    out: list[tuple[str, str]] = []
-    secrets: list[str] = []
-    for k in sorted(env):
-        v = str(env[k])
-        if _SECRET_ENV.search(k):
-            secrets.append(v)
-            out.append((k, REDACTED))
-        else:
-            out.append((k, _scrub_inline(v, secrets)))
-    return tuple(out), secrets

@@ -46,7 +46,6 @@ __all__ = [
     "group_alive",
     "live_engines",
     "reap_all",
-    "stop_all",
 ]
 
 GUARD = Path(__file__).with_name("_guard.py")
@@ -117,13 +116,6 @@ def reap_all() -> None:
     atexit). Each engine's guard escalates to SIGKILL after its grace period, even if rllmtop exits."""
     for engine in list(_LIVE):
         engine.kill_now()
-
-
-async def stop_all(grace: float = 10.0) -> None:
-    """Stop every live engine and wait until their process groups are gone."""
-    engines = list(_LIVE)
-    if engines:
-        await asyncio.gather(*(e.stop(grace) for e in engines), return_exceptions=True)
 
 
 def _register_atexit() -> None:

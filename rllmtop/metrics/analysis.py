@@ -31,6 +31,7 @@ from rllmtop.events import (
     RequestStatus,
     decode_gaps,
 )
+from rllmtop.scenario import SLO_KEYS
 
 __all__ = [
     "EMPTY_DIST",
@@ -65,16 +66,6 @@ __all__ = [
 
 PCTS: tuple[int, ...] = (50, 90, 99)
 
-# SLO keys a scenario's [slo] table may use: "<metric>_<stat>" = maximum seconds, plus the rates below.
-_SLO_LATENCIES = ("ttft", "ttfvt", "e2e", "tpot", "send_lag")
-_SLO_STATS = ("p50", "p90", "p99")
-SLO_KEYS: dict[str, str] = {
-    **{f"{m}_{s}": f"max {m.upper()} {s} in seconds" for m in _SLO_LATENCIES for s in _SLO_STATS},
-    "error_rate": "max fraction of requests that failed (0..1)",
-    "accuracy": "min fraction of graded requests answered correctly (0..1)",
-    "output_tps": "min service throughput, output tokens/s",
-}
-
 
 # ------------------------------------------------------------------------------------------ percentiles
 
@@ -87,10 +78,6 @@ def percentiles(values: Iterable[float] | np.ndarray, qs: Sequence[int] = PCTS) 
         return {q: None for q in qs}
     res = np.percentile(arr, list(qs))
     return {q: float(v) for q, v in zip(qs, res, strict=True)}
-
-
-def _median(values: Sequence[float]) -> float | None:
-    return float(np.median(values)) if len(values) else None
 
 
 # ------------------------------------------------------------------------------------------ stragglers
@@ -209,7 +196,7 @@ class ClassSummary:
     reasoning_len: dict[int, float | None]
     answer_len: dict[int, float | None]
     send_lag: dict[int, float | None]
-    client_wait: dict[int, float | None]
+    concurrency_wait: dict[int, float | None]
     stragglers: int
     finish_reasons: dict[str, int] = field(default_factory=dict)
 
@@ -250,7 +237,16 @@ class ClassSummary:
             "stragglers": self.stragglers,
             "finish_reasons": dict(self.finish_reasons),
         }
-        for key in ("ttft", "ttfvt", "e2e", "tpot", "reasoning_len", "answer_len", "send_lag", "client_wait"):
+        for key in (
+            "ttft",
+            "ttfvt",
+            "e2e",
+            "tpot",
+            "reasoning_len",
+            "answer_len",
+            "send_lag",
+            "concurrency_wait",
+        ):
             for q, v in getattr(self, key).items():
                 d[f"{key}_p{q}"] = v
         return d
@@ -303,7 +299,7 @@ def _summarise(name: str, recs: Sequence[RequestRecord], baselines: StragglerBas
         reasoning_len=percentiles(r.reasoning_tokens for r in ok),
         answer_len=percentiles(r.answer_tokens for r in ok),
         send_lag=percentiles(r.send_lag for r in recs if r.send_lag is not None),
-        client_wait=percentiles(r.client_wait for r in recs if r.client_wait is not None),
+        concurrency_wait=percentiles(r.concurrency_wait for r in recs if r.concurrency_wait is not None),
         stragglers=stragglers,
         finish_reasons=dict(finish),
     )

@@ -3,7 +3,7 @@
 Files written to ``out_dir`` (``<name>.csv`` / ``.jsonl`` / ``.parquet``):
 
 - ``requests``: one row per request, every recorded field, the derived latencies (ttft, ttfvt, e2e,
-  send_lag, client_wait, output_tokens), and the inter-token gaps (``gaps_us``; ``tokens_per_chunk`` when
+  send_lag, concurrency_wait, output_tokens), and the inter-token gaps (``gaps_us``; ``tokens_per_chunk`` when
   a chunk carried several tokens): lists in JSON lines/Parquet, space-separated integers in CSV.
 - ``samples``: the raw scalar samples (t, metric, labels as ``k=v,k=v``, value): counters stay cumulative.
 - ``histograms``: the raw cumulative buckets per scrape (bounds and counts as lists / space-separated).
@@ -33,7 +33,7 @@ __all__ = ["FORMATS", "export_recording"]
 
 FORMATS = ("csv", "jsonl", "parquet")
 
-_REQUEST_DERIVED = ("ttft", "ttfvt", "e2e", "send_lag", "client_wait", "output_tokens")
+_REQUEST_DERIVED = ("ttft", "ttfvt", "e2e", "send_lag", "concurrency_wait", "output_tokens")
 
 
 def export_recording(path: str | Path, fmt: str, out_dir: str | Path, *, step: float = 1.0) -> list[Path]:

@@ -7,7 +7,7 @@ and the file still opens (status ``incomplete``). ``close()`` writes the final s
 the file into a single self-contained database (journal mode DELETE). Request events other than DONE/FAILED
 are not stored: the final :class:`RequestRecord` holds every fact they carried, and replay rebuilds them
 (:func:`request_events`). Secrets never reach the file: launch commands, scenario text, URLs and log lines
-pass through :func:`redact_argv` / :func:`redact_text`.
+pass through :mod:`rllmtop.redact`.
 
 Schema (version 1; raw values only, everything derived is computed later):
 
@@ -35,17 +35,16 @@ import heapq
 import itertools
 import json
 import math
-import re
 import sqlite3
 import threading
 import time
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeAlias
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import numpy as np
 
@@ -68,6 +67,7 @@ from rllmtop.events import (
     StateEvent,
     decode_gaps,
 )
+from rllmtop.redact import redact_argv, redact_text, redact_url
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -75,8 +75,6 @@ __all__ = [
     "Recording",
     "TimedRecord",
     "open_recording",
-    "redact_argv",
-    "redact_text",
     "request_events",
 ]
 
@@ -123,85 +121,46 @@ CREATE VIEW sample_values AS
 """
 
 # RequestRecord fields in column order (gaps live in request_gaps)
-_REQ_FIELDS = tuple(f.name for f in fields(RequestRecord) if f.name != "gaps")
+_REQ_FIELDS = [
+    "rid",
+    "cls",
+    "difficulty",
+    "prompt_id",
+    "t_scheduled",
+    "t_dispatch",
+    "t_sent",
+    "t_first_token",
+    "t_first_reasoning",
+    "t_reasoning_end",
+    "t_first_visible",
+    "t_done",
+    "prompt_tokens",
+    "reasoning_tokens",
+    "answer_tokens",
+    "completion_tokens",
+    "tokens_exact",
+    "max_tokens",
+    "finish_reason",
+    "status",
+    "http_status",
+    "error",
+    "answer_text",
+    "reference",
+    "extracted",
+    "correct",
+]  # schema 1 columns
 _REQ_INSERT = (
     f"INSERT INTO requests (id, {', '.join(_REQ_FIELDS)}) VALUES ({', '.join('?' * (len(_REQ_FIELDS) + 1))})"
 )
 _REQ_SELECT = ", ".join(f"r.{n}" for n in _REQ_FIELDS)
 
 
-# ---------------------------------------------------------------------------------------------- redaction
-
-# a name with a secret-looking part: api_key, HF_TOKEN, --hf-token, x-api-key (not max_tokens, tokenizer)
-_SECRET_NAME = r"(?:[a-z0-9]+[-_.])*(?:api[-_]?key|token|secret|passw(?:or)?d|credentials?)(?:[-_.][a-z0-9]+)*(?![a-z0-9])"
-_SECRET_FLAG = re.compile(rf"^--?{_SECRET_NAME}$", re.I)
-_FLAG_EQ = re.compile(r"^(--?[\w.-]+)=(.*)$", re.S)
-_ENV_ASSIGN = re.compile(rf"^({_SECRET_NAME})=(.+)$", re.I | re.S)
-_TEXT_PATTERNS = (
-    (re.compile(r"(?i)\b(bearer|basic)\s+[^\s'\",;]+"), r"\1 ***"),
-    (re.compile(rf"(?i)(?<![\w-])(--?{_SECRET_NAME})(=|\s+)(?!-)[^\s'\",;]+"), r"\1\2***"),
-    # key = "value" (TOML, Python reprs of dicts, JSON)
-    (
-        re.compile(rf"(?i)(['\"]?(?<![\w.-]){_SECRET_NAME}['\"]?\s*[:=]\s*)(['\"])(?:(?!\2).)*\2"),
-        r"\1\2***\2",
-    ),
-    (re.compile(rf"(?i)(?<![\w.-])({_SECRET_NAME}=)(?!\*\*\*)[^\s'\",;]+"), r"\1***"),
-)
-
-
-def redact_text(text: str) -> str:
-    """Hide anything that looks like a secret in free text: ``Bearer X``, ``--api-key X``,
-    ``api_key = "X"``, ``'api_key': 'X'``, ``HF_TOKEN=X``, and ``user:password@`` in URLs."""
-    for pat, rep in _TEXT_PATTERNS:
-        text = pat.sub(rep, text)
-    return re.sub(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@", r"\1", text)
-
-
-def _redact_url(url: str) -> str:
-    if not url:
-        return url
-    try:
-        p = urlsplit(url)
-    except ValueError:
-        return redact_text(url)
-    netloc = p.netloc.rsplit("@", 1)[-1]
-    query = p.query
-    if query:
-        query = urlencode(
-            [(k, "***" if re.fullmatch(_SECRET_NAME, k, re.I) else v) for k, v in parse_qsl(query, True)]
-        )
-    return urlunsplit((p.scheme, netloc, p.path, query, p.fragment))
-
-
-def redact_argv(argv: Iterable[str]) -> tuple[str, ...]:
-    """A command line with secret values replaced by ``***`` (``--api-key X``, ``--api-key=X``,
-    ``HF_TOKEN=X``, ``Bearer X``)."""
-    out: list[str] = []
-    hide_next = False
-    for a in argv:
-        if hide_next:
-            out.append("***")
-            hide_next = False
-            continue
-        m = _FLAG_EQ.match(a)
-        if m and _SECRET_FLAG.match(m.group(1)):
-            out.append(m.group(1) + "=***")
-        elif _SECRET_FLAG.match(a):
-            out.append(a)
-            hide_next = True
-        elif (e := _ENV_ASSIGN.match(a)) is not None:
-            out.append(e.group(1) + "=***")
-        else:
-            out.append(redact_text(a))
-    return tuple(out)
-
-
 def _safe_info(info: SessionInfo) -> SessionInfo:
     return replace(
         info,
         scenario_text=redact_text(info.scenario_text),
-        engine_url=_redact_url(info.engine_url),
-        metrics_url=_redact_url(info.metrics_url),
+        engine_url=redact_url(info.engine_url),
+        metrics_url=redact_url(info.metrics_url),
         launch_command=redact_argv(info.launch_command),
         extra=tuple((k, redact_text(v)) for k, v in info.extra),
     )

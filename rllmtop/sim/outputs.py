@@ -32,11 +32,9 @@ __all__ = [
     "RequestFactory",
     "TierModel",
     "analyze_prompt",
-    "count_tokens",
     "ensure_piece_bytes",
     "evaluate_expression",
     "make_plan",
-    "piece_bytes",
     "piece_text",
     "render_chat",
     "request_key",
@@ -67,10 +65,6 @@ def tokenize(text: str) -> list[int]:
             i = ids[p] = zlib.crc32(p.encode()) % _VOCAB_SIZE
         out.append(i)
     return out
-
-
-def count_tokens(text: str) -> int:
-    return len(_PIECE_RE.findall(text))
 
 
 # Output vocabulary: ids index these pieces; each piece is pre-encoded as JSON-escaped UTF-8 bytes.
@@ -140,11 +134,6 @@ def ensure_piece_bytes() -> list[bytes]:
     if n < len(_pieces):
         _piece_json.extend(orjson.dumps(p)[1:-1] for p in _pieces[n:])
     return _piece_json
-
-
-def piece_bytes(token_id: int) -> bytes:
-    """JSON-escaped UTF-8 bytes of a token's text (no quotes)."""
-    return ensure_piece_bytes()[token_id]
 
 
 _piece_json: list[bytes] = []

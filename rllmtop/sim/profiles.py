@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -576,8 +576,3 @@ def derive(profile: Profile, options: EngineOptions | None = None) -> tuple[Engi
 def build_engine_config(profile: Profile, options: EngineOptions | None = None) -> EngineConfig:
     """The :class:`EngineConfig` for ``profile`` with vLLM-style ``options`` applied."""
     return derive(profile, options)[0]
-
-
-def with_serving(profile: Profile, **changes: Any) -> Profile:
-    """A copy of ``profile`` with [serving] fields changed (for what-if runs)."""
-    return replace(profile, serving=replace(profile.serving, **changes))

@@ -192,6 +192,7 @@ class _Req:
         "t_dispatch",
         "t_scheduled",
         "t_sent",
+        "t_start",
         "task",
     )
 
@@ -204,6 +205,7 @@ class _Req:
         self.t_scheduled = t_scheduled
         self.t_dispatch: float | None = None
         self.t_sent: float | None = None
+        self.t_start: float | None = None
         self.stream: ChatStream | None = None
         self.task: asyncio.Task[None] | None = None
         self.abort: tuple[RequestStatus, str] | None = None
@@ -432,6 +434,7 @@ class Runner:
             self._start(req)
 
     def _start(self, req: _Req) -> None:
+        req.t_start = self.clock.now()
         self.in_flight += 1
         self._active[req.rid] = req
         request = self._prepare(req)
@@ -551,6 +554,7 @@ class Runner:
             prompt_id=req.item.id,
             t_scheduled=req.t_scheduled,
             t_dispatch=req.t_dispatch,
+            t_start=req.t_start,
             t_sent=req.t_sent,
             t_first_token=rel(st.t_first_token) if st else None,
             t_first_reasoning=rel(st.t_first_reasoning) if st else None,

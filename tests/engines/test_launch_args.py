@@ -15,10 +15,9 @@ from rllmtop.engines.launch_args import (
     build_command,
     choose_port,
     pick_free_port,
-    redact_argv,
-    redact_env,
 )
 from rllmtop.errors import UserError
+from rllmtop.redact import redact_argv, redact_env
 from rllmtop.scenario import EngineSpec, SpeculativeConfig
 
 # what the simulator's `serve` accepts (helper A's CLI); a flag outside this set would make it exit

@@ -14,8 +14,8 @@ pytest.importorskip("safetensors", reason="the tiny-model builder needs safetens
 
 from tokenizers import Tokenizer
 
-from rllmtop.engines import tinymodel
-from rllmtop.engines.tinymodel import (
+from tools import tinymodel
+from tools.tinymodel import (
     TinyModelConfig,
     build_tiny_model,
     files_digest,

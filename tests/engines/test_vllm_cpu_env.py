@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from rllmtop.engines import vllm_cpu
 from rllmtop.engines.launch_args import build_command
-from rllmtop.engines.vllm_cpu import VLLM_CPU_VERSION, api_server_command, default_venv, ensure_vllm_cpu
 from rllmtop.scenario import EngineSpec
+from tools import vllm_cpu
+from tools.vllm_cpu import VLLM_CPU_VERSION, api_server_command, default_venv, ensure_vllm_cpu
 
 
 def test_default_location_honours_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rllmtop.engines.vllm_cpu import VllmCpuEnv, ensure_vllm_cpu
+from tools.vllm_cpu import VllmCpuEnv, ensure_vllm_cpu
 
 from .harness import build_tiny_model_in, say
 

@@ -27,9 +27,9 @@ import httpx
 from rllmtop.clock import Clock
 from rllmtop.engines.launch_args import build_command, pick_free_port
 from rllmtop.engines.launcher import EngineProcess, group_alive
-from rllmtop.engines.vllm_cpu import VllmCpuEnv, api_server_command
 from rllmtop.events import Record
 from rllmtop.scenario import EngineSpec
+from tools.vllm_cpu import VllmCpuEnv, api_server_command
 
 REPO = Path(__file__).resolve().parents[2]
 SERVED_NAME = "tiny-rllm"
@@ -47,7 +47,7 @@ def build_tiny_model_in(env: VllmCpuEnv, out_dir: Path) -> Path:
     child_env = dict(os.environ)
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), child_env.get("PYTHONPATH", "")) if p)
     r = subprocess.run(
-        [str(env.python), "-m", "rllmtop.engines.tinymodel", str(out_dir)],
+        [str(env.python), "-m", "tools.tinymodel", str(out_dir)],
         capture_output=True,
         text=True,
         env=child_env,

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from rllmtop.engines.vllm_cpu import VllmCpuEnv, api_server_command
 from rllmtop.events import RequestStatus, SessionState
 from rllmtop.metrics.analysis import counter_increase
 from rllmtop.record.store import open_recording
+from tools.vllm_cpu import VllmCpuEnv, api_server_command
 
 from .harness import ENGINE_ENV, SERVED_NAME, say
 

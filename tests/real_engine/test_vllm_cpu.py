@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rllmtop.engines.launch_args import REDACTED
-from rllmtop.engines.vllm_cpu import VllmCpuEnv
 from rllmtop.events import LogEvent
+from rllmtop.redact import REDACTED
+from tools.vllm_cpu import VllmCpuEnv
 
 from .harness import (
     SERVED_NAME,

@@ -31,10 +31,9 @@ from rllmtop.record.store import (
     SCHEMA_VERSION,
     Recorder,
     open_recording,
-    redact_argv,
-    redact_text,
     request_events,
 )
+from rllmtop.redact import redact_argv, redact_text
 
 
 def write_session(path: Path, n_requests: int = 50, n_scrapes: int = 40, close: bool = True) -> dict:
@@ -205,7 +204,7 @@ def test_secrets_never_reach_the_file(tmp_path: Path) -> None:
         ('api_key = "sk-1"', 'api_key = "***"'),
         ("{'api_key': 'sk-1', 'port': 1}", "{'api_key': '***', 'port': 1}"),
         ("OPENAI_API_KEY=sk-1 rllmtop run", "OPENAI_API_KEY=*** rllmtop run"),
-        ("http://u:p@127.0.0.1:1/x", "http://127.0.0.1:1/x"),
+        ("http://u:p@127.0.0.1:1/x", "http://u:***@127.0.0.1:1/x"),
         ("--max-num-seqs 256 --tokenizer-mode auto", "--max-num-seqs 256 --tokenizer-mode auto"),
         ("max_tokens = 4096", "max_tokens = 4096"),
     ],

@@ -184,9 +184,9 @@ async def test_concurrency_cap_queues_on_the_client(tmp_path: Path) -> None:
     assert len(queued) == 4
     for rid, rec in sink.finals().items():
         assert rec.send_lag is not None and rec.send_lag < 1.0
-        assert rec.client_wait is not None
+        assert rec.concurrency_wait is not None
         if rid in queued:
-            assert rec.client_wait > 0 and rec.t_sent is not None and rec.t_dispatch is not None
+            assert rec.concurrency_wait > 0 and rec.t_sent is not None and rec.t_dispatch is not None
         assert rec.status is RequestStatus.OK
 
 

