@@ -18,6 +18,7 @@ engine that served it where known (``RequestRecord.engine``) and the worker/node
 from __future__ import annotations
 
 import enum
+import json
 import struct
 from array import array
 from collections.abc import Sequence
@@ -120,6 +121,33 @@ class Provenance:
     planned_requests: int | None = None  # the schedule's length when known up front; None = open-ended
     workload: str = ""  # canonical JSON (see above)
     workload_digest: str = ""  # short hash of ``workload``, for display
+
+    def to_json(self) -> str:
+        d = {f: getattr(self, f) for f in self.__slots__}  # type: ignore[attr-defined]
+        return json.dumps(d, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Provenance:
+        """Inverse of :meth:`to_json`. Raises ValueError on anything else (a damaged recording)."""
+        d = json.loads(text)
+        if not isinstance(d, dict):
+            raise ValueError("provenance is not a JSON object")
+        pairs = ("overrides", "override_flags", "cell")
+        kw: dict[str, object] = {}
+        for k, v in d.items():
+            if k not in cls.__slots__:  # type: ignore[attr-defined]
+                continue  # a newer field: ignored
+            if k in pairs:
+                if not isinstance(v, list) or not all(isinstance(p, list) and len(p) == 2 for p in v):
+                    raise ValueError(f"provenance.{k} is not a list of pairs")
+                v = tuple((str(a), str(b)) for a, b in v)
+            elif k == "planned_requests":
+                if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                    raise ValueError("provenance.planned_requests is not a count")
+            elif not isinstance(v, str):
+                raise ValueError(f"provenance.{k} is not text")
+            kw[k] = v
+        return cls(**kw)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)

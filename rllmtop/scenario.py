@@ -10,7 +10,9 @@ documents every table and field.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import itertools
+import json
 import math
 import re
 import shlex
@@ -43,9 +45,12 @@ __all__ = [
     "RequestClass",
     "Scenario",
     "SpeculativeConfig",
+    "canonical_workload",
     "list_scenarios",
     "load_scenario",
     "matrix_cells",
+    "planned_requests",
+    "provenance_from_text",
     "scenario_dirs",
 ]
 
@@ -451,7 +456,128 @@ def _load_text(text: str, path: Path, overrides: dict[str, Any], cell: dict[str,
             _load_text(text, path, overrides, dict(zip(sc.matrix, values, strict=True)))
     header = _header(overrides, cell)
     name = sc.name + (f"[{_cell_label(cell)}]" if cell else "")
-    return _replace(sc, name=name, text=header + text, overrides=dict(overrides), cell=dict(cell))
+    prov = _provenance(raw, str(path), overrides, cell, sc)
+    return _replace(
+        sc, name=name, text=header + text, overrides=dict(overrides), cell=dict(cell), provenance=prov
+    )
+
+
+# ------------------------------------------------------------------------------------------ provenance
+
+# keys of [load] that steer the run but not which requests are sent when (left out of the workload)
+_RUN_CONTROL_LOAD = frozenset(
+    {"grace_period", "record_answers", "workers", "ray", "on_worker_death", "timeout", "return_token_ids"}
+)
+
+
+def planned_requests(sc: Scenario) -> int | None:
+    """Requests the schedule will hold, when the scenario says up front: ``num_prompts`` (an upper bound
+    when ``duration`` may end sending first), or one burst's size. None: open-ended (duration only, or a
+    trace whose length is only known once it is read)."""
+    if sc.load.num_prompts is not None:
+        return sc.load.num_prompts
+    a = sc.arrival
+    if a.process == "burst" and a.burst_interval is None and a.burst_size is not None:
+        return a.burst_size
+    return None
+
+
+def canonical_workload(raw: Mapping[str, Any]) -> str:
+    """Canonical JSON of what decides which requests are sent when: seed, model, [arrival], [load] minus
+    run control, [[classes]] (a raw scenario table after overrides and the matrix cell)."""
+    load = raw.get("load", {})
+    doc = {
+        "seed": raw.get("seed", 0),
+        "model": raw.get("model"),
+        "arrival": raw.get("arrival", {}),
+        "load": {k: v for k, v in load.items() if k not in _RUN_CONTROL_LOAD}
+        if isinstance(load, dict)
+        else load,
+        "classes": raw.get("classes", []),
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _json_value(v: Any) -> str:
+    return json.dumps(v, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _provenance(
+    raw: Mapping[str, Any], source: str, overrides: Mapping[str, Any], cell: Mapping[str, Any], sc: Scenario
+) -> Provenance:
+    shown = {k: (redact_url(str(v)) if k == "base_url" else v) for k, v in overrides.items()}
+    workload = canonical_workload(raw)
+    return Provenance(
+        source=source,
+        overrides=tuple((k, _json_value(v)) for k, v in shown.items()),
+        override_flags=tuple((k, OVERRIDE_FLAGS.get(k, k)) for k in shown),
+        cell=tuple((k, _json_value(v)) for k, v in cell.items()),
+        cell_label=_cell_label(cell) if cell else "",
+        planned_requests=planned_requests(sc),
+        workload=workload,
+        workload_digest=hashlib.sha256(workload.encode()).hexdigest()[:12],
+    )
+
+
+def provenance_from_text(scenario_text: str, source: str = "") -> Provenance | None:
+    """Provenance of a schema-1 recording, whose scenario text starts with the comment header this module
+    wrote then (``# rllmtop: overrides: --flag value ...`` / ``# rllmtop: matrix cell: k=v,...``). The
+    one place that legacy format is read. None when the text is not a scenario."""
+    if not scenario_text:
+        return None
+    fields: dict[str, str] = {}
+    for line in scenario_text.splitlines():
+        if not line.startswith(_HEADER):
+            break
+        key, _, value = line[len(_HEADER) :].partition(":")
+        fields[key.strip()] = value.strip()
+    flag_to_key = {f: k for k, f in OVERRIDE_FLAGS.items()}
+    overrides: dict[str, Any] = {}
+    flag: str | None = None
+    for tok in fields.get("overrides", "").split():
+        if tok.startswith("--") and tok in flag_to_key:
+            flag = tok
+            overrides[flag_to_key[flag]] = ""
+        elif flag is not None:
+            k = flag_to_key[flag]
+            overrides[k] = (str(overrides[k]) + " " + tok).strip()
+    values: dict[str, Any] = {}
+    for k, v in overrides.items():
+        try:
+            values[k] = json.loads(v)
+        except ValueError:
+            values[k] = v
+    try:
+        raw = tomllib.loads(_strip_header(scenario_text))
+    except tomllib.TOMLDecodeError:
+        return None
+    ctx = _Ctx(source or "<recorded scenario>")
+    for k, v in values.items():
+        try:
+            _apply_override(ctx, raw, k, v)
+        except UserError:
+            pass
+    label = fields.get("matrix cell", "")
+    cell = (
+        tuple((k, _json_value(v)) for k, _, v in (p.partition("=") for p in label.split(",") if p))
+        if label
+        else ()
+    )
+    workload = canonical_workload(raw)
+    try:
+        n = planned_requests(_build_scenario(ctx, {"name": "recorded", **raw}, Path(source or "recorded")))
+    except (UserError, ValueError, TypeError, KeyError):
+        n = None
+    return Provenance(
+        source=source,
+        overrides=tuple((k, _json_value(v)) for k, v in values.items()),
+        override_flags=tuple((k, OVERRIDE_FLAGS[k]) for k in values),
+        cell=cell,
+        cell_label=label,
+        planned_requests=n,
+        workload=workload,
+        workload_digest=hashlib.sha256(workload.encode()).hexdigest()[:12],
+    )
 
 
 def _replace(sc: Scenario, **kw: Any) -> Scenario:

@@ -253,6 +253,7 @@ class Session:
             rllmtop_version=__version__,
             record_path=self.record_path or "",
             extra=tuple(extra),
+            provenance=sc.provenance if sc else None,
         )
 
     async def _run_live(self) -> SessionOutcome:

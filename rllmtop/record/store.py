@@ -55,6 +55,7 @@ from rllmtop.events import (
     Labels,
     LogEvent,
     MetricSample,
+    Provenance,
     Record,
     RequestEvent,
     RequestKind,
@@ -227,6 +228,9 @@ def _info_rows(info: SessionInfo) -> list[tuple[str, str]]:
         ("session_rllmtop_version", info.rllmtop_version),
         ("record_path", info.record_path),
         ("extra", json.dumps([list(p) for p in info.extra])),
+        ("provenance", info.provenance.to_json() if info.provenance is not None else ""),
+        ("clock", info.clock),
+        ("speed", repr(info.speed)),
     ]
 
 
@@ -683,7 +687,21 @@ class Recording:
             rllmtop_version=m.get("session_rllmtop_version", m.get("rllmtop_version", "")),
             record_path=str(self.path),
             extra=tuple((str(k), str(v)) for k, v in json.loads(m.get("extra", "[]"))),
+            provenance=self._provenance(),
+            clock=m.get("clock", "wall") or "wall",
+            speed=float(m.get("speed", "1") or 1),
         )
+
+    def _provenance(self) -> Provenance | None:
+        text = self._meta.get("provenance", "")
+        if text:
+            try:
+                return Provenance.from_json(text)
+            except ValueError:
+                return None
+        from rllmtop.scenario import provenance_from_text  # schema 1: the header above the scenario text
+
+        return provenance_from_text(self._meta.get("scenario_text", ""), self._meta.get("scenario_name", ""))
 
     @property
     def metadata(self) -> dict[str, str]:
