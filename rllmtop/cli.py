@@ -24,7 +24,9 @@ from rllmtop.errors import UserError
 __all__ = ["main"]
 
 
-def _add_load_overrides(p: argparse.ArgumentParser) -> None:
+def _add_load_overrides(p: argparse.ArgumentParser, *, simulator: bool = True, target: bool = True) -> None:
+    """The workload flags `vllm bench serve` users know. ``simulator``: also --speed/--profile (they apply
+    to a scenario whose engine is the simulator); ``target``: also --base-url (send elsewhere)."""
     g = p.add_argument_group("workload overrides (the names `vllm bench serve` uses)")
     g.add_argument(
         "--request-rate", type=float, metavar="R", help="mean arrival rate, requests/s (inf = all at once)"
@@ -32,13 +34,28 @@ def _add_load_overrides(p: argparse.ArgumentParser) -> None:
     g.add_argument("--burstiness", type=float, metavar="B", help="Gamma shape: 1 = Poisson, <1 burstier")
     g.add_argument("--max-concurrency", type=int, metavar="N", help="client-side cap on requests in flight")
     g.add_argument("--num-prompts", type=int, metavar="N", help="number of requests to send")
-    g.add_argument("--duration", type=float, metavar="S", help="stop sending after S seconds")
+    g.add_argument(
+        "--duration",
+        type=float,
+        metavar="S",
+        help="stop sending after S seconds (without --scenario: end the session after S seconds)",
+    )
     g.add_argument("--seed", type=int, help="seed for arrivals, prompt mix and the simulator")
     g.add_argument("--model", help="model name sent in requests (default: the server's first model)")
-    g.add_argument("--base-url", metavar="URL", help="send to this server instead of the scenario's engine")
+    if target:
+        g.add_argument(
+            "--base-url", metavar="URL", help="send to this server instead of the scenario's engine"
+        )
     g.add_argument("--api-key", help="bearer token (default: $OPENAI_API_KEY); never recorded")
-    g.add_argument("--speed", type=float, help="simulator only: divide every simulated latency by this")
-    g.add_argument("--profile", help="simulator only: hardware x model profile (see `rllmtop sim profiles`)")
+    if simulator:
+        g.add_argument(
+            "--speed",
+            type=float,
+            help="simulator only: a time-lapse, K times faster (the schedule too); figures on the simulated clock",
+        )
+        g.add_argument(
+            "--profile", help="simulator only: hardware x model profile (see `rllmtop sim profiles`)"
+        )
 
 
 def _add_output(p: argparse.ArgumentParser, *, headless: bool = True) -> None:
@@ -50,7 +67,10 @@ def _add_output(p: argparse.ArgumentParser, *, headless: bool = True) -> None:
     )
     g.add_argument("--no-record", action="store_true", help="do not record this session")
     p.add_argument(
-        "--scrape-interval", type=float, metavar="S", help="seconds between /metrics polls (default 0.25)"
+        "--scrape-interval",
+        type=float,
+        metavar="S",
+        help="seconds between /metrics polls, 0.05 to 60 (default: the scenario's, else 0.25)",
     )
 
 
@@ -76,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("attach", help="monitor a running vLLM/SGLang server")
     p.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--metrics-url", metavar="URL", help="where /metrics lives if not at URL/metrics")
-    p.add_argument("--scenario", help="also send this scenario's load to the server")
-    _add_load_overrides(p)
+    p.add_argument("--scenario", help="also send this scenario's load to the server (default: watch only)")
+    _add_load_overrides(p, simulator=False, target=False)
     _add_output(p)
 
     p = sub.add_parser(
@@ -86,17 +106,24 @@ def build_parser() -> argparse.ArgumentParser:
         usage="rllmtop launch {vllm,sglang} MODEL [options] [-- extra engine arguments]",
         epilog="Everything after `--` is passed to the engine unchanged.",
     )
-    p.add_argument("engine", choices=["vllm", "sglang"])
+    p.add_argument("engine", choices=["vllm", "sglang"], help="which engine to launch: vllm or sglang")
     p.add_argument("model", help="model path or name to serve")
-    p.add_argument("--scenario", help="send this scenario's load (its engine toggles apply too)")
+    p.add_argument(
+        "--scenario", help="send this scenario's load (its engine toggles apply too; default: watch only)"
+    )
     p.add_argument(
         "--command",
         dest="engine_command",
         metavar="CMD",
         help="engine entry command instead of `vllm serve` / `python -m sglang.launch_server`",
     )
-    p.add_argument("--startup-timeout", type=float, metavar="S", help="give up if not ready after S seconds")
-    _add_load_overrides(p)
+    p.add_argument(
+        "--startup-timeout",
+        type=float,
+        metavar="S",
+        help="give up if not ready after S seconds (default: the scenario's engine.startup_timeout, 900)",
+    )
+    _add_load_overrides(p, simulator=False, target=False)
     _add_output(p)
 
     p = sub.add_parser("replay", help="replay a recording in the TUI")
@@ -106,7 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a recording to CSV, JSON lines or Parquet")
     p.add_argument("file", help="a recording (.db)")
-    p.add_argument("--format", choices=["csv", "jsonl", "parquet"], default="csv")
+    p.add_argument(
+        "--format",
+        choices=["csv", "jsonl", "parquet"],
+        default="csv",
+        help="csv, jsonl or parquet (needs rllmtop[parquet]); default csv",
+    )
     p.add_argument("--out", metavar="DIR", help="output directory (default: next to FILE, <name>-export/)")
 
     p = sub.add_parser("report", help="figures and ASU tables from a recording")
@@ -114,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="output directory (default: reports/<name>/)")
 
     p = sub.add_parser("compare", help="compare two or more recordings")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument(
+        "files", nargs="+", metavar="FILE", help="two or more recordings (.db); the first is the baseline"
+    )
     p.add_argument("--out", metavar="DIR", help="output directory (default: reports/compare-<names>/)")
     p.add_argument("--force", action="store_true", help="compare even when scenario or seed differ")
 
@@ -156,6 +190,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rllmtop: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug: one line, not a traceback (--debug shows it)
+        if debug:
+            raise
+        print(
+            f"rllmtop: internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]}", file=sys.stderr
+        )
+        print("  hint: run with --debug for the traceback, and please report it", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

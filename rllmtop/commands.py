@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 from pathlib import Path
@@ -29,7 +30,11 @@ def _record_path(args: argparse.Namespace, name: str) -> Path | None:
     if getattr(args, "no_record", False):
         return None
     if getattr(args, "record", None):
-        return Path(args.record)
+        path = Path(args.record)
+        if path.exists() and not path.is_file():
+            kind = "a directory" if path.is_dir() else "not a regular file (a FIFO, a device or a socket)"
+            raise UserError(f"--record {path}: {kind}", "give a path for a new .db file")
+        return path
     return default_record_path(name)
 
 
@@ -42,6 +47,7 @@ def build_session(
     api_key: str | None = None,
     scrape_interval: float | None = None,
     extra_engine_args: tuple[str, ...] = (),
+    duration: float | None = None,
 ) -> Session:
     """A Session for a scenario (its engine unless ``engine`` is given), or for an engine alone (no load).
 
@@ -52,9 +58,14 @@ def build_session(
         if scenario is None:
             raise UserError("nothing to run: no scenario and no engine", "give a scenario or an engine URL")
         engine = scenario.engine
-    interval = scrape_interval or (scenario.scrape_interval if scenario else 0.25)
-    if interval <= 0:
-        raise UserError(f"--scrape-interval {interval:g} must be > 0", "use e.g. 0.25 (seconds)")
+    if scrape_interval is not None:
+        interval = scrape_interval
+        if not (math.isfinite(interval) and 0.05 <= interval <= 60):
+            raise UserError(
+                f"--scrape-interval {interval:g} is out of range", "use 0.05 to 60 seconds (default 0.25)"
+            )
+    else:
+        interval = scenario.scrape_interval if scenario else 0.25
     plan = SessionPlan(
         mode=mode,
         scenario=scenario,
@@ -63,6 +74,7 @@ def build_session(
         record_path=record,
         scrape_interval=interval,
         extra_engine_args=extra_engine_args,
+        duration=duration if scenario is None else None,
     )
     return Session(plan)
 
@@ -131,8 +143,16 @@ def _cmd_attach(args: argparse.Namespace) -> int:
         record=_record_path(args, scenario.name if scenario else "attach"),
         api_key=_api_key(args),
         scrape_interval=args.scrape_interval,
+        duration=_watch_duration(args),
     )
     return _present(session, args.headless)
+
+
+def _watch_duration(args: argparse.Namespace) -> float | None:
+    d = getattr(args, "duration", None)
+    if d is not None and not (math.isfinite(d) and d > 0):
+        raise UserError(f"--duration {d:g} must be a positive number of seconds", "e.g. --duration 60")
+    return d
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
@@ -162,6 +182,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         api_key=_api_key(args),
         scrape_interval=args.scrape_interval,
         extra_engine_args=extra,
+        duration=_watch_duration(args),
     )
     return _present(session, args.headless)
 

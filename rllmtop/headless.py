@@ -14,6 +14,7 @@ from typing import TextIO
 
 from rllmtop._loop import run as run_loop
 from rllmtop.events import LogEvent, Record, SessionInfo, StateEvent
+from rllmtop.redact import redact_url
 from rllmtop.session import Session, SessionOutcome
 from rllmtop.summary import text_table
 from rllmtop.view import LiveView
@@ -35,8 +36,10 @@ class _Progress:
         elif isinstance(rec, LogEvent) and self._shows(rec):
             self.line(f"[{rec.t:7.1f}s] {rec.level}: {rec.text}")
         elif isinstance(rec, SessionInfo) and rec.engine_version:
+            clock = f", {rec.clock} clock x{rec.speed:g}" if rec.clock != "wall" else ""
             self.line(
-                f"engine: {rec.engine_kind} {rec.engine_version} at {rec.engine_url}, model {rec.model}"
+                f"engine: {rec.engine_kind} {rec.engine_version} at {redact_url(rec.engine_url)}, "
+                f"model {rec.model}{clock}"
             )
 
     def _shows(self, rec: LogEvent) -> bool:
@@ -105,13 +108,13 @@ async def _run(session: Session, progress_out: TextIO) -> SessionOutcome:
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
 
-    def on_sigint() -> None:
-        progress.line("interrupt: stopping (press Ctrl-C again to cancel in-flight requests)")
-        session.request_stop()
+    def on_sigint() -> None:  # the session's stop policy: first gentle, then forced
+        if not session.stopping:
+            progress.line("interrupt: stopping (press Ctrl-C again to cancel in-flight requests)")
+        session.stop()
 
     def on_sigterm() -> None:  # end now: cancel in-flight requests, tear the engine down, close the file
-        session.request_stop()
-        session.request_stop()
+        session.stop(force=True)
 
     for sig, handler in ((signal.SIGINT, on_sigint), (signal.SIGTERM, on_sigterm)):
         with contextlib.suppress(NotImplementedError, RuntimeError):

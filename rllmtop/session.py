@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ from rllmtop.events import (
     StateEvent,
 )
 from rllmtop.metrics.analysis import AsuSummary, asu_summary, check_slos
+from rllmtop.redact import redact_url
 from rllmtop.scenario import EngineSpec, Scenario
 
 if TYPE_CHECKING:
@@ -63,6 +66,7 @@ class SessionPlan:
     replay_path: Path | None = None
     replay_speed: float = 1.0
     info_extra: tuple[tuple[str, str], ...] = ()
+    duration: float | None = None  # attach/launch without load: end DONE after this many seconds
 
 
 @dataclass(frozen=True)
@@ -94,12 +98,19 @@ def default_record_path(scenario_name: str, directory: str | Path = "recordings"
 
 
 class Session:
-    """One run. Build it, ``add_sink`` the consumers, ``await run()``; ``request_stop()`` from anywhere on
-    the loop (Ctrl-C, quit key, SIGTERM)."""
+    """One run. Build it, ``add_sink`` the consumers, ``await run()``; ``stop()`` from any thread (Ctrl-C,
+    the quit key, SIGTERM).
+
+    Stop policy (the one place it lives): the first ``stop()`` is gentle (no more sends; requests in flight
+    get the scenario's grace period), a repeated ``stop()`` or ``stop(force=True)`` cancels them now.
+    Failures: a user error (bad engine, unreachable URL) ends FAILED with its line; an unexpected exception
+    ends FAILED with its type and text (the traceback is logged at debug level); a sink that raises, or a
+    recorder that stops (disk full, read-only file), ends the run FAILED saying what was kept.
+    """
 
     def __init__(self, plan: SessionPlan) -> None:
         self.plan = plan
-        self.clock = Clock()
+        self.clock = Clock(speed=_clock_speed(plan))
         self.info: SessionInfo | None = None
         self.state: SessionState = SessionState.STARTING
         self.replay: ReplaySource | None = None
@@ -110,6 +121,7 @@ class Session:
         self._recorder: Recorder | None = None
         self._records: list[RequestRecord] = []
         self._stop_requests = 0
+        self._sink_failure: str | None = None
         self._stop = asyncio.Event()  # ends attach-only sessions and the scraper (re-made in run())
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scraper: Scraper | None = None
@@ -121,6 +133,8 @@ class Session:
         # the session's task was cancelled (a forced quit): re-raised once everything is torn down
         self._cancelled = False
         self.outcome: SessionOutcome | None = None  # set once run() has torn everything down
+        self._error: BaseException | None = None  # an unexpected exception (re-raised under --debug)
+        self._metrics_url = ""
         if plan.replay_path is not None:
             from rllmtop.record.replay import ReplaySource
             from rllmtop.record.store import open_recording
@@ -146,7 +160,13 @@ class Session:
         elif isinstance(rec, SessionInfo):
             self.info = rec
         for sink in self._sinks:
-            sink(rec)
+            try:
+                sink(rec)
+            except Exception as e:  # a sink's bug must not take a sender or the scraper down with it
+                self._sinks = [x for x in self._sinks if x is not sink]
+                self._sink_failed(
+                    f"{_sink_name(sink)} failed on a {type(rec).__name__} record: {_one_line(e)}"
+                )
 
     def _log(self, text: str, level: str = "info") -> None:
         self.publish(LogEvent(self.clock.now(), "rllmtop", level, text))
@@ -162,9 +182,23 @@ class Session:
 
     # ------------------------------------------------------------------ control
 
-    def request_stop(self) -> None:
-        """First call: stop sending and let in-flight requests finish within the scenario's grace period.
-        Second call: cancel them now. Safe to call from any thread (the TUI runs the session on its own)."""
+    @property
+    def planned_requests(self) -> int | None:
+        """Requests the schedule holds: the runner's count once its schedule is built, else what the
+        scenario says up front (provenance), else None (open-ended)."""
+        runner = self.runner
+        planned = getattr(runner, "planned", None) if runner is not None else None
+        if planned is not None:
+            return int(planned)
+        sc = self.plan.scenario
+        if sc is not None and sc.provenance is not None:
+            return sc.provenance.planned_requests
+        return None
+
+    def stop(self, force: bool = False) -> None:
+        """Stop the session. Gentle the first time: stop sending and let requests in flight finish within
+        the scenario's grace period (``load.grace_period``); forced when ``force`` or when a stop was already
+        requested: cancel them now. Safe to call from any thread (the TUI runs the session on its own)."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
             try:
@@ -172,12 +206,21 @@ class Session:
             except RuntimeError:
                 running = None
             if running is not loop:
-                loop.call_soon_threadsafe(self._request_stop)
+                loop.call_soon_threadsafe(self._stop_now, force)
                 return
-        self._request_stop()
+        self._stop_now(force)
 
-    def _request_stop(self) -> None:
-        self._stop_requests += 1
+    def request_stop(self) -> None:
+        """Deprecated spelling of :meth:`stop` (one call per key press or signal)."""
+        self.stop()
+
+    @property
+    def stopping(self) -> str:
+        """ "" (running), "gentle" (sending stopped, draining) or "forced" (cancelling)."""
+        return "" if not self._stop_requests else ("gentle" if self._stop_requests == 1 else "forced")
+
+    def _stop_now(self, force: bool) -> None:
+        self._stop_requests = max(self._stop_requests + 1, 2 if force else 1)
         self._interrupted = True
         if self.replay is not None:
             self._stop.set()
@@ -199,8 +242,35 @@ class Session:
             )
         self._grace_task = asyncio.get_running_loop().create_task(self._cancel_after(grace))
 
+    def _sink_failed(self, what: str) -> None:
+        """A sink (the recorder, a view) failed: the session fails, saying what was kept."""
+        if self._sink_failure is not None:
+            return
+        kept = self._kept()
+        self._sink_failure = what + (f"; {kept}" if kept else "")
+        self._log(self._sink_failure, "error")
+        if self.state not in TERMINAL_STATES and self._loop is not None:
+            self._stop_now(force=True)
+
+    def _kept(self) -> str:
+        rec = self._recorder
+        if rec is None:
+            return ""
+        n = getattr(rec, "kept_requests", None)
+        t = getattr(rec, "committed_t", None)
+        parts = []
+        if n is not None:
+            parts.append(f"{n} requests")
+        if t is not None:
+            parts.append(f"up to t={t:.1f} s")
+        return (
+            ("the recording keeps " + " ".join(parts))
+            if parts
+            else f"the recording keeps what was written to {rec.path}"
+        )
+
     async def _cancel_after(self, grace: float) -> None:
-        await asyncio.sleep(grace)
+        await asyncio.sleep(self.clock.wall(grace))
         if self.runner is not None and self.runner.in_flight:
             self._log(
                 f"grace period of {grace:g} s over: cancelling {self.runner.in_flight} request(s)", "warning"
@@ -247,11 +317,13 @@ class Session:
             scenario_text=sc.text if sc else "",
             seed=sc.seed if sc else None,
             engine_kind=eng.kind if eng.kind != "url" else "unknown",
-            engine_url=eng.url or "",
-            metrics_url=eng.metrics_url or "",
+            engine_url=redact_url(eng.url or ""),
+            metrics_url=redact_url(eng.metrics_url or ""),
             model=(sc.model if sc and sc.model else "") or eng.served_model_name or "",
             rllmtop_version=__version__,
             record_path=self.record_path or "",
+            clock=self.clock.name,
+            speed=self.clock.speed,
             extra=tuple(extra),
             provenance=sc.provenance if sc else None,
         )
@@ -265,7 +337,7 @@ class Session:
             loop = asyncio.get_running_loop()
 
             def on_error(e: UserError) -> None:  # called once, from the recorder's writer thread
-                loop.call_soon_threadsafe(self._log, f"{e.what} ({e.hint})" if e.hint else e.what, "error")
+                loop.call_soon_threadsafe(self._sink_failed, f"{e.what} ({e.hint})" if e.hint else e.what)
 
             self._recorder = Recorder(plan.record_path, info, on_error=on_error)
             self._sinks.insert(0, self._recorder.handle)
@@ -280,8 +352,12 @@ class Session:
                 identity.models[0] if identity.models else ""
             )
             if not model and plan.scenario is not None:
+                denied = [w for w in identity.warnings if " 401" in w or " 403" in w]
+                if denied:
+                    raise UserError(denied[0], "pass the server's key with --api-key KEY or OPENAI_API_KEY")
                 raise UserError(
-                    f"{base_url}/v1/models lists no model", "pass --model NAME (the served model name)"
+                    f"{redact_url(base_url)}/v1/models lists no model",
+                    "pass --model NAME (the served model name)",
                 )
             kind = self.info.engine_kind if self.info else "unknown"
             if kind in ("unknown", "") and identity.kind:
@@ -290,11 +366,12 @@ class Session:
                 self.info or info,
                 engine_kind=kind,
                 engine_version=identity.version or (self.engine.version if self.engine else ""),
-                engine_url=base_url,
-                metrics_url=metrics_url or identity.metrics_url or f"{base_url}/metrics",
+                engine_url=redact_url(base_url),
+                metrics_url=redact_url(metrics_url or identity.metrics_url or f"{base_url}/metrics"),
                 model=model,
             )
             self.publish(info)
+            self._metrics_url = metrics_url or identity.metrics_url or f"{base_url}/metrics"
             scrape_task = asyncio.get_running_loop().create_task(self._scrape(info, identity))
             self._set_state(SessionState.RUNNING)
             final = await self._drive(base_url, model)
@@ -306,6 +383,12 @@ class Session:
             final = SessionState.INTERRUPTED
             self._detail = self._detail or "cancelled"
             self._cancelled = _cancelled_from_outside()
+        except Exception as e:  # a bug or an unforeseen input: the run fails, and says what happened
+            final = SessionState.FAILED
+            self._detail = f"internal error: {type(e).__name__}: {_one_line(e)}"
+            self._log(self._detail + " (run with --debug for the traceback; please report it)", "error")
+            self._log("".join(traceback.format_exception(e)), "debug")
+            self._error = e
         finally:
             final = await self._teardown(final, scrape_task)
             self.outcome = self._outcome(final)
@@ -334,7 +417,7 @@ class Session:
         await self.engine.start()
         await self.engine.wait_ready(eng.startup_timeout, progress=self._startup_progress)
         base_url = self.engine.base_url
-        self._log(f"{eng.kind} ready at {base_url} after {self.clock.now():.1f} s")
+        self._log(f"{eng.kind} ready at {redact_url(base_url)} after {self.clock.now():.1f} s")
         return base_url, eng.metrics_url
 
     def _startup_progress(self, elapsed: float, last_line: str) -> None:
@@ -350,7 +433,7 @@ class Session:
         from rllmtop.metrics.scrape import Scraper
 
         self._scraper = scraper = Scraper(
-            info.metrics_url,
+            self._metrics_url or info.metrics_url,
             adapter_for(info.engine_kind if info.engine_kind != "unknown" else identity.kind or "vllm"),
             clock=self.clock,
             publish=self.publish,
@@ -363,6 +446,10 @@ class Session:
         """Send the scenario's load (if any) until it ends, the engine dies, or a stop is requested."""
         plan = self.plan
         waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stop.wait())]
+        timer: asyncio.Future[Any] | None = None
+        if plan.scenario is None and plan.duration is not None:  # watching only: end after the duration
+            timer = asyncio.ensure_future(asyncio.sleep(self.clock.wall(plan.duration)))
+            waits.append(timer)
         died: asyncio.Future[Any] | None = None
         if self.engine is not None:
             died = asyncio.ensure_future(self.engine.died.wait())
@@ -402,6 +489,8 @@ class Session:
                     for line in self.engine.last_lines(20):
                         self._log(f"engine: {line}", "error")
                     return SessionState.ENGINE_DIED
+                if timer is not None and timer in done:
+                    return SessionState.DONE
                 if run_task is not None and run_task in done:
                     run_task.result()  # re-raise runner errors (UserError -> FAILED)
                     return SessionState.INTERRUPTED if self._interrupted else SessionState.DONE
@@ -461,6 +550,9 @@ class Session:
         if self._cancelled:
             final = SessionState.INTERRUPTED
             self._detail = self._detail or "cancelled"
+        if self._sink_failure is not None and final in (SessionState.DONE, SessionState.INTERRUPTED):
+            final = SessionState.FAILED
+            self._detail = self._sink_failure
         if final is SessionState.DONE and self._interrupted:
             final = SessionState.INTERRUPTED
         self._set_state(final, self._detail)
@@ -469,6 +561,9 @@ class Session:
                 self._recorder.close(final, self._detail)
             except UserError as e:
                 self._log(e.what, "error")
+                if final in (SessionState.DONE, SessionState.INTERRUPTED):
+                    final = SessionState.FAILED
+                    self._detail = self._sink_failure or e.what
         return final
 
     def _outcome(self, final: SessionState) -> SessionOutcome:
@@ -491,3 +586,26 @@ def _cancelled_from_outside() -> bool:
     """True when the running task itself was cancelled (not merely an awaited inner task)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+_TIME_LAPSE = False  # switched on once every source works on the session clock
+
+
+def _clock_speed(plan: SessionPlan) -> float:
+    """A launched simulator at speed K runs the session on the simulated clock (wall x K): the schedule,
+    timeouts and every recorded time are simulated seconds, so speed K is a time-lapse of speed 1."""
+    eng = plan.engine
+    if not _TIME_LAPSE:
+        return 1.0
+    if plan.replay_path is None and eng.kind == "sim" and eng.speed > 0 and math.isfinite(eng.speed):
+        return float(eng.speed)
+    return 1.0
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300] or type(e).__name__
+
+
+def _sink_name(sink: Sink) -> str:
+    owner = getattr(sink, "__self__", None)
+    return type(owner).__name__ if owner is not None else getattr(sink, "__name__", "a sink")

@@ -312,3 +312,54 @@ def test_sim_subcommand_is_the_simulators_cli() -> None:
     p = rllmtop("sim", "profiles")
     assert p.returncode == 0
     assert "rllm-7b" in p.stdout and "llm-7b" in p.stdout
+
+
+def test_bad_scrape_interval_and_record_targets_are_refused(tmp_path: Path) -> None:
+    sc = str(scenario(tmp_path))
+    for bad in ("nan", "0", "-1", "inf", "1000"):
+        p = rllmtop("run", sc, "--headless", "--no-record", "--scrape-interval", bad)
+        assert_user_error(p, "--scrape-interval", "out of range")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    assert_user_error(rllmtop("run", sc, "--headless", "--record", str(fifo)), "not a regular file")
+    assert_user_error(rllmtop("run", sc, "--headless", "--record", str(tmp_path)), "a directory")
+    assert_user_error(rllmtop("run", sc, "--headless", "--record", "/dev/null"), "not a regular file")
+
+
+def test_attach_and_launch_help_offer_only_what_applies() -> None:
+    for cmd in ("attach", "launch"):
+        out = rllmtop(cmd, "--help").stdout
+        assert "--speed" not in out and "--profile" not in out and "--base-url" not in out, out
+        assert "--request-rate" in out and "--duration" in out
+    run = rllmtop("run", "--help").stdout
+    assert "--speed" in run and "--profile" in run and "--base-url" in run
+    export = rllmtop("export", "--help").stdout
+    assert "default csv" in export
+    assert "baseline" in rllmtop("compare", "--help").stdout
+
+
+def test_attach_headless_duration_ends_without_a_scenario(outside_sim: str, tmp_path: Path) -> None:
+    db = tmp_path / "watch.db"
+    p = rllmtop("attach", outside_sim, "--headless", "--duration", "2", "--record", str(db), timeout=60)
+    assert p.returncode == 0, p.stderr
+    rec = open_recording(db)
+    assert rec.status is SessionState.DONE and len(rec.scrapes()) >= 3
+
+
+def test_the_simulator_starts_beside_a_folder_named_rllmtop(tmp_path: Path) -> None:
+    """The parent of a clone holds a folder `rllmtop`: children must not import it instead of the package."""
+    script = Path(sys.executable).with_name("rllmtop")
+    if not script.exists():
+        pytest.skip("no rllmtop console script next to this Python")
+    (tmp_path / "rllmtop").mkdir()
+    (tmp_path / "rllmtop" / "__init__.py").write_text("raise ImportError('the wrong rllmtop')\n")
+    sc = scenario(tmp_path)
+    p = subprocess.run(
+        [str(script), "run", str(sc), "--headless", "--no-record"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+    )
+    assert p.returncode == 0, p.stderr

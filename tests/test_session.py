@@ -68,7 +68,7 @@ async def test_graceful_stop_drains_then_ends_interrupted(tmp_path: Path) -> Non
     done = await _until_requests_finish(session, 2)
     task = asyncio.get_running_loop().create_task(session.run())
     await asyncio.wait_for(done.wait(), 60)
-    session.request_stop()  # stop sending; in-flight get 0.5 s, then are cancelled
+    session.stop()  # stop sending; in-flight get 0.5 s, then are cancelled
     outcome = await asyncio.wait_for(task, 60)
     assert outcome.state is SessionState.INTERRUPTED and outcome.exit_code == 130
     reqs = open_recording(db).requests()
@@ -110,3 +110,122 @@ async def test_the_recording_ends_with_the_engines_final_counters(tmp_path: Path
     gen = rec.samples(names=["generation_tokens_total"])
     assert len(gen) >= 2  # the first poll and the final one
     assert gen[-1].value == served > 0
+
+
+# ------------------------------------------------------------------------------------ the stop policy
+
+
+async def test_stop_is_gentle_first_then_forced(tmp_path: Path) -> None:
+    sc = load_scenario(str(_scenario(tmp_path, speed=20)))
+    session = build_session(sc, mode="headless", record=None)
+    done = await _until_requests_finish(session, 2)
+    task = asyncio.get_running_loop().create_task(session.run())
+    await asyncio.wait_for(done.wait(), 60)
+    assert session.stopping == ""
+    session.stop()
+    assert session.stopping == "gentle"
+    runner = session.runner
+    assert runner is not None and runner.sending_done.is_set()
+    session.stop()  # the second stop cancels what is in flight
+    assert session.stopping == "forced"
+    outcome = await asyncio.wait_for(task, 60)
+    assert outcome.state is SessionState.INTERRUPTED and runner.in_flight == 0
+
+
+async def test_stop_force_cancels_at_once(tmp_path: Path) -> None:
+    sc = load_scenario(str(_scenario(tmp_path, speed=20)))
+    session = build_session(sc, mode="headless", record=None)
+    done = await _until_requests_finish(session, 1)
+    task = asyncio.get_running_loop().create_task(session.run())
+    await asyncio.wait_for(done.wait(), 60)
+    session.stop(force=True)
+    assert session.stopping == "forced"
+    outcome = await asyncio.wait_for(task, 60)
+    assert outcome.state is SessionState.INTERRUPTED
+    assert outcome.exit_code == 130
+
+
+# ------------------------------------------------------------------------------------------- failures
+
+
+async def test_a_failing_sink_fails_the_session_and_says_what_was_kept(tmp_path: Path) -> None:
+    sc = load_scenario(str(_scenario(tmp_path, speed=20)))
+    db = tmp_path / "sink.db"
+    session = build_session(sc, mode="headless", record=db)
+    done = await _until_requests_finish(session, 2)
+    seen = 0
+
+    def broken_view(rec: object) -> None:
+        nonlocal seen
+        if isinstance(rec, RequestEvent) and rec.kind is RequestKind.DONE:
+            seen += 1
+            if seen >= 2:
+                raise ValueError("boom in the view")
+
+    session.add_sink(broken_view)
+    task = asyncio.get_running_loop().create_task(session.run())
+    await asyncio.wait_for(done.wait(), 60)
+    outcome = await asyncio.wait_for(task, 60)
+    assert outcome.state is SessionState.FAILED and outcome.exit_code == 2
+    assert outcome.detail.startswith("broken_view failed on a RequestEvent record: boom in the view")
+    rec = open_recording(db)
+    assert rec.status is SessionState.FAILED and "boom in the view" in rec.metadata["status_detail"]
+
+
+async def test_an_unexpected_error_ends_failed_not_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug or an unforeseen input after validation: the recording says failed, with the error."""
+    from rllmtop.workload import runner as runner_mod
+
+    async def explode(self: object) -> None:
+        raise OSError("the dataset vanished under us")
+
+    monkeypatch.setattr(runner_mod.Runner, "run", explode)
+    sc = load_scenario(str(_scenario(tmp_path, speed=20)))
+    db = tmp_path / "bug.db"
+    session = build_session(sc, mode="headless", record=db)
+    outcome = await asyncio.wait_for(session.run(), 60)
+    assert outcome.state is SessionState.FAILED and outcome.exit_code == 2
+    assert outcome.detail.startswith("internal error: OSError: the dataset vanished")
+    rec = open_recording(db)
+    assert rec.status is SessionState.FAILED
+    assert session.engine is not None and session.engine.pgid is not None
+    assert not group_alive(session.engine.pgid)
+
+
+async def test_watching_without_load_ends_after_the_duration(outside_sim: str) -> None:
+    from rllmtop.scenario import EngineSpec
+    from rllmtop.session import Session, SessionPlan
+
+    session = Session(
+        SessionPlan(mode="attach", engine=EngineSpec(kind="url", url=outside_sim), duration=1.0)
+    )
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    outcome = await asyncio.wait_for(session.run(), 30)
+    assert outcome.state is SessionState.DONE
+    assert 1.0 <= loop.time() - t0 < 15
+
+
+async def test_a_wrong_api_key_is_reported_as_such(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rllmtop.sim", "serve", "--port", "0", "--api-key", "right-key-123"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = next(line.split(" on ", 1)[1].strip() for line in proc.stdout if " on http" in line)
+        sc = load_scenario(str(_scenario(tmp_path, speed=20)), {"base_url": url})
+        session = build_session(sc, mode="headless", record=None, api_key="wrong-key-456")
+        outcome = await asyncio.wait_for(session.run(), 30)
+        assert outcome.state is SessionState.FAILED
+        assert "401" in outcome.detail and "wrong-key-456" not in outcome.detail
+    finally:
+        proc.kill()
+        proc.wait()

@@ -243,7 +243,9 @@ def _base_url(host: str, port: int) -> str:
 
 
 def _sim_argv(spec: EngineSpec, *, seed: int, host: str, port: int, model: str | None) -> list[str]:
-    argv = [sys.executable, "-m", "rllmtop.sim", "serve", "--host", host, "--port", str(port)]
+    # -P: the working directory is not put on the child's path (a folder named `rllmtop` there would shadow
+    # the package: the parent of a clone with an editable install)
+    argv = [sys.executable, "-P", "-m", "rllmtop.sim", "serve", "--host", host, "--port", str(port)]
     argv += ["--seed", str(int(seed))]
     if spec.profile:
         argv += ["--profile", spec.profile]

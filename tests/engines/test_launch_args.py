@@ -95,7 +95,7 @@ def test_sim_command_carries_toggles_faults_and_sim_knobs() -> None:
         **ALL_TOGGLES,  # type: ignore[arg-type]
     )
     plan = build_command(spec, seed=7, port=0)
-    assert plan.argv[:4] == (sys.executable, "-m", "rllmtop.sim", "serve")
+    assert plan.argv[:5] == (sys.executable, "-P", "-m", "rllmtop.sim", "serve")  # -P: cwd not on its path
     flags = flag_values(plan.argv)
     assert set(flags) <= SIM_FLAGS
     assert flags["--port"] == "0" and plan.base_url == "" and plan.port == 0
