@@ -13,6 +13,13 @@ prefix caching, speculative decoding, caps) into an :class:`~rllmtop.sim.engine.
 - quantization changes bytes per weight (and FLOPs for fp8/int8 where the GPU has them); an fp8 KV cache
   halves KV bytes (twice the blocks, half the KV read time); speculative decoding proposes
   ``num_speculative_tokens`` per step, accepted with ``acceptance_rate`` each, at a per-method cost.
+
+The output model lives under ``[outputs]``: per-tier length and accuracy tables ``[outputs.<tier>]``,
+and the effect of ``reasoning_effort`` per level, ``[outputs.effort.low|medium|high]`` with
+``reasoning_factor`` (planned reasoning length x this) and ``accuracy_delta`` (added to the tier's
+accuracy). A level left out keeps the built-in default (:data:`rllmtop.sim.outputs.DEFAULT_EFFORT`:
+low x0.35 / -0.08, medium x1.0 / 0, high x1.6 / +0.03); a request without ``reasoning_effort`` is
+"medium".
 """
 
 from __future__ import annotations

@@ -184,3 +184,39 @@ async def test_budget_in_a_stream_closes_the_think_block() -> None:
         parts = split_stream(await stream_events(c, url + "/v1/chat/completions", body))
         assert parts["usage"]["completion_tokens_details"]["reasoning_tokens"] == 40
         assert parts["finish"] == "stop" and "boxed" in "".join(parts["content"])
+
+
+async def test_fuzzed_control_fields_get_200_or_400() -> None:
+    """Seeded random values in every control field (and the header): never a 500, never a hang."""
+    import random
+
+    rng = random.Random(17)
+    values: list[Any] = [None, True, False, 0, 1, -1, 7, 10**12, 2.5, "", "low", "high", "x", [], {}, [1]]
+    headers = [b"easy", b"HARD", b"Mcq", b"", "\u00fcber".encode(), b"medium,hard", b"x" * 300]
+    async with serve_in_background(options()) as url, httpx.AsyncClient(timeout=30) as c:
+        for i in range(200):
+            body = chat_body(EASY, max_tokens=rng.choice([1, 5, 30]), seed=i)
+            for field_name in ("reasoning_effort", "thinking_token_budget", "ignore_eos"):
+                if rng.random() < 0.5:
+                    body[field_name] = rng.choice(values)
+            if rng.random() < 0.5:
+                ctk = rng.choice(
+                    [
+                        {},
+                        {"thinking_budget": rng.choice(values)},
+                        {"enable_thinking": rng.choice(values)},
+                        rng.choice(values),
+                    ]
+                )
+                body["chat_template_kwargs"] = ctk
+            if rng.random() < 0.3:
+                body["messages"] = [
+                    {"role": "user", "content": "first"},
+                    {"role": "assistant", "content": rng.choice(["</think>", "<think>a</think>b", "", None])},
+                    {"role": "user", "content": EASY},
+                ]
+            hdr = {b"x-rllmtop-difficulty": rng.choice(headers)} if rng.random() < 0.5 else {}
+            r = await c.post(url + "/v1/chat/completions", json=body, headers=hdr)
+            assert r.status_code in (200, 400), (body, r.text)
+            if r.status_code == 200:
+                assert 1 <= r.json()["usage"]["completion_tokens"] <= body["max_tokens"]
