@@ -156,16 +156,18 @@ async def test_declared_difficulty_header() -> None:
             headers = {"x-rllmtop-difficulty": header} if header is not None else {}
             r = await c.post(
                 url + "/v1/chat/completions",
-                json=chat_body(GSM8K_STYLE[1], max_tokens=30000, seed=seed),
+                json=chat_body(GSM8K_STYLE[1], max_tokens=3000, seed=seed),
                 headers=headers,
             )
             assert r.status_code == 200
             return int(r.json()["usage"]["completion_tokens_details"]["reasoning_tokens"])
 
-        seeds = range(12)
+        seeds = range(8)
         plain = [await reasoning(None, k) for k in seeds]
         hard = [await reasoning("HARD", k) for k in seeds]
         bogus = [await reasoning("impossible", k) for k in seeds]
         assert bogus == plain  # ignored
-        # easy median 650, hard 9000 (same seeds: the same normal draws, scaled)
-        assert statistics.median(hard) > 5 * statistics.median(plain)
+        # easy median 650, hard 9000 (cut at max_tokens 3000); the same seeds draw the same normal
+        # deviates, so every hard request reasons at least as long as its easy twin
+        assert all(h >= p for h, p in zip(hard, plain, strict=True)), (hard, plain)
+        assert statistics.mean(hard) > 1.5 * statistics.mean(plain), (hard, plain)
