@@ -3,12 +3,15 @@
 The server runs as ``python -m rllmtop.sim serve`` pinned to one core; the client (this process,
 pinned to another core when there is one) holds N streaming requests open over raw asyncio sockets,
 starts a new one whenever one ends, and only counts bytes (no JSON parsing), so it is not the
-bottleneck. Figures: streamed tokens/s seen by the client, server CPU-seconds per 1k tokens, and the
-server's lag behind the model's schedule (``rllmtop_sim_iteration_lag_seconds``).
+bottleneck. Figures: streamed tokens/s seen by the client, server CPU-seconds per 1k tokens, the
+server's lag behind the model's schedule (``rllmtop_sim_iteration_lag_seconds``, wall seconds) and its
+drift (``rllmtop_sim_drift_seconds_total``, model seconds the served loop fell behind and stretched the
+model clock by: the amount the latencies a client sees were inflated) over the window.
 
-    python bench/bench_sim.py                       # both modes with the defaults below
+    python bench/bench_sim.py                       # flat, paced and hog with the defaults below
     python bench/bench_sim.py --mode flat --streams 256 --seconds 10
     python bench/bench_sim.py --mode paced --streams 256 --seconds 20   # speed 1, the default profile
+    python bench/bench_sim.py --mode hog --hogs 2   # paced, with 2 busy processes on the server's core
     python bench/bench_sim.py --mode transport      # why not a framework: the same SSE ticks written by
                                                     # rllmtop.sim.http vs an aiohttp StreamResponse
 """
@@ -51,6 +54,11 @@ def lag_buckets(text: str) -> list[tuple[float, float]]:
     ):
         out.append((float(m.group(1)), float(m.group(2))))
     return out
+
+
+def drift_seconds(text: str) -> float | None:
+    m = re.search(r"^rllmtop_sim_drift_seconds_total (\S+)$", text, re.MULTILINE)
+    return float(m.group(1)) if m else None
 
 
 def quantile(buckets: list[tuple[float, float]], q: float) -> float:
@@ -130,8 +138,19 @@ async def drive(host: str, port: int, streams: int, seconds: float, max_tokens: 
     return snapshot, elapsed
 
 
+def start_hogs(n: int, core: int | None) -> list[subprocess.Popen[bytes]]:
+    """``n`` busy-looping processes, pinned to ``core``: they take that core's CPU from the server."""
+    hogs = []
+    for _ in range(n):
+        h = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        if core is not None:
+            os.sched_setaffinity(h.pid, {core})
+        hogs.append(h)
+    return hogs
+
+
 def run(
-    mode: str, streams: int, seconds: float, speed: float, profile: str, max_tokens: int
+    mode: str, streams: int, seconds: float, speed: float, profile: str, max_tokens: int, hogs: int = 0
 ) -> dict[str, float]:
     cores = sorted(os.sched_getaffinity(0))
     cmd = [
@@ -149,10 +168,12 @@ def run(
         "bench",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    hog_procs: list[subprocess.Popen[bytes]] = []
     try:
         if len(cores) >= 2:
             os.sched_setaffinity(proc.pid, {cores[0]})
             os.sched_setaffinity(0, {cores[1]})
+        hog_procs = start_hogs(hogs, cores[0] if len(cores) >= 2 else None)
         assert proc.stdout is not None
         line = proc.stdout.readline()
         m = re.search(r"http://([\d.]+):(\d+)", line)
@@ -160,18 +181,24 @@ def run(
             raise SystemExit(f"the simulator did not start: {line!r}")
         host, port = m.group(1), int(m.group(2))
 
-        async def main() -> tuple[Totals, float, float, list[tuple[float, float]], list[tuple[float, float]]]:
-            before = lag_buckets((await http_get(host, port, "/metrics")).decode())
+        async def main() -> tuple[Totals, float, float, str, str]:
+            before = (await http_get(host, port, "/metrics")).decode()
             c0 = cpu_seconds(proc.pid)
             totals, elapsed = await drive(host, port, streams, seconds, max_tokens)
             c1 = cpu_seconds(proc.pid)
-            after = lag_buckets((await http_get(host, port, "/metrics")).decode())
+            after = (await http_get(host, port, "/metrics")).decode()
             return totals, elapsed, c1 - c0, before, after
 
-        totals, elapsed, cpu, before, after = asyncio.run(main())
+        totals, elapsed, cpu, text0, text1 = asyncio.run(main())
     finally:
+        for h in hog_procs:
+            h.kill()
+            h.wait(10)
         proc.terminate()
         proc.wait(10)
+    before, after = lag_buckets(text0), lag_buckets(text1)
+    d0, d1 = drift_seconds(text0), drift_seconds(text1)
+    drift = d1 - d0 if d0 is not None and d1 is not None else float("nan")
     window = [(le, c - b) for (le, c), (_, b) in zip(after, before, strict=True)]
     return {
         "tokens_per_s": totals.tokens / elapsed,
@@ -183,6 +210,8 @@ def run(
         "lag_p99_s": quantile(window, 0.99),
         "iterations": window[-1][1] if window else 0,
         "errors": totals.errors,
+        "drift_s": drift,  # model seconds
+        "drift_share": drift / (elapsed * speed),  # of the window's model time
     }
 
 
@@ -287,12 +316,14 @@ def run_transport(kind: str, streams: int, seconds: float) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=["flat", "paced", "both", "transport"], default="both")
+    ap.add_argument("--mode", choices=["flat", "paced", "hog", "both", "transport"], default="both")
     ap.add_argument("--streams", type=int, default=256, help="concurrent streams")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--profile", default="rllm-7b")
     ap.add_argument("--flat-speed", type=float, default=1000.0, help="--speed for the flat-out mode")
     ap.add_argument("--max-tokens", type=int, default=4000)
+    ap.add_argument("--hogs", type=int, default=2, help="busy processes on the server's core (hog mode)")
+    ap.add_argument("--hog-speed", type=float, default=1.0, help="--speed in the hog mode")
     args = ap.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.2f}, cores: {len(os.sched_getaffinity(0))}")
     if args.mode == "transport":
@@ -303,17 +334,22 @@ def main() -> None:
                 f"server CPU {t['server_cpu_share']:.0%} of a core, {t['server_cpu_ms_per_1k']:.1f} ms per 1k events"
             )
         return
-    modes = ["flat", "paced"] if args.mode == "both" else [args.mode]
+    modes = ["flat", "paced", "hog"] if args.mode == "both" else [args.mode]
     for mode in modes:
-        speed = args.flat_speed if mode == "flat" else 1.0
-        r = run(mode, args.streams, args.seconds, speed, args.profile, args.max_tokens)
+        speed = {"flat": args.flat_speed, "paced": 1.0, "hog": args.hog_speed}[mode]
+        hogs = args.hogs if mode == "hog" else 0
+        r = run(mode, args.streams, args.seconds, speed, args.profile, args.max_tokens, hogs)
         print(
-            f"{mode:5s} speed={speed:g} streams={args.streams}: {r['tokens_per_s']:,.0f} streamed tokens/s "
+            f"{mode:5s} speed={speed:g} streams={args.streams}"
+            + (f" hogs={hogs}" if hogs else "")
+            + f": {r['tokens_per_s']:,.0f} streamed tokens/s "
             f"({r['mb_per_s']:.1f} MB/s, {r['streams_done']} streams done, {r['errors']} errors); "
             f"server CPU {r['server_cpu_share']:.0%} of a core, {r['server_cpu_ms_per_1k_tokens']:.1f} ms per 1k tokens; "
             f"lag p50 <= {r['lag_p50_s'] * 1e3:g} ms, p99 <= {r['lag_p99_s'] * 1e3:g} ms "
-            f"over {r['iterations']:.0f} iterations"
+            f"over {r['iterations']:.0f} iterations; drift {r['drift_s']:.3f} model s "
+            f"({r['drift_share']:.1%} of the window's model time)"
         )
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ It shares nothing with the client side of rllmtop but the HTTP protocol.
 - ``rllmtop.sim.virtual``: :func:`run_virtual` (requests with arrival times, stepped as fast as the CPU
   allows); ``rllmtop.sim.synth``: Gamma arrivals and protocol-conformant prompts.
 - ``rllmtop.sim.engine``: the pure scheduler; ``rllmtop.sim.profiles``: hardware x model profiles;
-  ``rllmtop.sim.outputs``: what the simulated model says.
+  ``rllmtop.sim.outputs``: what the simulated model says; ``rllmtop.sim.difficulty``: the tier of a
+  prompt it did not generate.
 """
 
 __all__: list[str] = []

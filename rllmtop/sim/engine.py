@@ -2,13 +2,16 @@
 
 Pure: no sockets, no asyncio, no wall clock. :meth:`Engine.step` schedules one iteration at model
 time ``now`` and returns how long it takes and which requests produced tokens; the HTTP server paces
-these steps in wall time, :func:`simulate` runs them back to back in virtual time.
+these steps in wall time, :func:`rllmtop.sim.virtual.run_virtual` runs them back to back in virtual
+time. Every time, duration and histogram is in model seconds, whatever the server's ``--speed``: the
+engine never sees the speed, so the same arrivals in model time give the same run at any speed.
 
 Scheduler (as vLLM V1): running requests first (decode or the next prefill chunk), in admission order,
 within ``max_num_batched_tokens``; a running request that needs a KV block when none is free preempts
 the most recently admitted running request (recompute: its blocks are freed and it goes back to the
 front of the waiting queue); waiting requests are admitted FCFS while ``max_num_seqs``, the token
-budget and the free-block watermark allow, and not in a step that preempted. Prefill is chunked.
+budget and the free-block watermark allow, and not in a step that preempted; a request is never
+admitted before its arrival time (an idle engine waits for it). Prefill is chunked.
 Prefix caching keeps hash-chained full blocks after their request ends and evicts them LRU.
 
 Iteration time: ``T = t0 + beta*B + max(t_weights, a*N) + c*ctx + p*pairs + comm + draft`` with B the
@@ -142,10 +145,9 @@ FINISH_REASONS = ("stop", "length", "abort", "error", "repetition")
 
 
 class EngineStats:
-    """vLLM's counters and histograms, kept by the engine (durations multiplied by ``time_scale``)."""
+    """vLLM's counters and histograms, kept by the engine (durations in model seconds)."""
 
-    def __init__(self, max_model_len: int, time_scale: float = 1.0) -> None:
-        self.time_scale = time_scale
+    def __init__(self, max_model_len: int) -> None:
         self.prompt_tokens = 0
         self.prompt_tokens_cached = 0
         self.generation_tokens = 0
@@ -164,27 +166,26 @@ class EngineStats:
         self._itl = self.histograms["inter_token_latency_seconds"]
 
     def finish(self, req: Request, reason: str) -> None:
-        s = self.time_scale
         h = self.histograms
         self.finished[reason] += 1
         t_done = req.t_done if req.t_done is not None else req.t_last_token
-        h["e2e_request_latency_seconds"].observe((t_done - req.t_arrival) * s)
+        h["e2e_request_latency_seconds"].observe(t_done - req.t_arrival)
         h["request_generation_tokens"].observe(req.num_output)
         h["request_max_num_generation_tokens"].observe(req.max_tokens)
         h["request_params_max_tokens"].observe(req.max_tokens)
         h["request_params_n"].observe(1)
         h["request_num_preemptions"].observe(req.preemptions)
         if req.t_first_scheduled is not None:
-            h["request_queue_time_seconds"].observe((req.t_first_scheduled - req.t_arrival) * s)
-            h["request_inference_time_seconds"].observe((t_done - req.t_first_scheduled) * s)
+            h["request_queue_time_seconds"].observe(req.t_first_scheduled - req.t_arrival)
+            h["request_inference_time_seconds"].observe(t_done - req.t_first_scheduled)
         if req.t_first_token is not None and req.t_first_scheduled is not None:
             h["request_prompt_tokens"].observe(req.num_prompt)
             h["request_prefill_kv_computed_tokens"].observe(req.num_prompt - req.num_cached_prompt)
-            h["request_prefill_time_seconds"].observe((req.t_first_token - req.t_first_scheduled) * s)
-            h["request_decode_time_seconds"].observe((t_done - req.t_first_token) * s)
+            h["request_prefill_time_seconds"].observe(req.t_first_token - req.t_first_scheduled)
+            h["request_decode_time_seconds"].observe(t_done - req.t_first_token)
             if req.num_output > 1:
                 tpot = (t_done - req.t_first_token) / (req.num_output - 1)
-                h["request_time_per_output_token_seconds"].observe(tpot * s)
+                h["request_time_per_output_token_seconds"].observe(tpot)
 
 
 class Request:
@@ -313,7 +314,7 @@ class StepResult:
 class Engine:
     """The scheduler and its KV cache. Drive it with :meth:`add`, :meth:`step` and :meth:`abort`."""
 
-    def __init__(self, config: EngineConfig, *, time_scale: float = 1.0) -> None:
+    def __init__(self, config: EngineConfig) -> None:
         if config.num_gpu_blocks < 1:
             raise ValueError("num_gpu_blocks must be >= 1")
         self.config = config
@@ -321,7 +322,7 @@ class Engine:
         self.pool = _BlockPool(config.num_gpu_blocks, config.enable_prefix_caching)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
-        self.stats = EngineStats(config.max_model_len, time_scale)
+        self.stats = EngineStats(config.max_model_len)
         self.now = 0.0
         self._watermark_blocks = int(config.watermark * config.num_gpu_blocks)
         self._rng = random.Random(config.seed)
@@ -346,6 +347,7 @@ class Engine:
         return 1.0 - len(self.pool.free) / self.pool.n
 
     def add(self, req: Request, now: float) -> None:
+        """Queue ``req``, arrived at model time ``now`` (it may be ahead of the engine's clock)."""
         req.t_arrival = now
         req.status = WAITING
         self.waiting.append(req)
@@ -369,9 +371,12 @@ class Engine:
         self.stats.finish(req, "abort")
 
     def step(self, now: float) -> StepResult:
-        """Schedule and run one iteration starting at model time ``now``."""
+        """Schedule and run one iteration starting at model time ``now`` (or later: an idle engine
+        whose next request arrives after ``now`` starts at that arrival; ``StepResult.start`` says)."""
         cfg = self.config
         now = max(now, self.now)
+        if not self.running and self.waiting and self.waiting[0].t_arrival > now:
+            now = self.waiting[0].t_arrival
         bs = self.bs
         pool = self.pool
         budget = cfg.max_num_batched_tokens
@@ -423,6 +428,8 @@ class Engine:
             caching = pool.caching
             while waiting and len(running) < max_seqs and budget > 0:
                 req = waiting[0]
+                if req.t_arrival > now:  # not arrived yet at this step's model time
+                    break
                 n_tokens = req.num_prompt + req.num_output
                 hit_blocks: list[int] = []
                 if caching and req.num_computed == 0:
@@ -449,8 +456,6 @@ class Engine:
                     self.stats.prefix_cache_queries += n_tokens
                     self.stats.prefix_cache_hits += n_hit * bs
                 if req.t_first_scheduled is None:
-                    if req.t_arrival > now:  # arrived while the server lagged behind the schedule
-                        req.t_arrival = now
                     req.t_first_scheduled = now
                     req.num_cached_prompt = min(n_hit * bs, req.num_prompt)
                 req.status = RUNNING
@@ -481,7 +486,6 @@ class Engine:
     # ---- internals ----------------------------------------------------------------------------
     def _finish_step(self, sched: list[tuple[Request, int, int]], end: float, result: StepResult) -> None:
         stats = self.stats
-        scale = stats.time_scale
         itl = stats._itl
         emitted = result.emitted
         caching = self.pool.caching
@@ -518,9 +522,9 @@ class Engine:
                 req.t_first_token = end
                 stats.prompt_tokens += req.num_prompt
                 stats.prompt_tokens_cached += req.num_cached_prompt
-                stats.histograms["time_to_first_token_seconds"].observe((end - req.t_arrival) * scale)
+                stats.histograms["time_to_first_token_seconds"].observe(end - req.t_arrival)
             else:
-                itl.observe((end - req.t_last_token) * scale)
+                itl.observe(end - req.t_last_token)
             req.t_last_token = end
             plan = req.plan
             if plan.thinking:

@@ -1,9 +1,19 @@
 """``/metrics``: the engine's state and statistics under vLLM's metric names, via prometheus-client.
 
 Every ``vllm:`` series carries ``engine="0"`` and ``model_name``; counters get ``_total`` and
-``_created``, histograms vLLM's bucket bounds. The simulator's own health lives under ``rllmtop_sim_``:
-``rllmtop_sim_lag_seconds`` (how far behind the model's schedule the last iteration was emitted),
-``rllmtop_sim_iteration_lag_seconds`` (its histogram), ``rllmtop_sim_speed``, ``rllmtop_sim_info``.
+``_created``, histograms vLLM's bucket bounds. Durations of the ``vllm:`` histograms are model
+(simulated) seconds at any ``--speed``: the clock of a time-lapse client (wall x speed).
+
+The simulator's own health lives under ``rllmtop_sim_``:
+
+- ``rllmtop_sim_drift_seconds_total`` (counter, model seconds): how far the served loop fell behind the
+  model's schedule, cumulative; every request's latencies are inflated by the drift that accrued while
+  it was in flight (see :mod:`rllmtop.sim.server`). 0 on a host that keeps up.
+- ``rllmtop_sim_speed`` (gauge): the server's ``--speed`` (model seconds per wall second).
+- ``rllmtop_sim_lag_seconds`` (gauge, wall seconds): how late the last iteration was emitted;
+  ``rllmtop_sim_iteration_lag_seconds`` (histogram, wall seconds) of every iteration.
+- ``rllmtop_sim_iterations_total``, ``rllmtop_sim_resyncs_total`` (times the drift grew),
+  ``rllmtop_sim_kv_capacity_tokens``, ``rllmtop_sim_open_streams``, ``rllmtop_sim_info``.
 """
 
 from __future__ import annotations
@@ -186,12 +196,21 @@ class SimCollector(Collector):
         )
         yield CounterMetricFamily(
             "rllmtop_sim_resyncs",
-            "Times the server fell more than the resync threshold behind and restarted its schedule.",
+            "Times the server fell more than its catch-up tolerance behind and stretched the model clock.",
             value=s["resyncs"],
             created=created,
         )
+        yield CounterMetricFamily(
+            "rllmtop_sim_drift_seconds",
+            "Model seconds the served loop fell behind the model's schedule (cumulative): latencies a "
+            "client sees are inflated by the drift accrued while each request was in flight.",
+            value=s["drift"],
+            created=created,
+        )
         yield GaugeMetricFamily(
-            "rllmtop_sim_speed", "Simulated latencies are divided by this.", value=s["speed"]
+            "rllmtop_sim_speed",
+            "The server's --speed: model seconds per wall second (latencies are divided by it).",
+            value=s["speed"],
         )
         yield GaugeMetricFamily(
             "rllmtop_sim_kv_capacity_tokens", "KV-cache capacity in tokens.", value=e.config.capacity_tokens

@@ -1,11 +1,23 @@
 """What the simulated model says: prompt analysis, seeded output plans and their token text.
 
 The protocol with rllmtop's generated prompt sets: the arithmetic core of a problem is one expression
-between ``$`` delimiters (non-negative integers, ``+ - *``, ``^`` power, ``mod``, parentheses). The
-simulator evaluates it itself, so it knows the reference answer without the client sending it. The
-difficulty tier is the number of binary operators (1-3 easy, 4-6 medium, >= 7 hard); option lines
-``(A) <int>`` .. ``(D) <int>`` make it a multiple-choice ("mcq") item whose answer is a letter.
-Prompts without an expression get a tier from a hash of their text and an arbitrary numeric answer.
+between ``$`` delimiters (non-negative integers, ``+ - *``, ``^`` power, ``mod``, parentheses; at least
+one operator). The simulator evaluates it itself, so it knows the reference answer without the client
+sending it. The difficulty tier is the number of binary operators (1-3 easy, 4-6 medium, >= 7 hard);
+option lines ``(A) <int>`` .. ``(D) <int>`` make it a multiple-choice ("mcq") item whose answer is a
+letter.
+
+The tier comes, in this order, from the request's declared difficulty (the client sends a class's
+``difficulty`` in the ``x-rllmtop-difficulty`` header), from the protocol expression, or, for any
+other prompt (a user's GSM8K / MATH-500 / AIME file), from :func:`rllmtop.sim.difficulty.
+estimate_difficulty` (length, LaTeX markers, competition phrasing, option lines). Prompts without a
+protocol expression get an arbitrary reference answer (a number, or a letter for multiple choice).
+
+Reasoning controls (see :func:`make_plan`): ``reasoning_effort`` scales the planned reasoning length and
+moves the accuracy by the profile's per-level factors (:class:`EffortModel`); a thinking budget caps the
+reasoning, after which the think block closes and the answer follows, keeping only the share of the
+thinking gain in accuracy that the reasoning done covers; ``ignore_eos`` continues the answer to
+``max_tokens`` (finish reason "length").
 
 Every draw (lengths, correctness, text) comes from an RNG keyed by the server seed, the request's
 ``seed`` (or the prompt's occurrence count) and the prompt text, so the same scenario and seed give the
@@ -20,12 +32,17 @@ import math
 import random
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 
+from rllmtop.sim.difficulty import estimate_difficulty, option_letters
+
 __all__ = [
+    "DEFAULT_EFFORT",
+    "EFFORT_LEVELS",
     "TIERS",
+    "EffortModel",
     "OutputModel",
     "OutputPlan",
     "PromptInfo",
@@ -42,6 +59,7 @@ __all__ = [
 ]
 
 TIERS = ("easy", "medium", "hard", "mcq")
+EFFORT_LEVELS = ("low", "medium", "high")
 
 # --------------------------------------------------------------------------------------------------
 # Tokenizer: a deterministic stand-in (words, single digits, punctuation, whitespace runs)
@@ -227,31 +245,46 @@ class PromptInfo:
     reference: str  # the correct final answer: a number, or a letter for mcq
     options: tuple[tuple[str, int], ...] = ()  # mcq options (letter, value)
     steps: tuple[_Step, ...] = ()
+    tier_source: str = "expression"  # "declared" | "expression" | "estimate"
 
 
-def analyze_prompt(text: str) -> PromptInfo:
-    """Tier, expression value and reference answer of a prompt (see the module docstring)."""
+def analyze_prompt(text: str, difficulty: str | None = None) -> PromptInfo:
+    """Tier, expression value and reference answer of a prompt (see the module docstring).
+
+    ``difficulty``: the tier the client declared (one of :data:`TIERS`); it wins over the prompt's.
+    """
+    declared = difficulty if difficulty in TIERS else None
     evaluated = None
     expr = None
     for m in reversed(_EXPR_RE.findall(text)):
         evaluated = _evaluate(m)
-        if evaluated is not None:
+        if evaluated is not None and evaluated[1]:
             expr = m.strip()
             break
+        evaluated = None
     options = tuple((letter, int(v)) for letter, v in _OPTION_RE.findall(text))
+    source = "declared" if declared else "expression"
     if evaluated is None:
         h = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
-        tier = TIERS[h % 4]
-        if options:
-            return PromptInfo("mcq", None, None, options[h % len(options)][0], options)
-        return PromptInfo(tier, None, None, str((h >> 8) % 1000))
+        estimate = estimate_difficulty(text)
+        tier = declared or estimate.tier
+        source = "declared" if declared else "estimate"
+        letters = tuple(lt for lt, _ in options) if len(options) >= 2 else estimate.options
+        if letters or tier == "mcq":
+            letters = letters or ("A", "B", "C", "D")
+            return PromptInfo(tier, None, None, letters[h % len(letters)], options, (), source)
+        return PromptInfo(tier, None, None, str((h >> 8) % 1000), (), (), source)
     value, steps = evaluated
     if len(options) >= 2:
         letter = next((lt for lt, v in options if v == value), None)
         if letter is None:
             letter = options[abs(value) % len(options)][0]
-        return PromptInfo("mcq", expr, value, letter, options, tuple(steps))
-    return PromptInfo(_tier_for_ops(len(steps)), expr, value, str(value), (), tuple(steps))
+        return PromptInfo(declared or "mcq", expr, value, letter, options, tuple(steps), source)
+    tier = declared or _tier_for_ops(len(steps))
+    if tier == "mcq":  # declared multiple choice without option lines: the answer is still a letter
+        letters = option_letters(text) or ("A", "B", "C", "D")
+        return PromptInfo(tier, expr, value, letters[abs(value) % len(letters)], (), tuple(steps), source)
+    return PromptInfo(tier, expr, value, str(value), (), tuple(steps), source)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -273,6 +306,23 @@ class TierModel:
 
 
 @dataclass(frozen=True)
+class EffortModel:
+    """A profile's effect of one ``reasoning_effort`` level: planned reasoning length x
+    ``reasoning_factor``, tier accuracy + ``accuracy_delta`` (clamped to [0, 1])."""
+
+    reasoning_factor: float
+    accuracy_delta: float
+
+
+DEFAULT_EFFORT: dict[str, EffortModel] = {
+    "low": EffortModel(0.35, -0.08),
+    "medium": EffortModel(1.0, 0.0),
+    "high": EffortModel(1.6, 0.03),
+}
+"""Effort factors of the built-in profiles (a request without ``reasoning_effort`` is "medium")."""
+
+
+@dataclass(frozen=True)
 class OutputPlan:
     """A request's whole output, decided at arrival.
 
@@ -290,6 +340,7 @@ class OutputPlan:
     correct: bool  # answer == reference (False as well when cut before the answer)
     planned_reasoning: int
     planned_answer: int
+    budget_cut: bool = False  # a thinking budget closed the reasoning before its planned end
 
     @property
     def n_tokens(self) -> int:
@@ -317,10 +368,10 @@ def _lognormal(rng: random.Random, median: float, sigma: float) -> int:
 
 
 def _wrong_answer(info: PromptInfo, rng: random.Random) -> str:
-    if info.tier == "mcq" and info.options:
+    if info.options:
         letters = [lt for lt, _ in info.options if lt != info.reference]
         return rng.choice(letters) if letters else info.reference
-    if info.tier == "mcq":
+    if info.reference.isalpha():  # a letter: multiple choice without parsed integer options
         return rng.choice([c for c in "ABCD" if c != info.reference])
     ref = int(info.reference)
     delta = max(1, abs(ref) // rng.choice((5, 10, 20, 100)))
@@ -328,7 +379,10 @@ def _wrong_answer(info: PromptInfo, rng: random.Random) -> str:
     return str(ref + delta)
 
 
-def _reasoning_ids(info: PromptInfo, answer: str, n: int, rng: random.Random) -> list[int]:
+def _reasoning_ids(
+    info: PromptInfo, answer: str, n: int, rng: random.Random, *, conclude: bool = True
+) -> list[int]:
+    """``n`` reasoning tokens; ``conclude`` False: reasoning cut off before it reached an answer."""
     if n <= 0:
         return []
     head_text = "Okay, let me work through this step by step."
@@ -337,7 +391,7 @@ def _reasoning_ids(info: PromptInfo, answer: str, n: int, rng: random.Random) ->
         for k, s in enumerate(info.steps):
             word = "First" if k == 0 else rng.choice(("Next", "Then", "Now"))
             head_text += f" {word}, {s.left} {s.op} {s.right} = {s.value}."
-    tail_text = f" So the final answer is {answer}.\n"
+    tail_text = f" So the final answer is {answer}.\n" if conclude else ""
     head, tail = _encode(head_text), _encode(tail_text)
     if n <= len(tail):
         return tail[-n:]
@@ -382,6 +436,14 @@ def _answer_ids(info: PromptInfo, answer: str, n: int) -> list[int]:
     return head + body + tail
 
 
+def _filler_ids(n: int) -> list[int]:
+    f = _FILLER_IDS
+    out: list[int] = []
+    while len(out) < n:
+        out.extend(f[: n - len(out)])
+    return out
+
+
 def make_plan(
     info: PromptInfo,
     tier_model: TierModel,
@@ -391,19 +453,34 @@ def make_plan(
     max_tokens: int,
     runaway_probability: float = 0.0,
     wrong_length_factor: float = 1.0,
+    effort: EffortModel | None = None,
+    thinking_budget: int | None = None,
+    ignore_eos: bool = False,
 ) -> OutputPlan:
     """Draw a request's output (lengths, correctness, text) from its tier model.
 
     ``thinking`` False (or a plain profile, ``reasoning_median == 0``): no reasoning, short answer,
     ``accuracy_no_thinking``. A runaway request reasons until ``max_tokens`` cuts it (a straggler).
+
+    Reasoning controls (only for a request that reasons): ``effort`` multiplies the planned reasoning
+    length by its ``reasoning_factor`` and adds ``accuracy_delta`` to the accuracy; a
+    ``thinking_budget`` smaller than the planned reasoning ends the reasoning there (the think block
+    closes, the answer follows) and the accuracy keeps only that share of the thinking gain:
+    ``accuracy_no_thinking + (accuracy - accuracy_no_thinking) x budget / planned``. ``ignore_eos``:
+    the answer continues to ``max_tokens`` (finish reason "length"; correct when the answer fitted).
+    The draws without these controls are the same as before they existed.
     """
     rng = random.Random(key)
     reasons = thinking and tier_model.reasoning_median > 0
     accuracy = tier_model.accuracy if reasons else tier_model.accuracy_no_thinking
+    if reasons and effort is not None:
+        accuracy = min(1.0, max(0.0, accuracy + effort.accuracy_delta))
     correct = rng.random() < accuracy
     answer = info.reference if correct else _wrong_answer(info, rng)
     if reasons:
         r = _lognormal(rng, tier_model.reasoning_median, tier_model.reasoning_sigma)
+        if effort is not None and effort.reasoning_factor != 1.0:
+            r = max(1, round(r * effort.reasoning_factor))
         if not correct:
             r = round(r * wrong_length_factor)
         if rng.random() < runaway_probability:
@@ -413,25 +490,38 @@ def make_plan(
         r = 0
         median = tier_model.answer_median if tier_model.reasoning_median <= 0 else None
         a = _lognormal(rng, median or tier_model.answer_median_no_thinking, tier_model.answer_sigma)
+    planned = r
+    budget_cut = False
+    if reasons and thinking_budget is not None and r > thinking_budget:
+        budget_cut = True
+        base = tier_model.accuracy_no_thinking
+        kept = base + (accuracy - base) * thinking_budget / r if accuracy > base else accuracy
+        if correct and rng.random() * accuracy >= kept:
+            correct = False
+            answer = _wrong_answer(info, rng)
+        r = thinking_budget
     max_tokens = max(1, max_tokens)
     if reasons:
-        reasoning = _reasoning_ids(info, answer, min(r, max_tokens), rng)
+        reasoning = _reasoning_ids(info, answer, min(r, max_tokens), rng, conclude=not budget_cut)
         ids = [*reasoning, THINK_END_ID, *_answer_ids(info, answer, a)] if r < max_tokens else reasoning
     else:
         reasoning = []
         ids = _answer_ids(info, answer, a)
     cut = r >= max_tokens or len(ids) > max_tokens
+    if ignore_eos and len(ids) < max_tokens:
+        ids.extend(_filler_ids(max_tokens - len(ids)))
     return OutputPlan(
         token_ids=ids[:max_tokens],
         reasoning_tokens=len(reasoning),
         thinking=reasons,
-        finish_reason="length" if cut else "stop",
+        finish_reason="length" if cut or ignore_eos else "stop",
         tier=info.tier,
         reference=info.reference,
         answer=answer,
         correct=correct and not cut,
-        planned_reasoning=r,
+        planned_reasoning=planned,
         planned_answer=a,
+        budget_cut=budget_cut,
     )
 
 
@@ -442,6 +532,7 @@ class OutputModel:
     tiers: dict[str, TierModel]
     runaway_probability: float = 0.0
     wrong_length_factor: float = 1.0
+    effort: dict[str, EffortModel] = field(default_factory=lambda: dict(DEFAULT_EFFORT))
 
     @property
     def reasons(self) -> bool:
@@ -449,12 +540,19 @@ class OutputModel:
 
 
 def render_chat(messages: list[tuple[str, str]], *, thinking: bool = True, reasons: bool = True) -> str:
-    """The prompt text a DeepSeek-R1-style chat template makes of (role, text) messages."""
+    """The prompt text a DeepSeek-R1-style chat template makes of (role, text) messages.
+
+    The whole history is rendered, so consecutive turns of a conversation share a prefix (the prefix
+    cache reuses it). Earlier assistant turns lose their reasoning as the R1 / Qwen3 templates do:
+    everything up to the last ``</think>`` is dropped.
+    """
     parts = ["<|begin_of_sentence|>"]
     for role, text in messages:
         if role == "system":
             parts.append(text)
         elif role == "assistant":
+            if "</think>" in text:
+                text = text.rsplit("</think>", 1)[1]
             parts.append(f"<|Assistant|>{text}<|end_of_sentence|>")
         else:
             parts.append(f"<|User|>{text}")
@@ -484,9 +582,14 @@ class RequestFactory:
         request_seed: int | None = None,
         thinking: bool = True,
         analyze: str | None = None,
+        difficulty: str | None = None,
+        effort: str | None = None,
+        thinking_budget: int | None = None,
+        ignore_eos: bool = False,
     ) -> OutputPlan:
         """Plan the output for ``prompt`` (the rendered prompt; ``analyze``: the text to read the
-        expression from, default the prompt itself)."""
+        expression and difficulty from, default the prompt itself; ``difficulty``: a declared tier;
+        ``effort``: "low" | "medium" | "high", None for the profile's "medium")."""
         mode = "think" if thinking else "nothink"
         occurrence = 0
         if request_seed is None:
@@ -494,13 +597,17 @@ class RequestFactory:
             occurrence = self._occurrences.get(h, 0)
             self._occurrences[h] = occurrence + 1
         key = request_key(self.seed, request_seed, prompt, occurrence, mode)
-        info = analyze_prompt(prompt if analyze is None else analyze)
+        info = analyze_prompt(prompt if analyze is None else analyze, difficulty)
+        model = self.model
         return make_plan(
             info,
-            self.model.tiers[info.tier],
+            model.tiers[info.tier],
             key=key,
             thinking=thinking,
             max_tokens=max_tokens,
-            runaway_probability=self.model.runaway_probability,
-            wrong_length_factor=self.model.wrong_length_factor,
+            runaway_probability=model.runaway_probability,
+            wrong_length_factor=model.wrong_length_factor,
+            effort=model.effort.get(effort or "medium"),
+            thinking_budget=thinking_budget,
+            ignore_eos=ignore_eos,
         )

@@ -13,6 +13,13 @@ prefix caching, speculative decoding, caps) into an :class:`~rllmtop.sim.engine.
 - quantization changes bytes per weight (and FLOPs for fp8/int8 where the GPU has them); an fp8 KV cache
   halves KV bytes (twice the blocks, half the KV read time); speculative decoding proposes
   ``num_speculative_tokens`` per step, accepted with ``acceptance_rate`` each, at a per-method cost.
+
+The output model lives under ``[outputs]``: per-tier length and accuracy tables ``[outputs.<tier>]``,
+and the effect of ``reasoning_effort`` per level, ``[outputs.effort.low|medium|high]`` with
+``reasoning_factor`` (planned reasoning length x this) and ``accuracy_delta`` (added to the tier's
+accuracy). A level left out keeps the built-in default (:data:`rllmtop.sim.outputs.DEFAULT_EFFORT`:
+low x0.35 / -0.08, medium x1.0 / 0, high x1.6 / +0.03); a request without ``reasoning_effort`` is
+"medium".
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from typing import Any
 
 from rllmtop.errors import UserError
 from rllmtop.sim.engine import EngineConfig
-from rllmtop.sim.outputs import TIERS, OutputModel, TierModel
+from rllmtop.sim.outputs import DEFAULT_EFFORT, EFFORT_LEVELS, TIERS, EffortModel, OutputModel, TierModel
 
 __all__ = [
     "DEFAULT_PROFILE",
@@ -224,6 +231,10 @@ _OUTPUTS: dict[str, Any] = {
     "runaway_probability": (float, 0, 1),
     "wrong_length_factor": (float, 0.1, 100),
 }
+_EFFORT: dict[str, Any] = {
+    "reasoning_factor": (float, 0.01, 100),
+    "accuracy_delta": (float, -1, 1),
+}
 _TIER: dict[str, Any] = {
     "reasoning_median": (float, 0, 1e7),
     "reasoning_sigma": (float, 0, 10),
@@ -304,8 +315,11 @@ def _profile_from_dict(data: Mapping[str, Any], where: str) -> Profile:
     out = data.get("outputs", {})
     if not isinstance(out, Mapping):
         raise UserError(f"{where}: [outputs] must be a table", "write [outputs] and [outputs.<tier>] tables")
-    top_out = _section(where, "outputs", {k: v for k, v in out.items() if k not in TIERS}, _OUTPUTS)
+    top_out = _section(
+        where, "outputs", {k: v for k, v in out.items() if k not in (*TIERS, "effort")}, _OUTPUTS
+    )
     tiers = {t: TierModel(**_section(where, f"outputs.{t}", out.get(t, {}), _TIER)) for t in TIERS}
+    effort = _effort(where, out.get("effort", {}))
     model = ModelSpec(**secs["model"])
     if model.num_heads % model.num_kv_heads:
         raise UserError(
@@ -329,9 +343,28 @@ def _profile_from_dict(data: Mapping[str, Any], where: str) -> Profile:
         gpu=GpuSpec(**secs["gpu"]),
         serving=ServingSpec(**secs["serving"]),
         timing=TimingSpec(**secs["timing"]),
-        outputs=OutputModel(tiers, top_out["runaway_probability"], top_out["wrong_length_factor"]),
+        outputs=OutputModel(tiers, top_out["runaway_probability"], top_out["wrong_length_factor"], effort),
         source=where,
     )
+
+
+def _effort(where: str, data: Any) -> dict[str, EffortModel]:
+    """``[outputs.effort.<level>]`` tables; a level left out keeps its default (DEFAULT_EFFORT)."""
+    if not isinstance(data, Mapping):
+        raise UserError(
+            f"{where}: [outputs.effort] must be a table",
+            "write [outputs.effort.low] (and medium, high) tables",
+        )
+    unknown = sorted(set(data) - set(EFFORT_LEVELS))
+    if unknown:
+        raise UserError(
+            f"{where}: unknown reasoning effort level outputs.effort.{unknown[0]}",
+            f"use one of: {', '.join(EFFORT_LEVELS)}",
+        )
+    out = dict(DEFAULT_EFFORT)
+    for level, table in data.items():
+        out[level] = EffortModel(**_section(where, f"outputs.effort.{level}", table, _EFFORT))
+    return out
 
 
 def _builtin_dir() -> Any:

@@ -6,10 +6,25 @@ Streams carry one SSE event per request per engine iteration (several tokens in 
 speculative decoding); reasoning goes to ``delta.reasoning`` (or ``delta.reasoning_content``, or inline
 ``<think>...</think>`` in ``content`` with ``--reasoning-parser none``).
 
-Time: the engine loop paces :meth:`Engine.step` in wall time, every model latency divided by ``speed``.
-When the host cannot keep up, iterations are emitted late; that lag is measured and exported as
-``rllmtop_sim_lag_seconds`` instead of silently stretching the model. Histograms in ``/metrics`` are
-in wall seconds (model seconds / speed), as a client measures them.
+Time: the engine loop paces :meth:`Engine.step` in wall time, every model latency divided by ``speed``
+(model time = wall time since start x speed). ``--speed K`` is a time-lapse of the same experiment: a
+client that compresses its schedule by K too (rllmtop's simulated clock) gets the same arrivals in
+model time, the same seeds and token counts, so the same KV / queue shape and latencies as at speed 1.
+The histograms in ``/metrics`` are in model (simulated) seconds at any speed, the time-lapse client's
+clock; ``rllmtop_sim_lag_seconds`` and ``rllmtop_sim_iteration_lag_seconds`` are in wall seconds.
+
+When the host cannot keep up (its CPU is taken, or ``speed`` asks for more than one core can step),
+iterations are emitted late. Lateness up to ``catch_up_seconds`` (wall, default 10 ms: timer jitter,
+a short hiccup) is caught up: the next iterations follow without sleeping until they are back on
+schedule, so the model's timestamps do not move and tokens reach the client at most that late.
+Further behind, the model clock is *stretched*, never caught up by emitting faster: the schedule
+restarts from now, the engine loses those model seconds (as a slower GPU would: requests in flight wait,
+arrivals keep coming on the client's schedule) and they are added to the counter
+``rllmtop_sim_drift_seconds_total`` (model seconds, never decreasing). Every request's latencies, as the
+client sees them and as the histograms count them, are inflated by the drift that accrued while it was
+in flight (plus at most ``catch_up_seconds x speed``); an idle host keeps the drift at 0, and a drift
+that grows with the run says the run's latencies are not those of the simulated engine. What the
+drift cannot see: a request read late by a starved server is stamped when it is read.
 
 In-process use (tests)::
 
@@ -41,7 +56,15 @@ from rllmtop.sim import outputs
 from rllmtop.sim.engine import FINISHED, Engine, Histogram, Request
 from rllmtop.sim.exposition import LAG_BUCKETS, SimCollector, make_registry
 from rllmtop.sim.http import Connection, HttpRequest
-from rllmtop.sim.outputs import RequestFactory, piece_text, render_chat, request_key, tokenize
+from rllmtop.sim.outputs import (
+    EFFORT_LEVELS,
+    TIERS,
+    RequestFactory,
+    piece_text,
+    render_chat,
+    request_key,
+    tokenize,
+)
 from rllmtop.sim.profiles import EngineOptions, Profile, derive
 
 __all__ = ["Faults", "ServerOptions", "SimServer", "serve_in_background", "serve_in_thread"]
@@ -75,7 +98,7 @@ class ServerOptions:
     reasoning_parser: str | None = None  # None: the profile's; "none": reasoning inline in content
     faults: Faults = field(default_factory=Faults)
     api_key: str | None = None  # like vLLM's --api-key: /v1/* answers 401 without "Authorization: Bearer KEY"
-    resync_seconds: float = 0.1  # fall further behind than this and the schedule restarts from now
+    catch_up_seconds: float = 0.01  # wall; further behind, the model clock is stretched (drift)
 
 
 def _check_options(o: ServerOptions) -> None:
@@ -99,6 +122,8 @@ def _check_options(o: ServerOptions) -> None:
         raise UserError(f"--fault-stall-seconds {f.stall_seconds} must be >= 0", "e.g. 5")
     if f.exit_after is not None and f.exit_after < 0:
         raise UserError(f"--exit-after {f.exit_after} must be >= 0", "e.g. 30")
+    if not 0 <= o.catch_up_seconds < float("inf"):
+        raise UserError(f"catch_up_seconds {o.catch_up_seconds} must be >= 0", "e.g. 0.01")
     if not 0 <= o.port <= 65535:
         raise UserError(f"--port {o.port} is out of range", "use 0..65535 (0 picks a free port)")
 
@@ -447,7 +472,7 @@ class SimServer:
         prof = options.profile
         self.config, self.derived = derive(prof, options.engine)
         self.model_name = options.served_model_name or prof.served_model_name
-        self.engine = Engine(self.config, time_scale=1.0 / options.speed)
+        self.engine = Engine(self.config)
         self.factory = RequestFactory(prof.outputs, options.seed)
         self.reasons = prof.outputs.reasons
         parser = options.reasoning_parser if options.reasoning_parser is not None else prof.reasoning_parser
@@ -457,6 +482,7 @@ class SimServer:
         self.lag = 0.0
         self.lag_hist = Histogram(LAG_BUCKETS)
         self.resyncs = 0
+        self.drift = 0.0  # model seconds the loop fell behind its schedule (stretched), cumulative
         self._streams: set[_Stream] = set()
         self._conns: set[Connection] = set()
         self._server: asyncio.Server | None = None
@@ -570,6 +596,7 @@ class SimServer:
             "lag": self.lag,
             "lag_histogram": self.lag_hist,
             "resyncs": self.resyncs,
+            "drift": self.drift,
             "speed": self.speed,
             "open_streams": len(self._streams),
         }
@@ -578,12 +605,14 @@ class SimServer:
         loop = self.loop
         engine = self.engine
         speed = self.speed
-        resync = self.options.resync_seconds
+        tolerance = self.options.catch_up_seconds
         t0 = self._t0
         sched: float | None = None  # wall time the next step starts on the model's schedule
         try:
             while True:
                 if not engine.has_work:
+                    if sched is not None:
+                        self._behind(loop.time() - sched, tolerance)
                     sched = None
                     self.lag = 0.0
                     self._idle.set()
@@ -592,14 +621,14 @@ class SimServer:
                     self._idle.clear()
                     continue
                 wall = loop.time()
-                if sched is None or wall - sched > resync:
-                    if sched is not None:
-                        self.resyncs += 1
+                if sched is None:  # woken by an arrival: the schedule starts at the first arrival
+                    sched = min(wall, t0 + engine.waiting[0].t_arrival / speed)
+                if self._behind(wall - sched, tolerance):
                     sched = wall
                 step = engine.step((sched - t0) * speed)
                 if step.num_reqs == 0:  # nothing schedulable (cannot happen with a valid config)
                     raise RuntimeError("engine has work but scheduled nothing")
-                end = sched + step.duration / speed
+                end = t0 + (step.start + step.duration) / speed
                 delay = end - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
@@ -622,6 +651,16 @@ class SimServer:
                 st.closed = True
                 st.conn.abort()
             self._streams.clear()
+
+    def _behind(self, late: float, tolerance: float) -> bool:
+        """Account for being ``late`` wall seconds behind the schedule: beyond ``tolerance`` the model
+        clock is stretched (the caller restarts the schedule from now) and the model seconds lost are
+        added to the drift. Returns whether it stretched."""
+        if late <= tolerance:
+            return False
+        self.drift += late * self.speed
+        self.resyncs += 1
+        return True
 
     def _emit(self, emitted: list[tuple[Request, int]], now: float) -> None:
         pj = outputs.ensure_piece_bytes()
@@ -756,13 +795,9 @@ class SimServer:
                     400, "Stream options can only be defined when `stream=True`.", "stream_options"
                 )
             include_usage = _opt(so, "include_usage", bool, False)
-        thinking = True
+        controls = _controls(body, http.headers, api)
+        thinking = controls.thinking
         if api == "chat":
-            ctk = body.get("chat_template_kwargs")
-            if ctk is not None:
-                if not isinstance(ctk, dict):
-                    raise _ApiError(400, "chat_template_kwargs must be an object", "chat_template_kwargs")
-                thinking = _opt(ctk, "enable_thinking", bool, True)
             messages, user_text = _messages(body)
             text = render_chat(messages, thinking=thinking, reasons=self.reasons)
         else:
@@ -812,7 +847,15 @@ class SimServer:
                     500, "Internal server error (simulated by the rllmtop simulator's fault injection)"
                 )
         plan = self.factory.plan(
-            text, max_tokens=max_tokens, request_seed=seed, thinking=thinking, analyze=user_text
+            text,
+            max_tokens=max_tokens,
+            request_seed=seed,
+            thinking=thinking,
+            analyze=user_text,
+            difficulty=controls.difficulty,
+            effort=controls.effort,
+            thinking_budget=controls.thinking_budget,
+            ignore_eos=controls.ignore_eos,
         )
         st = _Stream(self, conn, api, stream, self.model_name)
         st.include_usage = include_usage
@@ -840,13 +883,72 @@ class SimServer:
             self._streams.discard(st)
 
 
+@dataclass(frozen=True)
+class _Controls:
+    """What a request asks of the model besides its prompt (see :func:`_controls`)."""
+
+    thinking: bool = True
+    difficulty: str | None = None
+    effort: str | None = None
+    thinking_budget: int | None = None
+    ignore_eos: bool = False
+
+
+def _controls(body: dict[str, Any], headers: dict[str, str], api: str) -> _Controls:
+    """Reasoning controls of a request.
+
+    Header ``x-rllmtop-difficulty: easy|medium|hard|mcq`` (other values ignored, as real engines ignore
+    the header); ``reasoning_effort`` "low"|"medium"|"high" (chat, like vLLM; ignored on completions);
+    ``thinking_token_budget`` and ``chat_template_kwargs.thinking_budget`` (integers >= 0; the smaller
+    wins); ``chat_template_kwargs.enable_thinking``; ``ignore_eos``.
+    """
+    difficulty = headers.get("x-rllmtop-difficulty", "").strip().lower()
+    budgets = []
+    top = _opt(body, "thinking_token_budget", int, None)
+    if top is not None:
+        if top < 0:
+            raise _ApiError(400, f"thinking_token_budget must be >= 0, got {top}", "thinking_token_budget")
+        budgets.append(top)
+    thinking = True
+    effort = None
+    if api == "chat":
+        ctk = body.get("chat_template_kwargs")
+        if ctk is not None:
+            if not isinstance(ctk, dict):
+                raise _ApiError(400, "chat_template_kwargs must be an object", "chat_template_kwargs")
+            thinking = _opt(ctk, "enable_thinking", bool, True)
+            tb = _opt(ctk, "thinking_budget", int, None)
+            if tb is not None:
+                if tb < 0:
+                    raise _ApiError(
+                        400,
+                        f"chat_template_kwargs.thinking_budget must be >= 0, got {tb}",
+                        "chat_template_kwargs",
+                    )
+                budgets.append(tb)
+        effort = _opt(body, "reasoning_effort", str, None)
+        if effort is not None and effort not in EFFORT_LEVELS:
+            raise _ApiError(
+                400,
+                f"reasoning_effort must be one of {', '.join(EFFORT_LEVELS)}, got {effort!r}",
+                "reasoning_effort",
+            )
+    return _Controls(
+        thinking=thinking,
+        difficulty=difficulty if difficulty in TIERS else None,
+        effort=effort,
+        thinking_budget=min(budgets) if budgets else None,
+        ignore_eos=_opt(body, "ignore_eos", bool, False),
+    )
+
+
 def _opt(obj: dict[str, Any], name: str, kind: type, default: Any) -> Any:
     v = obj.get(name)
     if v is None:
         return default
     ok = isinstance(v, kind) and not (kind is int and isinstance(v, bool))
     if not ok:
-        tname = {bool: "a boolean", int: "an integer"}.get(kind, kind.__name__)
+        tname = {bool: "a boolean", int: "an integer", str: "a string"}.get(kind, kind.__name__)
         raise _ApiError(400, f"{name} must be {tname}, got {v!r}", name)
     return v
 

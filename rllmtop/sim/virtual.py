@@ -38,6 +38,11 @@ class Arrival:
     thinking: bool = True  # chat_template_kwargs.enable_thinking
     system: str | None = None  # an optional system message (chat)
     api: str = "chat"  # "chat" | "completions"
+    history: tuple[tuple[str, str], ...] = ()  # earlier (role, text) turns of a chat, before `prompt`
+    difficulty: str | None = None  # the x-rllmtop-difficulty header
+    reasoning_effort: str | None = None  # "low" | "medium" | "high"
+    thinking_budget: int | None = None  # thinking_token_budget
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,7 @@ def prepare_request(
 ) -> Request:
     """Render, tokenize and plan one request exactly as the server does."""
     if arrival.api == "chat":
-        messages = [("user", arrival.prompt)]
+        messages = [*arrival.history, ("user", arrival.prompt)]
         if arrival.system:
             messages.insert(0, ("system", arrival.system))
         text = render_chat(messages, thinking=arrival.thinking, reasons=reasons)
@@ -120,6 +125,10 @@ def prepare_request(
         request_seed=arrival.seed,
         thinking=arrival.thinking,
         analyze=arrival.prompt,
+        difficulty=arrival.difficulty,
+        effort=arrival.reasoning_effort if arrival.api == "chat" else None,
+        thinking_budget=arrival.thinking_budget,
+        ignore_eos=arrival.ignore_eos,
     )
     return Request(rid, prompt_ids, plan, max_tokens)
 

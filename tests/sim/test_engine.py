@@ -84,11 +84,36 @@ def test_single_request_timeline() -> None:
     assert e.kv_usage == 0.0
 
 
-def test_time_scale_applies_to_histograms() -> None:
-    e = Engine(cfg(), time_scale=0.1)
+def test_histograms_are_in_model_seconds() -> None:
+    e = Engine(cfg())
     e.add(req("a", 10, 5), 0.0)
     run(e)
-    assert e.stats.histograms["e2e_request_latency_seconds"].sum == pytest.approx(5 * STEP * 0.1)
+    assert e.stats.histograms["e2e_request_latency_seconds"].sum == pytest.approx(5 * STEP)
+
+
+def test_a_request_is_not_admitted_before_it_arrives() -> None:
+    """A server behind its schedule steps at a model time before an arrival it has already read:
+    the request waits for its arrival time (it used to join that step and have its arrival moved)."""
+    e = Engine(cfg())
+    a, b = req("a", 10, 20), req("b", 10, 5)
+    e.add(a, 0.0)
+    e.add(b, 0.055)  # arrives between the 5th and 6th step of a
+    admitted_at = None
+    now = 0.0
+    while e.has_work:
+        step = e.step(now)
+        if admitted_at is None and b.t_first_scheduled is not None:
+            admitted_at = step.start
+        now = step.start + step.duration
+    assert b.t_arrival == 0.055
+    assert admitted_at == pytest.approx(0.06)
+    assert b.t_first_scheduled is not None and b.t_first_scheduled >= b.t_arrival
+    # an idle engine asked to step before the next arrival starts at that arrival
+    e2 = Engine(cfg())
+    c = req("c", 10, 3)
+    e2.add(c, 2.0)
+    step = e2.step(0.5)
+    assert step.start == 2.0 and step.num_reqs == 1 and c.t_first_scheduled == 2.0
 
 
 def test_chunked_prefill_respects_the_token_budget() -> None:

@@ -92,13 +92,25 @@ def test_multiple_choice_reference_is_the_matching_letter() -> None:
     assert [v for _, v in info.options] == [9, 3, 4, 1]
 
 
-def test_prompt_without_expression_gets_a_stable_hashed_tier() -> None:
+def test_prompt_without_expression_gets_an_estimated_tier_and_a_stable_reference() -> None:
     a = analyze_prompt("Tell me about the history of the printing press.")
     b = analyze_prompt("Tell me about the history of the printing press.")
     assert a == b
     assert a.expression is None and a.reference.isdigit()
-    tiers = {analyze_prompt(f"free-form question number {i}").tier for i in range(200)}
-    assert tiers == {"easy", "medium", "hard", "mcq"}
+    assert (a.tier, a.tier_source) == ("easy", "estimate")  # no mathematics: not a random tier
+    # a bare number between dollar signs is not a protocol expression
+    assert analyze_prompt("What is $25$ plus $7$?").tier_source == "estimate"
+
+
+def test_declared_difficulty_wins() -> None:
+    easy_expr = "Compute $(24*7) - 95$."
+    assert analyze_prompt(easy_expr, "hard").tier == "hard"
+    assert analyze_prompt(easy_expr, "hard").reference == "73"
+    assert analyze_prompt(easy_expr, "nonsense").tier == "easy"  # unknown values are ignored
+    mcq = analyze_prompt(easy_expr, "mcq")
+    assert mcq.tier == "mcq" and mcq.reference in "ABCD" and mcq.tier_source == "declared"
+    free = analyze_prompt("Tell me about the printing press.", "medium")
+    assert (free.tier, free.tier_source) == ("medium", "declared")
 
 
 TM = TierModel(

@@ -12,7 +12,7 @@ import pytest
 
 from rllmtop.sim.profiles import EngineOptions, SpeculativeOptions, load_profile
 from rllmtop.sim.synth import mixed_workload
-from rllmtop.sim.virtual import SimResult, run_virtual
+from rllmtop.sim.virtual import RequestResult, SimResult, run_virtual
 
 
 def longest_stretch(mask: np.ndarray, dt: float) -> float:
@@ -165,3 +165,33 @@ def test_same_seed_same_token_counts() -> None:
     counts = [r.completion_tokens for r in a.requests]
     assert counts == [r.completion_tokens for r in b.requests]  # timing differs, counts do not
     assert counts != [r.completion_tokens for r in c.requests]
+
+
+def test_reasoning_effort_moves_ttfvt_length_and_accuracy() -> None:
+    """Issue 16: the same Gamma workload at reasoning_effort low and high (and a thinking budget):
+    low effort answers sooner, reasons less and is less accurate."""
+    import dataclasses
+
+    base = mixed_workload(200, 1.0, 0.5, seed=13, tiers=["easy", "medium"], max_tokens=16384)
+    runs = {}
+    for name, change in (
+        ("low", {"reasoning_effort": "low"}),
+        ("high", {"reasoning_effort": "high"}),
+        ("budget", {"thinking_budget": 512}),
+    ):
+        arrivals = [dataclasses.replace(a, **change) for a in base]
+        runs[name] = run_virtual(arrivals, profile="rllm-7b", sample_interval=5.0).requests
+
+    def summary(reqs: list[RequestResult]) -> tuple[float, float, float]:
+        ttfvt = float(np.median([r.ttfvt for r in reqs if r.t_first_answer is not None]))
+        return (
+            ttfvt,
+            float(np.mean([r.reasoning_tokens for r in reqs])),
+            float(np.mean([r.correct for r in reqs])),
+        )
+
+    low, high, budget = summary(runs["low"]), summary(runs["high"]), summary(runs["budget"])
+    assert low[0] < 0.5 * high[0]  # TTFVT
+    assert low[1] < 0.4 * high[1]  # reasoning length (x0.35 vs x1.6)
+    assert low[2] < high[2] - 0.05  # accuracy (-0.08 vs +0.03; 200 requests: sd ~0.03 on the gap)
+    assert max(r.reasoning_tokens for r in runs["budget"]) <= 512 and budget[0] < high[0]
