@@ -47,6 +47,7 @@ __all__ = [
     "parse_metrics",
     "parse_scrape",
     "parse_value",
+    "value_problem",
 ]
 
 BODY_CAP = 16 * 1024 * 1024  # bytes of one /metrics body (decompressed)
@@ -65,6 +66,7 @@ RawSample = tuple[str, dict[str, str], float]
 # ---------------------------------------------------------------------------------------------- ranges
 
 _INF = math.inf
+_DCGM_BLANK = float(0x7FFFFFF0) - 1  # DCGM_INT32_BLANK - 1
 # neutral name -> (low, high), inclusive; counters and histograms: >= 0. Anything else: finite.
 _RANGES: dict[str, tuple[float, float]] = {
     "kv_cache_usage": (0.0, 1.0),
@@ -78,18 +80,20 @@ _RANGES: dict[str, tuple[float, float]] = {
     "requests_retracted": (0.0, _INF),
     "sim_lag_seconds": (-_INF, _INF),
     "sim_speed": (0.0, _INF),
+    # GPU telemetry: DCGM's "blank" sentinels (>= 0x7ffffff0, e.g. 9223372036854775794 for a field a
+    # board does not support) are not values
     "gpu_util_percent": (0.0, 100.0),
-    "gpu_fb_used_mib": (0.0, _INF),
-    "gpu_fb_free_mib": (0.0, _INF),
-    "gpu_power_watts": (0.0, _INF),
+    "gpu_fb_used_mib": (0.0, _DCGM_BLANK),
+    "gpu_fb_free_mib": (0.0, _DCGM_BLANK),
+    "gpu_power_watts": (0.0, _DCGM_BLANK),
     "gpu_temp_celsius": (-273.15, 1000.0),
-    "gpu_sm_clock_mhz": (0.0, _INF),
+    "gpu_sm_clock_mhz": (0.0, _DCGM_BLANK),
     **{n: (0.0, _INF) for n in _COUNTERS},
 }
 
 
-def _out_of_range(name: str, value: float) -> str:
-    """Why ``value`` may not be a sample of ``name`` ("" when it may)."""
+def value_problem(name: str, value: float) -> str:
+    """Why ``value`` may not be a sample of neutral ``name`` ("" when it may): the one range rule."""
     if not math.isfinite(value):
         return f"value {value!r} is not finite"
     lo, hi = _RANGES.get(name, (-_INF, _INF))
@@ -534,7 +538,7 @@ def build_scrape(
             if got:
                 kept = []
                 for labs, (v, wire, raw_labels) in got.items():
-                    why = _out_of_range(neutral, v)
+                    why = value_problem(neutral, v)
                     if why:
                         probs.append(Problem(_series_text(wire, raw_labels), why))
                     else:
@@ -547,7 +551,7 @@ def build_scrape(
         if got_info:
             kept = []
             for labs, (v, display, _) in got_info.items():
-                why = _out_of_range(neutral, v)
+                why = value_problem(neutral, v)
                 if why:
                     probs.append(Problem(display, why))
                 else:
@@ -562,7 +566,7 @@ def build_scrape(
                 continue  # not touched by derive: validated above
             ok = []
             for s in new:
-                why = _out_of_range(neutral, s.value)
+                why = value_problem(neutral, s.value)
                 if why:
                     probs.append(Problem(f"{neutral} (derived) {_series_text('', dict(s.labels))}", why))
                 else:

@@ -533,3 +533,36 @@ def test_the_line_parser_agrees_with_prometheus_client(case: tuple[str, list]) -
     for (n1, l1, v1), (n2, l2, v2) in zip(sorted(ours, key=order), sorted(theirs, key=order), strict=True):
         assert (n1, l1) == (n2, l2)
         assert v1 == v2 or (math.isnan(v1) and math.isnan(v2))
+
+
+# ------------------------------------------------------------------------------------------ GPU telemetry
+
+DCGM = (FIX / "dcgm-exporter" / "metrics_2gpu_k8s.txt").read_text()
+
+
+def test_dcgm_exporter_text_maps_to_gpu_names_keeping_only_the_gpu_label() -> None:
+    p = parse_metrics(DCGM, adapter_for("dcgm"), t=1.0)
+    s = p.scrape
+    assert s.ok and not p.problems  # MEMORY_TEMP's blank value is in a family rllmtop does not read
+    g0, g1 = (("gpu", "0"),), (("gpu", "1"),)
+    assert values(s, "gpu_util_percent") == {g0: 97.0, g1: 0.0}
+    assert values(s, "gpu_fb_used_mib") == {g0: 76483.0, g1: 0.0}
+    assert values(s, "gpu_fb_free_mib") == {g0: 4521.0, g1: 81004.0}
+    assert values(s, "gpu_power_watts") == {g0: 612.347, g1: 71.02}
+    assert values(s, "gpu_temp_celsius") == {g0: 61.0, g1: 38.0}
+    assert values(s, "gpu_sm_clock_mhz") == {g0: 1980.0, g1: 345.0}
+    assert {n for n in NEUTRAL_METRICS if n.startswith("gpu_")}.isdisjoint(s.missing)
+    assert "kv_cache_usage" in s.missing
+
+
+def test_a_dcgm_blank_or_out_of_range_gpu_value_is_dropped() -> None:
+    text = DCGM.replace('pod="vllm-0"} 61\n', 'pod="vllm-0"} 9223372036854775794\n').replace(
+        'pod="vllm-0"} 97\n', 'pod="vllm-0"} 140\n'
+    )
+    p = parse_metrics(text, adapter_for("dcgm"), t=1.0)
+    assert values(p.scrape, "gpu_temp_celsius") == {(("gpu", "1"),): 38.0}
+    assert values(p.scrape, "gpu_util_percent") == {(("gpu", "1"),): 0.0}
+    assert sorted(x.series.split("{")[0] for x in p.problems) == [
+        "DCGM_FI_DEV_GPU_TEMP",
+        "DCGM_FI_DEV_GPU_UTIL",
+    ]
