@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from rllmtop.clock import Clock, Publish
@@ -49,7 +49,7 @@ from rllmtop.redact import redact_url
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["GpuReader", "Scraper", "run_scrapers"]
+__all__ = ["GpuReader", "ProblemLog", "Scraper", "run_scrapers"]
 
 _PROBLEM_LINES = 5  # new bad series logged per log_every window (per engine)
 _SEEN_MAX = 10_000  # bad series remembered per engine (so each is logged once)
@@ -122,15 +122,11 @@ class Scraper:
         self._failing_since = 0.0
         self._last_failure_log = -1e18
         self._logged_missing: tuple[str, ...] | None = None
-        self._seen_bad: set[str] = set()
-        self._problem_window = -1e18
-        self._problem_lines = 0
-        self._unlisted: set[str] = set()
+        self._problem_log = ProblemLog(self._log, log_every)
         self._cap_logged = False
         self._gpu_failing = False
         self._gpu_last_log = -1e18
         self.polls = 0  # number of polls made (for tests and the status line)
-        self.invalid_samples = 0  # samples dropped at the edge so far (bad values, malformed lines)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set. Returns promptly when it is, even in the middle of a poll."""
@@ -336,42 +332,64 @@ class Scraper:
             )
 
     def _problems(self, parsed: Parsed) -> None:
-        """Each bad series once; at most _PROBLEM_LINES new ones per log_every, the rest counted."""
-        if not parsed.problems:
-            return
-        self.invalid_samples += len(parsed.problems)
-        t = parsed.scrape.t
-        if t - self._problem_window >= self.log_every:
-            if self._unlisted:
-                self._log(
-                    t,
-                    "warning",
-                    f"{self.engine_id}: {len(self._unlisted)} more series with bad values were dropped "
-                    "(not listed yet)",
-                )
-            self._problem_window = t
-            self._problem_lines = 0
-            self._unlisted.clear()
-        for p in parsed.problems:
-            if p.series in self._seen_bad:
-                continue
-            if self._problem_lines < _PROBLEM_LINES:
-                self._problem_lines += 1
-                if len(self._seen_bad) < _SEEN_MAX:
-                    self._seen_bad.add(p.series)
-                self._log(t, "warning", _problem_line(self.engine_id, p, self.invalid_samples))
-            elif len(self._unlisted) < _SEEN_MAX:
-                self._unlisted.add(p.series)  # listed in a later window, if it is still bad then
+        self._problem_log.report(parsed.scrape.t, self.engine_id, parsed.problems)
+
+    @property
+    def invalid_samples(self) -> int:
+        """Samples dropped at the edge so far (bad values, malformed lines)."""
+        return self._problem_log.total
 
     def _log(self, t: float, level: str, text: str) -> None:
         self.publish(LogEvent(t, "scrape", level, text))
 
 
-def _problem_line(engine_id: str, p: Problem, total: int) -> str:
-    return (
-        f"{engine_id}: dropped {p.series}: {p.reason} (the sample is skipped, the scrape kept; "
-        f"{total} dropped so far)"
-    )
+class ProblemLog:
+    """The one policy for logging samples dropped at the edge: each bad series once, at most
+    ``lines`` new ones per ``log_every`` seconds; the rest are summed up in one line when the window
+    ends (and listed in a later window if still bad). ``total`` counts every dropped sample."""
+
+    def __init__(
+        self, log: Callable[[float, str, str], None], log_every: float, *, lines: int = _PROBLEM_LINES
+    ) -> None:
+        self._log = log
+        self.log_every = log_every
+        self.lines = lines
+        self.total = 0
+        self._seen: set[str] = set()
+        self._unlisted: set[str] = set()
+        self._window = -1e18
+        self._in_window = 0
+
+    def report(self, t: float, who: str, problems: Sequence[Problem]) -> None:
+        if not problems:
+            return
+        self.total += len(problems)
+        if t - self._window >= self.log_every:
+            if self._unlisted:
+                self._log(
+                    t,
+                    "warning",
+                    f"{who}: {len(self._unlisted)} more series with bad values were dropped (not listed yet)",
+                )
+            self._window = t
+            self._in_window = 0
+            self._unlisted.clear()
+        for p in problems:
+            key = f"{who}\x00{p.series}"
+            if key in self._seen:
+                continue
+            if self._in_window < self.lines:
+                self._in_window += 1
+                if len(self._seen) < _SEEN_MAX:
+                    self._seen.add(key)
+                self._log(
+                    t,
+                    "warning",
+                    f"{who}: dropped {p.series}: {p.reason} (the sample is skipped, the scrape kept; "
+                    f"{self.total} dropped so far)",
+                )
+            elif len(self._unlisted) < _SEEN_MAX:
+                self._unlisted.add(key)
 
 
 async def run_scrapers(scrapers: Sequence[Scraper], stop: asyncio.Event) -> None:
