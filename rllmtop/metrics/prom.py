@@ -52,7 +52,10 @@ __all__ = [
 
 BODY_CAP = 16 * 1024 * 1024  # bytes of one /metrics body (decompressed)
 SERIES_CAP = 2000  # series kept per engine and scrape
-LINES_PER_SERIES = 16  # the filter passes at most series_cap x this many sample lines to the parser
+# the filter passes at most series_cap x these many lines to the parser (a histogram series is one
+# _sum, one _count and its buckets); the rest are counted, never parsed
+LINES_PER_SERIES = 2
+BUCKETS_PER_SERIES = 16
 MAX_LINE = 65536  # a longer line is one bad sample, not a regex over megabytes
 
 _COUNTERS = frozenset(n for n, k in NEUTRAL_METRICS.items() if k is MetricKind.COUNTER)
@@ -184,11 +187,11 @@ def _compile(adapter: EngineAdapter) -> _Compiled:
     # a literal prefix lets the regex engine skip to candidate lines at memory speed
     patterns = tuple(
         re.compile(
-            b"\n"
+            b"\n("
             + re.escape(p.encode())
             + b"(?:"
             + b"|".join(re.escape(r.encode()) for r in sorted(rest, key=len, reverse=True))
-            + b")(?=[{ \t])[^\n]*"
+            + b"))(?=[{ \t])[^\n]*"
         )
         for p, rest in sorted(by_prefix.items())
     )
@@ -211,18 +214,30 @@ class MetricsFilter:
     """Keeps the sample lines of the families ``adapter`` maps, fed a body chunk by chunk.
 
     Memory: the kept lines plus one partial line. ``feed`` raises :class:`MetricsTextError` when the body
-    grows past ``max_bytes`` or does not start like Prometheus text. At most ``max_lines`` lines are kept;
-    the rest are counted in ``skipped_lines``.
+    grows past ``max_bytes`` or does not start like Prometheus text. At most ``series_cap`` x
+    ``LINES_PER_SERIES`` lines and ``series_cap`` x ``BUCKETS_PER_SERIES`` ``_bucket`` lines are kept (an
+    exploding label costs a bounded parse); the rest are counted in ``skipped_lines``.
     """
 
-    __slots__ = ("_carry", "_comp", "_started", "lines", "max_bytes", "max_lines", "nbytes", "skipped_lines")
+    __slots__ = (
+        "_bucket_room",
+        "_carry",
+        "_comp",
+        "_room",
+        "_started",
+        "lines",
+        "max_bytes",
+        "nbytes",
+        "skipped_lines",
+    )
 
     def __init__(
-        self, adapter: EngineAdapter, *, max_bytes: int = BODY_CAP, max_lines: int | None = None
+        self, adapter: EngineAdapter, *, max_bytes: int = BODY_CAP, series_cap: int = SERIES_CAP
     ) -> None:
         self._comp = _compile(adapter)
         self.max_bytes = max_bytes
-        self.max_lines = SERIES_CAP * LINES_PER_SERIES if max_lines is None else max_lines
+        self._room = series_cap * LINES_PER_SERIES
+        self._bucket_room = series_cap * BUCKETS_PER_SERIES
         self.lines: list[bytes] = []
         self.skipped_lines = 0
         self.nbytes = 0
@@ -262,14 +277,18 @@ class MetricsFilter:
 
     def _scan(self, data: bytes, end: int) -> None:
         keep = self.lines
-        room = self.max_lines - len(keep)
         for pattern in self._comp.patterns:
             for m in pattern.finditer(data, 0, end):
-                if room > 0:
+                if m.group(1).endswith(b"_bucket"):
+                    if self._bucket_room > 0:
+                        self._bucket_room -= 1
+                        keep.append(m.group()[1:])
+                        continue
+                elif self._room > 0:
+                    self._room -= 1
                     keep.append(m.group()[1:])
-                    room -= 1
-                else:
-                    self.skipped_lines += 1
+                    continue
+                self.skipped_lines += 1
 
 
 # ---------------------------------------------------------------------------------------------- lines
@@ -670,7 +689,7 @@ def parse_metrics(
     max_bytes: int = BODY_CAP,
 ) -> Parsed:
     """Parse one whole /metrics body (see :func:`parse_scrape`); also returns what was dropped."""
-    flt = MetricsFilter(adapter, max_bytes=max_bytes, max_lines=series_cap * LINES_PER_SERIES)
+    flt = MetricsFilter(adapter, max_bytes=max_bytes, series_cap=series_cap)
     try:
         flt.feed(text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text)
         flt.finish()

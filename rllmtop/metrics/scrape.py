@@ -35,7 +35,6 @@ from rllmtop.engines.adapters import GPU_ADAPTER, EngineAdapter
 from rllmtop.events import LogEvent, MetricSample, Scrape
 from rllmtop.metrics.prom import (
     BODY_CAP,
-    LINES_PER_SERIES,
     SERIES_CAP,
     MetricsFilter,
     MetricsTextError,
@@ -202,7 +201,7 @@ class Scraper:
         import httpx
 
         shown = redact_url(url)
-        flt = MetricsFilter(adapter, max_bytes=self.max_bytes, max_lines=self.series_cap * LINES_PER_SERIES)
+        flt = MetricsFilter(adapter, max_bytes=self.max_bytes, series_cap=self.series_cap)
         status = 0
         reason = ""
         try:

@@ -327,8 +327,11 @@ def test_series_over_the_cap_are_dropped_and_counted_gauges_first() -> None:
 def test_the_line_budget_bounds_parsing_and_counts_the_rest() -> None:
     text = "".join(f'vllm:request_success_total{{finished_reason="r{i}"}} 1\n' for i in range(100))
     p = parse_metrics(text, VLLM, t=0.0, series_cap=2)
-    assert p.skipped_lines == 100 - 2 * 16
-    assert p.scrape.dropped_series == (100 - 32) + (32 - 2)
+    assert p.skipped_lines == 100 - 2 * 2  # 2 lines per allowed series are parsed
+    assert p.scrape.dropped_series == (100 - 4) + (4 - 2)
+    buckets = "".join(f'vllm:time_to_first_token_seconds_bucket{{le="{i}"}} {i}\n' for i in range(100))
+    p = parse_metrics(buckets + "vllm:time_to_first_token_seconds_sum 1\n", VLLM, t=0.0, series_cap=2)
+    assert p.skipped_lines == 100 - 2 * 16  # buckets have a budget of their own
 
 
 def test_a_body_over_the_size_cap_is_a_failed_scrape() -> None:
