@@ -82,7 +82,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "gen_throughput": (0.0, _INF),
     "requests_retracted": (0.0, _INF),
     "sim_lag_seconds": (-_INF, _INF),
-    "sim_speed": (0.0, _INF),
+    "sim_speed": (1e-9, _INF),  # > 0
     # GPU telemetry: DCGM's "blank" sentinels (>= 0x7ffffff0, e.g. 9223372036854775794 for a field a
     # board does not support) are not values
     "gpu_util_percent": (0.0, 100.0),

@@ -569,3 +569,16 @@ def test_a_dcgm_blank_or_out_of_range_gpu_value_is_dropped() -> None:
         "DCGM_FI_DEV_GPU_TEMP",
         "DCGM_FI_DEV_GPU_UTIL",
     ]
+
+
+def test_sim_adapter_reads_drift_and_speed_with_the_gauge_fallback() -> None:
+    sim = adapter_for("sim")
+    text = IDLE + "rllmtop_sim_drift_seconds_total 12.5\nrllmtop_sim_speed 10\n"
+    s = parse_scrape(text, sim, t=1.0)
+    assert values(s, "sim_drift_seconds") == {(): 12.5} and values(s, "sim_speed") == {(): 10.0}
+    s = parse_scrape(IDLE + "rllmtop_sim_drift_seconds 3\n", sim, t=1.0)
+    assert values(s, "sim_drift_seconds") == {(): 3.0} and "sim_speed" in s.missing
+    before = parse_scrape(text, sim, t=1.0)
+    after = parse_scrape(IDLE + "rllmtop_sim_drift_seconds_total 0.5\n", sim, t=2.0, previous=before)
+    assert after.counter_reset  # drift is a counter: a restarted simulator shows as a reset
+    assert parse_scrape(IDLE + "rllmtop_sim_speed 0\n", sim, t=1.0).missing.count("sim_speed") == 1
