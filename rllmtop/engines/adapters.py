@@ -5,8 +5,17 @@ Each :class:`EngineAdapter` maps an engine's Prometheus names to the engine-neut
 running server what it is (vLLM, SGLang or the rllmtop simulator), its version and models.
 
 Engines covered: vLLM 0.11 to 0.33 (``kv_cache_usage_perc`` with the ``gpu_cache_usage_perc`` fallback of
-older versions), SGLang 0.5 (only ``tp_rank="0"`` series are kept; ``dp_rank`` becomes the neutral
-``engine`` label), and the embedded simulator (vLLM names plus ``rllmtop_sim_lag_seconds``).
+older versions; KV capacity ``kv_total_blocks`` from the ``num_gpu_blocks`` label of
+``vllm:cache_config_info``), SGLang 0.5 (only ``tp_rank="0"`` series are kept; ``dp_rank`` becomes the
+neutral ``engine`` label; capacity is ``kv_total_tokens``), and the embedded simulator (vLLM names plus
+``rllmtop_sim_lag_seconds``, ``rllmtop_sim_drift_seconds_total`` and ``rllmtop_sim_speed``).
+
+GPU telemetry: :data:`GPU_ADAPTER` reads NVIDIA dcgm-exporter's ``/metrics`` (``DCGM_FI_DEV_GPU_UTIL`` %,
+``DCGM_FI_DEV_FB_USED`` / ``_FB_FREE`` MiB, ``DCGM_FI_DEV_POWER_USAGE`` W, ``DCGM_FI_DEV_GPU_TEMP`` C,
+``DCGM_FI_DEV_SM_CLOCK`` MHz). It keeps only the ``gpu`` label (the GPU index); ``UUID``, ``device``,
+``modelName``, ``Hostname``, ``pci_bus_id``, ``DCGM_FI_DRIVER_VERSION`` and Kubernetes' ``pod`` /
+``namespace`` / ``container`` are dropped (an engine's GPUs are told apart by index). Written from
+dcgm-exporter's documented format; not exercised against a real GPU here.
 """
 
 from __future__ import annotations
@@ -24,7 +33,16 @@ from rllmtop.events import NEUTRAL_METRICS, MetricKind, MetricSample
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["ENGINE_KINDS", "EngineAdapter", "EngineIdentity", "adapter_for", "normalize_base_url", "probe"]
+__all__ = [
+    "ENGINE_KINDS",
+    "FLEET_ADAPTER",
+    "GPU_ADAPTER",
+    "EngineAdapter",
+    "EngineIdentity",
+    "adapter_for",
+    "normalize_base_url",
+    "probe",
+]
 
 ENGINE_KINDS = ("vllm", "sglang", "sim", "unknown")
 
@@ -38,7 +56,9 @@ class EngineAdapter:
     ``scalars`` / ``histograms``: neutral name -> wire names in order of preference (the first one the
     engine serves in a scrape wins; later ones are fallbacks for older versions). Scalar wire names are
     *sample* names as they appear on the wire (counters with ``_total``); histogram wire names are family
-    names (without ``_bucket``/``_sum``/``_count``).
+    names (without ``_bucket``/``_sum``/``_count``). ``info_labels``: neutral name -> (wire name, label)
+    pairs whose *label value* is the number (an info gauge such as ``vllm:cache_config_info``); such
+    samples keep only ``identity_labels``. ``only_labels``: when set, every other label is dropped.
     """
 
     kind: str
@@ -48,6 +68,9 @@ class EngineAdapter:
     rename_labels: Mapping[str, str] = field(default_factory=dict)  # wire label -> neutral label
     drop_labels: frozenset[str] = frozenset()
     derive: Derive | None = None  # fills neutral values computed from other neutral values
+    info_labels: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    identity_labels: frozenset[str] = frozenset({"engine", "dp_rank", "tp_rank"})
+    only_labels: frozenset[str] | None = None
     metrics_404_hint: str = "check the metrics URL (--metrics-url)"
 
     def wire_names(self) -> frozenset[str]:
@@ -61,6 +84,8 @@ class EngineAdapter:
         for names in self.histograms.values():
             for n in names:
                 out.update((n, n + "_bucket", n + "_sum", n + "_count"))
+        for sources in self.info_labels.values():
+            out.update(w for w, _ in sources)
         return frozenset(out)
 
 
@@ -131,16 +156,33 @@ def _merged(*maps: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
     return out
 
 
+_VLLM_INFO = {"kv_total_blocks": (("vllm:cache_config_info", "num_gpu_blocks"),)}
+_SIM_SCALARS: dict[str, tuple[str, ...]] = {
+    "sim_lag_seconds": ("rllmtop_sim_lag_seconds",),
+    "sim_drift_seconds": ("rllmtop_sim_drift_seconds_total", "rllmtop_sim_drift_seconds"),
+    "sim_speed": ("rllmtop_sim_speed",),
+}
+_DCGM_SCALARS: dict[str, tuple[str, ...]] = {
+    "gpu_util_percent": ("DCGM_FI_DEV_GPU_UTIL",),
+    "gpu_fb_used_mib": ("DCGM_FI_DEV_FB_USED",),
+    "gpu_fb_free_mib": ("DCGM_FI_DEV_FB_FREE",),
+    "gpu_power_watts": ("DCGM_FI_DEV_POWER_USAGE",),
+    "gpu_temp_celsius": ("DCGM_FI_DEV_GPU_TEMP",),
+    "gpu_sm_clock_mhz": ("DCGM_FI_DEV_SM_CLOCK",),
+}
+
 _VLLM = EngineAdapter(
     kind="vllm",
     scalars=_VLLM_SCALARS,
     histograms=_VLLM_HISTOGRAMS,
+    info_labels=_VLLM_INFO,
     metrics_404_hint="vLLM serves /metrics unless --disable-log-stats is set; check the URL (--metrics-url)",
 )
 _SIM = EngineAdapter(
     kind="sim",
-    scalars={**_VLLM_SCALARS, "sim_lag_seconds": ("rllmtop_sim_lag_seconds",)},
+    scalars={**_VLLM_SCALARS, **_SIM_SCALARS},
     histograms=_VLLM_HISTOGRAMS,
+    info_labels=_VLLM_INFO,
     metrics_404_hint="the simulator serves /metrics at its base URL; check the URL (--metrics-url)",
 )
 _SGLANG = EngineAdapter(
@@ -153,29 +195,45 @@ _SGLANG = EngineAdapter(
     derive=_sglang_kv_usage,
     metrics_404_hint="start SGLang with --enable-metrics (it serves no /metrics without it)",
 )
-# Unknown servers: try vLLM names first, then SGLang's (the prefixes never collide).
+# Unknown servers: try vLLM names first, then SGLang's (the prefixes never collide), and the simulator's.
 _UNKNOWN = EngineAdapter(
     kind="unknown",
-    scalars=_merged(_VLLM_SCALARS, _SGLANG_SCALARS),
+    scalars=_merged(_VLLM_SCALARS, _SGLANG_SCALARS, _SIM_SCALARS),
     histograms=_merged(_VLLM_HISTOGRAMS, _SGLANG_HISTOGRAMS),
+    info_labels=_VLLM_INFO,
     keep={"tp_rank": "0"},
     rename_labels={"dp_rank": "engine"},
     drop_labels=frozenset({"tp_rank"}),
     derive=_sglang_kv_usage,
     metrics_404_hint="check the metrics URL (--metrics-url); SGLang needs --enable-metrics",
 )
+FLEET_ADAPTER = _UNKNOWN
+"""Every engine vocabulary at once: what a Prometheus source asks for when the fleet mixes engines."""
 
-_ADAPTERS = {a.kind: a for a in (_VLLM, _SGLANG, _SIM, _UNKNOWN)}
+GPU_ADAPTER = EngineAdapter(
+    kind="dcgm",
+    scalars=_DCGM_SCALARS,
+    histograms={},
+    only_labels=frozenset({"gpu"}),
+    identity_labels=frozenset({"gpu"}),
+    metrics_404_hint="dcgm-exporter serves /metrics on port 9400 by default; check --gpu-metrics-url",
+)
+"""NVIDIA dcgm-exporter's ``/metrics`` (see the module doc): ``adapter_for("dcgm")``."""
+
+_ADAPTERS = {a.kind: a for a in (_VLLM, _SGLANG, _SIM, _UNKNOWN, GPU_ADAPTER)}
 
 for _a in _ADAPTERS.values():  # every mapped name is a neutral one of the right kind (import-time check)
     for _n in _a.scalars:
         assert NEUTRAL_METRICS[_n] is not MetricKind.HISTOGRAM, _n
     for _n in _a.histograms:
         assert NEUTRAL_METRICS[_n] is MetricKind.HISTOGRAM, _n
+    for _n in _a.info_labels:
+        assert NEUTRAL_METRICS[_n] is MetricKind.GAUGE, _n
 
 
 def adapter_for(kind: str) -> EngineAdapter:
-    """The adapter for ``kind`` ("vllm", "sglang", "sim" or "unknown": vLLM names, then SGLang's)."""
+    """The adapter for ``kind`` ("vllm", "sglang", "sim" or "unknown": vLLM names, then SGLang's; and
+    "dcgm" for a dcgm-exporter's GPU telemetry)."""
     try:
         return _ADAPTERS[kind.lower()]
     except KeyError:
