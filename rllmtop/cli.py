@@ -47,6 +47,11 @@ def _add_load_overrides(p: argparse.ArgumentParser, *, simulator: bool = True, t
             "--base-url", metavar="URL", help="send to this server instead of the scenario's engine"
         )
     g.add_argument("--api-key", help="bearer token (default: $OPENAI_API_KEY); never recorded")
+    g.add_argument(
+        "--clamp-max-tokens",
+        action="store_true",
+        help="cap a class's max_tokens at the engine's max_model_len (default: refuse to start)",
+    )
     if simulator:
         g.add_argument(
             "--speed",

@@ -22,6 +22,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k, None) for k in OVERRIDE_FLAGS if getattr(args, k, None) is not None}
 
 
+def _run_controls(scenario: Scenario, args: argparse.Namespace) -> Scenario:
+    """Flags that steer the run but not the workload (so not in provenance's workload)."""
+    if getattr(args, "clamp_max_tokens", False):
+        scenario = dataclasses.replace(
+            scenario, load=dataclasses.replace(scenario.load, clamp_max_tokens=True)
+        )
+    return scenario
+
+
 def _api_key(args: argparse.Namespace) -> str | None:
     return getattr(args, "api_key", None) or os.environ.get("OPENAI_API_KEY") or None
 
@@ -110,7 +119,7 @@ def _present(session: Session, headless: bool) -> int:
 def _cmd_run(args: argparse.Namespace, scenario_ref: str) -> int:
     from rllmtop.scenario import load_scenario
 
-    scenario = load_scenario(scenario_ref, _overrides(args))
+    scenario = _run_controls(load_scenario(scenario_ref, _overrides(args)), args)
     if getattr(args, "matrix", False):
         from rllmtop.matrix import run_matrix
 
@@ -134,7 +143,7 @@ def _cmd_attach(args: argparse.Namespace) -> int:
     if args.scenario:
         from rllmtop.scenario import load_scenario
 
-        scenario = load_scenario(args.scenario, _overrides(args))
+        scenario = _run_controls(load_scenario(args.scenario, _overrides(args)), args)
     engine = EngineSpec(kind="url", url=args.url.rstrip("/"), metrics_url=args.metrics_url)
     session = build_session(
         scenario,
@@ -161,7 +170,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     if args.scenario:
         from rllmtop.scenario import load_scenario
 
-        scenario = load_scenario(args.scenario, _overrides(args))
+        scenario = _run_controls(load_scenario(args.scenario, _overrides(args)), args)
         base = scenario.engine
     changes: dict[str, Any] = {"kind": args.engine, "model": args.model}
     if args.engine_command:

@@ -371,6 +371,7 @@ class Session:
                 model=model,
             )
             self.publish(info)
+            self._fit_max_tokens(identity, model, base_url)
             self._metrics_url = metrics_url or identity.metrics_url or f"{base_url}/metrics"
             scrape_task = asyncio.get_running_loop().create_task(self._scrape(info, identity))
             self._set_state(SessionState.RUNNING)
@@ -395,6 +396,40 @@ class Session:
         if self._cancelled:  # torn down and recorded in full; now honour the cancellation
             raise asyncio.CancelledError
         return self.outcome
+
+    def _fit_max_tokens(self, identity: Any, model: str, base_url: str) -> None:
+        """A class asking for more tokens than the engine's context holds would fail with HTTP 400 on every
+        request: refuse with one line naming the class and the limit, or, with ``load.clamp_max_tokens``
+        (``--clamp-max-tokens``), cap it so a prompt still fits, with a warning the recording keeps. Refusing
+        is the default: a clamp changes the experiment (more requests cut at the cap)."""
+        sc = self.plan.scenario
+        lengths = getattr(identity, "max_model_len", None) or {}
+        limit = lengths.get(model) if sc is not None else None
+        if sc is None or limit is None:
+            return
+        reserve = min(512, limit // 4)  # room left for the prompt
+        too_long = [c for c in sc.classes if c.max_tokens > limit - reserve]
+        if not too_long:
+            return
+        where = redact_url(base_url)
+        if not sc.load.clamp_max_tokens:
+            c = too_long[0]
+            more = f" (and {len(too_long) - 1} more class(es))" if len(too_long) > 1 else ""
+            raise UserError(
+                f"class {c.name!r} asks max_tokens {c.max_tokens} but {where} serves {model!r} with "
+                f"max_model_len {limit}{more}: its requests would fail with HTTP 400",
+                f"lower [[classes]] max_tokens to at most {limit - reserve}, or pass --clamp-max-tokens "
+                f"(load.clamp_max_tokens = true) to cap them at {limit - reserve} (recorded)",
+            )
+        cap = limit - reserve
+        classes = tuple(dataclasses.replace(c, max_tokens=cap) if c in too_long else c for c in sc.classes)
+        for c in too_long:
+            self._log(
+                f"class {c.name!r}: max_tokens {c.max_tokens} clamped to {cap} (max_model_len {limit} of "
+                f"{model!r}, {reserve} tokens left for the prompt): more of its requests end at the cap",
+                "warning",
+            )
+        self.plan = dataclasses.replace(self.plan, scenario=dataclasses.replace(sc, classes=classes))
 
     async def _start_engine(self, info: SessionInfo) -> tuple[str, str | None]:
         """Launch the engine when the plan says so; return (base_url, metrics_url)."""

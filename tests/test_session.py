@@ -229,3 +229,38 @@ async def test_a_wrong_api_key_is_reported_as_such(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+# ------------------------------------------------------------------------------------- max_model_len
+
+
+def _long_classes(tmp_path: Path) -> Path:
+    f = tmp_path / "long.toml"
+    f.write_text(
+        'name = "long"\nseed = 1\n[engine]\nkind = "sim"\nspeed = 20\nmax_model_len = 2048\n'
+        '[arrival]\nprocess = "constant"\nrate = 20\n[load]\nnum_prompts = 4\n'
+        '[[classes]]\nname = "short"\nprompts = "math-easy"\nmax_tokens = 512\n'
+        '[[classes]]\nname = "long"\nprompts = "math-hard"\nmax_tokens = 4096\n'
+    )
+    return f
+
+
+async def test_a_class_longer_than_the_engines_context_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "long.db"
+    session = build_session(load_scenario(str(_long_classes(tmp_path))), mode="headless", record=db)
+    outcome = await asyncio.wait_for(session.run(), 60)
+    assert outcome.state is SessionState.FAILED
+    assert "class 'long' asks max_tokens 4096" in outcome.detail and "max_model_len 2048" in outcome.detail
+    assert outcome.requests == 0
+
+
+async def test_clamping_max_tokens_is_a_warning_the_recording_keeps(tmp_path: Path) -> None:
+    sc = load_scenario(str(_long_classes(tmp_path)))
+    sc = dataclasses.replace(sc, load=dataclasses.replace(sc.load, clamp_max_tokens=True))
+    db = tmp_path / "clamp.db"
+    outcome = await asyncio.wait_for(build_session(sc, mode="headless", record=db).run(), 60)
+    assert outcome.state is SessionState.DONE
+    rec = open_recording(db)
+    long = [r for r in rec.requests() if r.cls == "long"]
+    assert long and all(r.max_tokens == 1536 for r in long)
+    assert any("max_tokens 4096 clamped to 1536" in e.text for e in rec.logs())

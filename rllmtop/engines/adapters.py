@@ -253,6 +253,8 @@ class EngineIdentity:
     base_url: str  # normalised (no trailing slash, no /v1)
     metrics_url: str  # best guess: base_url + "/metrics"
     warnings: tuple[str, ...] = ()  # one line each, e.g. "/v1/models answered 401: pass --api-key"
+    max_model_len: dict[str, int] | None = None  # per served model: vLLM's /v1/models `max_model_len`,
+    # SGLang's /server_info `context_length` (None when the server does not say)
 
 
 def normalize_base_url(url: str) -> str:
@@ -327,6 +329,7 @@ async def probe(base_url: str, api_key: str | None = None, timeout: float = 5.0)
     warnings: list[str] = []
     models: tuple[str, ...] = ()
     owners: set[str] = set()
+    lengths: dict[str, int] = {}
     if m_status in (401, 403):
         warnings.append(
             f"{base}/v1/models answered {m_status}: the server wants an API key "
@@ -335,6 +338,10 @@ async def probe(base_url: str, api_key: str | None = None, timeout: float = 5.0)
     elif m_status == 200 and isinstance(m_body, dict) and isinstance(m_body.get("data"), list):
         models = tuple(str(m["id"]) for m in m_body["data"] if isinstance(m, dict) and "id" in m)
         owners = {str(m.get("owned_by", "")).lower() for m in m_body["data"] if isinstance(m, dict)}
+        for m in m_body["data"]:
+            n = m.get("max_model_len") if isinstance(m, dict) else None
+            if isinstance(n, int) and not isinstance(n, bool) and 0 < n < 1 << 31 and "id" in m:
+                lengths[str(m["id"])] = n
     elif m_status is not None:
         warnings.append(f"{base}/v1/models answered {m_status}: no model list")
 
@@ -355,6 +362,10 @@ async def probe(base_url: str, api_key: str | None = None, timeout: float = 5.0)
         version = str(v_body.get("version", ""))
     if kind == "unknown":
         warnings.append(f"{base} did not say whether it is vLLM or SGLang; reading both metric vocabularies")
+    if kind == "sglang" and not lengths and isinstance(s_body, dict):
+        n = s_body.get("context_length")
+        if isinstance(n, int) and not isinstance(n, bool) and 0 < n < 1 << 31:
+            lengths = {m: n for m in models}
     return EngineIdentity(
         kind=kind,
         version=version,
@@ -362,4 +373,5 @@ async def probe(base_url: str, api_key: str | None = None, timeout: float = 5.0)
         base_url=base,
         metrics_url=base + "/metrics",
         warnings=tuple(warnings),
+        max_model_len=lengths or None,
     )
