@@ -14,6 +14,8 @@ __all__ = [
     "MISSING",
     "change",
     "count",
+    "duration",
+    "elapsed",
     "p_value",
     "percent",
     "points",
@@ -121,3 +123,28 @@ def p_value(v: float | None) -> str:
         return MISSING
     assert v is not None
     return "<0.0001" if v < 1e-4 else f"{v:.4f}"
+
+
+def duration(v: float | None) -> str:
+    """A span of time as a window length: ``30s``, ``90s`` -> ``1.5m``, ``300`` -> ``5m``, ``3600`` -> ``1h``."""
+    if _missing(v):
+        return MISSING
+    assert v is not None
+    if v >= 3600 and v % 3600 == 0:
+        return f"{v / 3600:g}h"
+    if v >= 60 and v % 60 == 0:
+        return f"{v / 60:g}m"
+    if v >= 60:
+        return f"{v / 60:.1f}m"
+    return f"{v:g}s"
+
+
+def elapsed(v: float | None) -> str:
+    """A clock reading since the start: ``0:42``, ``12:05``, ``1:02:03``."""
+    if _missing(v):
+        return MISSING
+    assert v is not None
+    s = max(0, int(v))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

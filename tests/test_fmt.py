@@ -75,3 +75,16 @@ def test_missing_is_never_zero() -> None:
     for f in (fmt.seconds, fmt.percent, fmt.tokens, fmt.count, fmt.rate, fmt.p_value, fmt.points):
         assert f(None) == fmt.MISSING and f(math.nan) == fmt.MISSING
         assert f(0.0) != fmt.MISSING
+
+
+def test_duration_and_elapsed() -> None:
+    assert [fmt.duration(x) for x in (30, 60, 90, 300, 3600, 5400)] == [
+        "30s",
+        "1m",
+        "1.5m",
+        "5m",
+        "1h",
+        "90m",
+    ]
+    assert [fmt.elapsed(x) for x in (0, 42.9, 725, 3723)] == ["0:00", "0:42", "12:05", "1:02:03"]
+    assert fmt.duration(None) == fmt.elapsed(None) == fmt.MISSING

@@ -35,6 +35,7 @@ simulated seconds in a time-lapse run of the simulator (``SessionInfo.clock``).
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import struct
@@ -163,6 +164,15 @@ def _nan(v: float | None) -> float:
     return math.nan if v is None else float(v)
 
 
+def _np(values: Any, dtype: Any) -> np.ndarray:
+    """A numpy column; an ``array.array`` of the same item size is wrapped, not copied."""
+    from array import array
+
+    if isinstance(values, array) and values.itemsize == np.dtype(dtype).itemsize:
+        return np.frombuffer(values, dtype=dtype) if len(values) else np.empty(0, dtype=dtype)
+    return np.asarray(values, dtype=dtype)
+
+
 @dataclass(frozen=True)
 class RequestColumns:
     """The facts of many requests as numpy columns: what every summary here is computed from.
@@ -213,13 +223,13 @@ class RequestColumns:
     ) -> RequestColumns:
         return cls(
             classes=tuple(classes),
-            cls=np.asarray(cls_idx, dtype=np.int32),
-            status=np.asarray(status, dtype=np.int8),
+            cls=_np(cls_idx, np.int32),
+            status=_np(status, np.int8),
             finish_names=tuple(finish_names),
-            finish=np.asarray(finish, dtype=np.int16),
-            correct=np.asarray(correct, dtype=np.int8),
-            worker=np.asarray(worker, dtype=np.int32),
-            **{f: np.asarray(floats[f], dtype=float) for f in _FLOAT_FIELDS},
+            finish=_np(finish, np.int16),
+            correct=_np(correct, np.int8),
+            worker=_np(worker, np.int32),
+            **{f: _np(floats[f], np.float64) for f in _FLOAT_FIELDS},
         )
 
     @classmethod
@@ -516,6 +526,18 @@ class StragglerRule:
         )
 
 
+def _sorted_median(window: Sequence[float], n_open: int) -> float | None:
+    """:func:`_censored_median` of values already sorted ascending (the same numbers)."""
+    n_done = len(window)
+    k = (n_done + n_open + 1) // 2
+    if n_done == 0 or k > n_done:
+        return None
+    if n_open == 0:
+        h = n_done // 2
+        return float(window[h]) if n_done % 2 else float((window[h - 1] + window[h]) / 2)
+    return float(window[k - 1])
+
+
 def _censored_median(done: np.ndarray | Sequence[float], n_open: int) -> float | None:
     """Median of ``done`` plus ``n_open`` values known only to be larger than anything seen so far:
     the ceil(n/2)-th smallest finished value, or None while fewer than half have finished."""
@@ -565,7 +587,7 @@ class StragglerBaselines:
         m = (
             None
             if hi - lo < self.rule.min_finished
-            else _censored_median(self.batch_values[lo:hi], ohi - olo)
+            else _sorted_median(np.sort(self.batch_values[lo:hi]).tolist(), ohi - olo)
         )
         if len(self._cache) > 65_536:
             self._cache.clear()
@@ -604,8 +626,8 @@ class StragglerBaselines:
         self, cls_names: np.ndarray, run_time: np.ndarray, reasoning: np.ndarray, start: np.ndarray
     ) -> np.ndarray:
         """Vectorised :meth:`why`: one code per request (NOT_STRAGGLER, CLASS_RUN_TIME, CLASS_REASONING,
-        BATCH_RUN_TIME; the first reason that applies, in that order). Cost: O(n log n + n x batch size)
-        for distinct batches (a burst is one batch, computed once)."""
+        BATCH_RUN_TIME; the first reason that applies, in that order). Cost: O(n log n) plus a sliding
+        window over the batches (a burst is one batch, computed once)."""
         n = run_time.size
         out = np.zeros(n, dtype=np.int8)
         if n == 0:
@@ -630,16 +652,48 @@ class StragglerBaselines:
             s, o = self.batch_starts, self.open_starts
             has = ~np.isnan(start)
             st = np.where(has, start, 0.0)
-            lo, hi = np.searchsorted(s, st - w, "left"), np.searchsorted(s, st + w, "right")
-            olo, ohi = np.searchsorted(o, st - w, "left"), np.searchsorted(o, st + w, "right")
-            meds = np.full(n, np.nan)
-            keys = np.stack([lo, hi, olo, ohi], axis=1)
-            uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-            vals = np.array([_none_nan(self._window_median(*map(int, k))) for k in uniq])
-            meds = vals[inverse.reshape(-1)]
+            order = np.argsort(st, kind="stable")  # in start order every window bound only grows
+            qs = st[order]
+            keys = np.stack(
+                [
+                    np.searchsorted(s, qs - w, "left"),
+                    np.searchsorted(s, qs + w, "right"),
+                    np.searchsorted(o, qs - w, "left"),
+                    np.searchsorted(o, qs + w, "right"),
+                ]
+            )
+            new = np.ones(n, dtype=bool)  # a window differing from the previous request's
+            new[1:] = np.any(keys[:, 1:] != keys[:, :-1], axis=0)
+            medians = self._window_medians(keys[:, new])
+            meds = np.empty(n)
+            meds[order] = medians[np.cumsum(new) - 1]
             with np.errstate(invalid="ignore"):
                 by_batch = has & ~np.isnan(meds) & (meds > 0) & (run_time > f * meds)
             out[(out == NOT_STRAGGLER) & by_batch] = BATCH_RUN_TIME
+        return out
+
+    def _window_medians(self, windows: np.ndarray) -> np.ndarray:
+        """Batch medians of windows (rows lo, hi, olo, ohi; one column each) whose lo and hi never
+        decrease (queries in start order): one sorted list slides along, O(n log m) comparisons plus
+        the list's memmoves, memory O(m) for batches of m requests (no per-request Python object)."""
+        get = self.batch_values.item
+        window: list[float] = []
+        cur_lo = cur_hi = 0
+        out = np.empty(windows.shape[1])
+        chunk = 8192
+        for c0 in range(0, windows.shape[1], chunk):
+            part = windows[:, c0 : c0 + chunk].tolist()
+            for j, (lo, hi, olo, ohi) in enumerate(zip(*part, strict=True)):
+                if lo >= cur_hi:
+                    window = sorted(get(i) for i in range(lo, hi))
+                else:
+                    for i in range(cur_hi, hi):
+                        bisect.insort(window, get(i))
+                    for i in range(cur_lo, lo):
+                        del window[bisect.bisect_left(window, get(i))]
+                cur_lo, cur_hi = lo, hi
+                m = None if hi - lo < self.rule.min_finished else _sorted_median(window, ohi - olo)
+                out[c0 + j] = _none_nan(m)
         return out
 
 
@@ -928,15 +982,16 @@ def _class_summary(
     c: _Counts,
     d: Mapping[str, np.ndarray],
     ok: np.ndarray,
+    every: np.ndarray,
     strag: int,
     run_span: float,
     has_goodput: bool,
 ) -> ClassSummary:
-    def p(key: str, mask: np.ndarray | None = None) -> dict[int, float | None]:
-        v = d[key]
-        return percentiles(v[ok] if mask is None else v[mask])
+    """``ok``/``every``: masks of the class's ok / ended rows of the columns ``d``."""
 
-    every = np.ones(ok.size, dtype=bool)
+    def p(key: str, mask: np.ndarray | None = None) -> dict[int, float | None]:
+        return percentiles(d[key][ok if mask is None else mask])
+
     rate = has_goodput and run_span > 0
     return ClassSummary(
         name=name,
@@ -976,9 +1031,10 @@ def _summary(
     *,
     unfinished: int = 0,
     recent: int | None = None,
+    derived: Mapping[str, np.ndarray] | None = None,
 ) -> AsuSummary:
     """Percentiles and stragglers over ``cols`` (ended requests), counts from ``counts``."""
-    d = dict(cols.derived())
+    d = dict(derived if derived is not None else cols.derived())
     d["reasoning"] = cols.reasoning_tokens
     d["answer"] = cols.answer_tokens
     ok = cols.ok
@@ -996,9 +1052,9 @@ def _summary(
     classes = []
     for name, c in counts.items():
         m = names == name
-        sub = {k: v[m] for k, v in d.items()}
-        classes.append(_class_summary(name, c, sub, ok[m], int(strag[m].sum()), run_span, has_goodput))
-    overall = _class_summary("all", total, d, ok, int(strag.sum()), run_span, has_goodput)
+        classes.append(_class_summary(name, c, d, ok & m, m, int(strag[m].sum()), run_span, has_goodput))
+    every = np.ones(len(cols), dtype=bool)
+    overall = _class_summary("all", total, d, ok, every, int(strag.sum()), run_span, has_goodput)
     return AsuSummary(overall, tuple(classes), rule.describe(), dict(slo), run_span, unfinished, recent)
 
 
@@ -1021,8 +1077,9 @@ def asu_summary(
     unfinished = int((~ended).sum())
     if unfinished:
         cols = cols.take(ended)
-    counts = _counts_by_class(cols, cols.derived(), slo)
-    return _summary(cols, counts, rule, slo, unfinished=unfinished)
+    d = cols.derived()
+    counts = _counts_by_class(cols, d, slo)
+    return _summary(cols, counts, rule, slo, unfinished=unfinished, derived=d)
 
 
 @dataclass(frozen=True, eq=False)
