@@ -304,9 +304,8 @@ class RequestColumns:
             if col is None:
                 floats[f] = np.full(n, 0.0 if f in ("reasoning_tokens", "answer_tokens") else math.nan)
             else:
-                floats[f] = (
-                    np.array([_nan(v) for v in col], dtype=float) if not isinstance(col, np.ndarray) else col
-                )
+                numeric = isinstance(col, np.ndarray) and col.dtype.kind in "fiub"
+                floats[f] = col if numeric else np.array([_nan(v) for v in col], dtype=float)
         if "gap_sum" not in cols and cols.get("gaps") is not None:
             stats = [_gap_stats(b) for b in cols["gaps"]]
             floats["gap_sum"] = [s for s, _ in stats]
@@ -453,12 +452,12 @@ class StragglerRule:
     batch_window: float = 5.0
 
     def describe(self) -> str:
+        """The rule in one line (the class docstring and the README say it in full)."""
+        f = f"{self.factor:g}x"
         return (
-            f"run time or reasoning length > {self.factor:g}x the median of its class (all classes until "
-            f"a class has {self.min_finished} finished), or run time > {self.factor:g}x the median of its "
-            f"batch (the requests that started within {self.batch_window:g} s of it, once "
-            f"{self.min_finished} of them finished); requests in flight count as at least their age, so no "
-            "verdict before half of a group has finished"
+            f"run time or reasoning > {f} its class median, or run time > {f} its batch median (requests "
+            f"started within {self.batch_window:g} s of it); in flight counts as at least its age: no "
+            f"verdict before half of a group (and {self.min_finished}) finished"
         )
 
     def baselines(

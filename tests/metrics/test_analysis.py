@@ -138,7 +138,7 @@ def test_straggler_rule_flags_long_runs_against_class_median() -> None:
     # an unknown class falls back to the overall medians
     assert base.why("other", 5.0, 0) is not None
     assert A.asu_summary(recs, rule).by_name()["easy"].stragglers == 1
-    assert "3x the median" in rule.describe()
+    assert "3x its class median" in rule.describe() and "3x its batch median" in rule.describe()
 
 
 def test_straggler_rule_needs_enough_finished() -> None:
@@ -310,7 +310,7 @@ def test_vectorised_judgement_agrees_with_why_for_every_request() -> None:
     assert [c > 0 for c in codes] == [w is not None for w in whys]
     assert all((c == A.BATCH_RUN_TIME) == ("batch" in (w or "")) for c, w in zip(codes, whys, strict=True))
     assert A.asu_summary(recs).overall.stragglers == int((codes > 0).sum())
-    assert "batch" in A.StragglerRule().describe() and "5 s of it" in A.StragglerRule().describe()
+    assert "within 5 s of it" in A.StragglerRule().describe()
 
 
 # ---------------------------------------------------------------------------------------------- one pass, columns
@@ -347,6 +347,8 @@ def test_the_summary_reads_its_input_once_and_keeps_no_record() -> None:
     cols = {f: [getattr(r, f) for r in recs] for f in fields}
     cols["gaps"] = [r.gaps for r in recs]
     assert A.asu_summary(cols) == one_pass
+    as_numpy = {k: np.array(v, dtype=object if k in ("gaps", "status") else None) for k, v in cols.items()}
+    assert A.asu_summary(as_numpy) == one_pass  # object columns holding None too
     c = A.RequestColumns.from_records(recs)
     assert len(c) == len(recs) and A.asu_summary(c) == one_pass
     assert c.t_done.dtype == np.float64 and c.cls.dtype == np.int32
