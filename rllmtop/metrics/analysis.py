@@ -455,9 +455,9 @@ class StragglerRule:
         """The rule in one line (the class docstring and the README say it in full)."""
         f = f"{self.factor:g}x"
         return (
-            f"run time or reasoning > {f} its class median, or run time > {f} its batch median (requests "
-            f"started within {self.batch_window:g} s of it); in flight counts as at least its age: no "
-            f"verdict before half of a group (and {self.min_finished}) finished"
+            f"run time or reasoning length > {f} the median of its class, or run time > {f} its batch "
+            f"median (started within {self.batch_window:g} s of it); in flight counts as at least its age: "
+            f"no verdict before half of a group (and {self.min_finished}) finished"
         )
 
     def baselines(

@@ -138,7 +138,7 @@ def test_straggler_rule_flags_long_runs_against_class_median() -> None:
     # an unknown class falls back to the overall medians
     assert base.why("other", 5.0, 0) is not None
     assert A.asu_summary(recs, rule).by_name()["easy"].stragglers == 1
-    assert "3x its class median" in rule.describe() and "3x its batch median" in rule.describe()
+    assert "3x the median of its class" in rule.describe() and "3x its batch median" in rule.describe()
 
 
 def test_straggler_rule_needs_enough_finished() -> None:
