@@ -1,67 +1,110 @@
 """The one place numbers are computed: pure functions over records.
 
-Live (TUI, headless progress), replay, export and reports all call these, so a percentile or a straggler
-means the same thing everywhere. Nothing here does I/O or keeps state between calls.
+Live (TUI, headless progress), replay, export and reports all call these, so a percentile, a straggler or
+a goodput means the same thing everywhere. Nothing here does I/O or keeps state between calls (the one
+exception, :class:`LiveAsu`, is a bounded accumulator the live view owns).
 
-Definitions (written next to the numbers in reports):
+Definitions (written next to the numbers in reports). Every time is in session seconds: wall seconds, or
+simulated seconds in a time-lapse run of the simulator (``SessionInfo.clock``).
 
-- TTFT: first token of any kind (reasoning or answer) minus send time.
-- TTFVT: first *visible* (answer, non-reasoning) token minus send time. Requests cut while still reasoning
-  have no TTFVT; they count in ``no_visible``.
-- E2E: done minus send time. Service throughput: output tokens (reasoning + answer) of requests that ended,
-  divided by the span from the first send to the last end.
-- Percentiles: linear interpolation between closest ranks (numpy's default), over ok requests only.
+- Latencies start at the request's start (``RequestRecord.latency_start``: after any concurrency-cap
+  wait, before connecting; schema-1 recordings: the send).
+- TTFT: first token of any kind (reasoning or answer). TTFVT: first *visible* (answer, non-reasoning)
+  token; requests cut while still reasoning have none and count in ``no_visible``. E2E: request end.
+- TPOT, per request: (last token - first token) / (output tokens - 1), as ``vllm bench serve`` defines
+  it; the last token's time is the first token's plus the sum of the inter-chunk gaps of the gap blob
+  (``events.encode_gaps``; session microseconds). ITL, per request: the mean gap between two
+  token-bearing chunks (a chunk of several tokens is one gap, as ``vllm bench serve`` counts ITL);
+  a request streamed in one chunk has no ITL. Without a gap blob both fall back to (end - first token)
+  / (output tokens - 1).
+- Service throughput: output tokens (reasoning + answer) of requests that ended, divided by the span
+  from the first request start to the last end (of the class, for a class row).
+- Goodput (``vllm bench serve --goodput``): the requests that ended ok and met every per-request SLO
+  (``GOODPUT_KEYS``: ttft, ttfvt, e2el, itl; seconds), per second of the run's duration, and their answer
+  tokens per second. The denominator is the same for every class: the *run's* span from the first
+  request start to the last end, so the classes' goodputs add up to the overall one. A TTFVT SLO is
+  missed by a request that never showed an answer; an ITL SLO is met by one without a gap.
+- Percentiles: linear interpolation between closest ranks (numpy's default), over ok requests only
+  (send lag and concurrency wait: over every request that ended).
 - Straggler: see :class:`StragglerRule`.
+- Trust: :func:`client_delay_verdict` and :func:`sim_drift_verdict` say when the client or the simulator
+  was too slow for the latencies to be trusted.
+- Fleet: KV usage weighted by each engine's capacity (``kv_total_blocks``, else ``kv_total_tokens``, when
+  every engine serves it; else equal weights), queues and rates summed (:func:`kv_weights`).
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
-from collections import defaultdict
+import struct
+import warnings
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from rllmtop import fmt
+from rllmtop.errors import UserError
 from rllmtop.events import (
+    ClientHealth,
     HistogramSample,
     MetricSample,
     RequestRecord,
     RequestStatus,
+    Scrape,
     decode_gaps,
 )
-from rllmtop.scenario import SLO_KEYS
+from rllmtop.scenario import GOODPUT_KEYS, SLO_KEYS
 
 __all__ = [
+    "CLIENT_DELAY_S",
     "EMPTY_DIST",
     "KV_FULL",
     "MIN_TEST_N",
     "PCTS",
     "SLO_KEYS",
+    "AsuState",
     "AsuSummary",
     "ClassSummary",
+    "ClientDelayVerdict",
     "DistGroup",
     "Distribution",
     "EngineSummary",
+    "InFlight",
+    "LiveAsu",
     "MannWhitney",
+    "RequestColumns",
+    "SimDriftVerdict",
     "StragglerBaselines",
     "StragglerRule",
     "Timeline",
     "asu_summary",
     "check_slos",
+    "client_delay_verdict",
     "counter_increase",
     "counter_rates",
+    "engine_summaries",
     "engine_summary",
+    "engine_timelines",
+    "goodput_mask",
     "histogram_quantile",
     "histogram_window",
     "holm",
+    "kv_weights",
     "mann_whitney",
     "merge_histograms",
+    "parse_goodput",
     "percentiles",
     "reasoning_distribution",
+    "samples_by_engine",
     "scrape_step",
+    "sim_drift_verdict",
     "timeline",
+    "trust_warnings",
 ]
 
 PCTS: tuple[int, ...] = (50, 90, 99)
@@ -71,7 +114,7 @@ PCTS: tuple[int, ...] = (50, 90, 99)
 
 
 def percentiles(values: Iterable[float] | np.ndarray, qs: Sequence[int] = PCTS) -> dict[int, float | None]:
-    """{q: value} for each percentile q (0..100); None for every q when there are no values."""
+    """{q: value} for each percentile q (0..100); None for every q when there are no values (NaN skipped)."""
     arr = np.asarray(values if isinstance(values, np.ndarray) else list(values), dtype=float)
     arr = arr[~np.isnan(arr)] if arr.size else arr
     if arr.size == 0:
@@ -80,97 +123,656 @@ def percentiles(values: Iterable[float] | np.ndarray, qs: Sequence[int] = PCTS) 
     return {q: float(v) for q, v in zip(qs, res, strict=True)}
 
 
+# ------------------------------------------------------------------------------------------ request columns
+
+_OK, _ERROR, _CANCELLED, _IN_FLIGHT = 0, 1, 2, 3
+_STATUS_CODE = {
+    RequestStatus.OK: _OK,
+    RequestStatus.ERROR: _ERROR,
+    RequestStatus.CANCELLED: _CANCELLED,
+    RequestStatus.IN_FLIGHT: _IN_FLIGHT,
+}
+_TIME_FIELDS = (
+    "t_scheduled",
+    "t_dispatch",
+    "t_start",
+    "connect_s",
+    "t_sent",
+    "t_first_token",
+    "t_first_visible",
+    "t_done",
+)
+_FLOAT_FIELDS = (*_TIME_FIELDS, "reasoning_tokens", "answer_tokens", "gap_sum", "gap_n")
+_GAPS_HEAD = struct.Struct("<BBI")
+
+
+def _gap_stats(blob: bytes | None) -> tuple[float, float]:
+    """(sum of the inter-chunk gaps in seconds, number of gaps); (NaN, NaN) without a blob. O(gaps)."""
+    if not blob:
+        return math.nan, math.nan
+    try:
+        version, _flags, n = _GAPS_HEAD.unpack_from(blob, 0)
+        if version != 1 or len(blob) < 6 + 4 * n:
+            return math.nan, math.nan
+        total = int(np.frombuffer(blob, dtype="<u4", count=n, offset=6).sum(dtype=np.uint64)) if n else 0
+    except (struct.error, ValueError):
+        return math.nan, math.nan
+    return total * 1e-6, float(n)
+
+
+def _nan(v: float | None) -> float:
+    return math.nan if v is None else float(v)
+
+
+def _np(values: Any, dtype: Any) -> np.ndarray:
+    """A numpy column; an ``array.array`` of the same item size is wrapped, not copied."""
+    from array import array
+
+    if isinstance(values, array) and values.itemsize == np.dtype(dtype).itemsize:
+        return np.frombuffer(values, dtype=dtype) if len(values) else np.empty(0, dtype=dtype)
+    return np.asarray(values, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class RequestColumns:
+    """The facts of many requests as numpy columns: what every summary here is computed from.
+
+    About 110 bytes per request (a :class:`RequestRecord` with its gap blob costs kilobytes), so the final
+    summary of a long run fits in memory. Build it in one pass with :meth:`from_records` (any iterable:
+    a recording's ``iter_requests()``), or from a recording's numpy columns with :meth:`from_mapping`.
+    Times are session seconds, NaN where the record says None."""
+
+    classes: tuple[str, ...]  # class names, first-seen order; ``cls`` indexes them
+    cls: np.ndarray  # int32
+    status: np.ndarray  # int8: 0 ok, 1 error, 2 cancelled, 3 in flight
+    finish_names: tuple[str, ...]
+    finish: np.ndarray  # int16 index into finish_names, -1 = no finish_reason
+    correct: np.ndarray  # int8: -1 not graded, 0 wrong, 1 correct
+    worker: np.ndarray  # int32
+    t_scheduled: np.ndarray
+    t_dispatch: np.ndarray
+    t_start: np.ndarray
+    connect_s: np.ndarray
+    t_sent: np.ndarray
+    t_first_token: np.ndarray
+    t_first_visible: np.ndarray
+    t_done: np.ndarray
+    reasoning_tokens: np.ndarray
+    answer_tokens: np.ndarray
+    gap_sum: np.ndarray  # seconds from the first to the last token-bearing chunk (NaN: no gap blob)
+    gap_n: np.ndarray  # gaps in the blob (NaN: no gap blob)
+
+    def __len__(self) -> int:
+        return int(self.cls.size)
+
+    @classmethod
+    def empty(cls) -> RequestColumns:
+        return cls._build((), [], [], (), [], [], [], {f: [] for f in _FLOAT_FIELDS})
+
+    @classmethod
+    def _build(
+        cls,
+        classes: Sequence[str],
+        cls_idx: Sequence[int],
+        status: Sequence[int],
+        finish_names: Sequence[str],
+        finish: Sequence[int],
+        correct: Sequence[int],
+        worker: Sequence[int],
+        floats: Mapping[str, Any],
+    ) -> RequestColumns:
+        return cls(
+            classes=tuple(classes),
+            cls=_np(cls_idx, np.int32),
+            status=_np(status, np.int8),
+            finish_names=tuple(finish_names),
+            finish=_np(finish, np.int16),
+            correct=_np(correct, np.int8),
+            worker=_np(worker, np.int32),
+            **{f: _np(floats[f], np.float64) for f in _FLOAT_FIELDS},
+        )
+
+    @classmethod
+    def from_records(cls, records: Iterable[RequestRecord]) -> RequestColumns:
+        """One pass over ``records`` (a list, or a generator reading a file); keeps no record.
+
+        Cost: O(n + streamed chunks) time (the gap blobs are summed, not kept), ~110 bytes per request."""
+        from array import array
+
+        classes: dict[str, int] = {}
+        finishes: dict[str, int] = {}
+        ci, st, fi, co, wk = array("i"), array("b"), array("h"), array("b"), array("i")
+        floats = {f: array("d") for f in _FLOAT_FIELDS}
+        times = [(f, floats[f]) for f in _TIME_FIELDS]
+        rt, at, gs, gn = (floats[f] for f in ("reasoning_tokens", "answer_tokens", "gap_sum", "gap_n"))
+        for r in records:
+            c = classes.get(r.cls)
+            if c is None:
+                c = classes[r.cls] = len(classes)
+            ci.append(c)
+            st.append(_STATUS_CODE.get(r.status, _ERROR))
+            fr = r.finish_reason
+            if fr is None:
+                fi.append(-1)
+            else:
+                k = finishes.get(fr)
+                if k is None:
+                    k = finishes[fr] = len(finishes)
+                fi.append(k)
+            co.append(-1 if r.correct is None else int(bool(r.correct)))
+            wk.append(r.worker)
+            for name, arr in times:
+                v = getattr(r, name)
+                arr.append(math.nan if v is None else v)
+            rt.append(r.reasoning_tokens)
+            at.append(r.answer_tokens)
+            s, n = _gap_stats(r.gaps)
+            gs.append(s)
+            gn.append(n)
+        return cls._build(list(classes), ci, st, list(finishes), fi, co, wk, floats)
+
+    @classmethod
+    def from_mapping(cls, cols: Mapping[str, Any]) -> RequestColumns:
+        """From columns keyed by :class:`RequestRecord` field names (a recording's ``request_columns``).
+
+        Needed: ``cls``, ``status``; every other field is optional (missing = never happened). ``gaps`` (a
+        sequence of blobs) or ``gap_sum``/``gap_n`` give TPOT and ITL. Values may be numpy arrays or lists;
+        None/NaN for missing times; ``status`` as text or :class:`RequestStatus`."""
+        names = [str(x) for x in cols["cls"]]
+        n = len(names)
+        classes: dict[str, int] = {}
+        ci = [classes.setdefault(c, len(classes)) for c in names]
+        status = [_STATUS_CODE.get(RequestStatus(str(s)), _ERROR) for s in cols["status"]]
+        finishes: dict[str, int] = {}
+        fr_col = cols.get("finish_reason")
+        fi = (
+            [-1 if f is None else finishes.setdefault(str(f), len(finishes)) for f in fr_col]
+            if fr_col is not None
+            else [-1] * n
+        )
+        cor_col = cols.get("correct")
+        co = (
+            [-1 if c is None or (isinstance(c, float) and math.isnan(c)) else int(bool(c)) for c in cor_col]
+            if cor_col is not None
+            else [-1] * n
+        )
+        wk_col = cols.get("worker")
+        wk = [int(w) for w in wk_col] if wk_col is not None else [0] * n
+        floats: dict[str, Any] = {}
+        for f in _FLOAT_FIELDS:
+            col = cols.get(f)
+            if col is None:
+                floats[f] = np.full(n, 0.0 if f in ("reasoning_tokens", "answer_tokens") else math.nan)
+            else:
+                numeric = isinstance(col, np.ndarray) and col.dtype.kind in "fiub"
+                floats[f] = col if numeric else np.array([_nan(v) for v in col], dtype=float)
+        if "gap_sum" not in cols and cols.get("gaps") is not None:
+            stats = [_gap_stats(b) for b in cols["gaps"]]
+            floats["gap_sum"] = [s for s, _ in stats]
+            floats["gap_n"] = [k for _, k in stats]
+        return cls._build(list(classes), ci, status, list(finishes), fi, co, wk, floats)
+
+    def take(self, idx: np.ndarray) -> RequestColumns:
+        """The rows selected by a boolean mask or an index array (classes and finish names kept)."""
+        return RequestColumns(
+            classes=self.classes,
+            cls=self.cls[idx],
+            status=self.status[idx],
+            finish_names=self.finish_names,
+            finish=self.finish[idx],
+            correct=self.correct[idx],
+            worker=self.worker[idx],
+            **{f: getattr(self, f)[idx] for f in _FLOAT_FIELDS},
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[RequestColumns]) -> RequestColumns:
+        """Rows of several parts in order (class and finish indices remapped onto one name table)."""
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls.empty()
+        if len(parts) == 1:
+            return parts[0]
+        classes: dict[str, int] = {}
+        finishes: dict[str, int] = {}
+        ci, fi = [], []
+        for p in parts:
+            cmap = np.array([classes.setdefault(c, len(classes)) for c in p.classes] or [0], dtype=np.int32)
+            ci.append(cmap[p.cls])
+            fmap = np.array(
+                [finishes.setdefault(f, len(finishes)) for f in p.finish_names] + [-1], dtype=np.int16
+            )
+            fi.append(fmap[p.finish])  # index -1 picks the trailing -1
+        return cls(
+            classes=tuple(classes),
+            cls=np.concatenate(ci),
+            status=np.concatenate([p.status for p in parts]),
+            finish_names=tuple(finishes),
+            finish=np.concatenate(fi),
+            correct=np.concatenate([p.correct for p in parts]),
+            worker=np.concatenate([p.worker for p in parts]),
+            **{f: np.concatenate([getattr(p, f) for p in parts]) for f in _FLOAT_FIELDS},
+        )
+
+    # -- derived per request (vectorised; the same definitions as RequestRecord's properties) --------
+
+    @property
+    def latency_start(self) -> np.ndarray:
+        return np.where(np.isnan(self.t_start), self.t_sent, self.t_start)
+
+    @property
+    def ended(self) -> np.ndarray:
+        """Ended: failed or cancelled, or ok with an end time (in-flight rows of a killed run are not)."""
+        return ((self.status == _ERROR) | (self.status == _CANCELLED)) | (
+            (self.status == _OK) & ~np.isnan(self.t_done)
+        )
+
+    @property
+    def ok(self) -> np.ndarray:
+        return (self.status == _OK) & ~np.isnan(self.t_done)
+
+    def derived(self) -> dict[str, np.ndarray]:
+        """ttft, ttfvt, e2e, tpot, itl, send_lag, concurrency_wait, output tokens (NaN where undefined)."""
+        start = self.latency_start
+        out = self.reasoning_tokens + self.answer_tokens
+        with np.errstate(divide="ignore", invalid="ignore"):
+            span = np.where(np.isnan(self.gap_sum), self.t_done - self.t_first_token, self.gap_sum)
+            tpot = np.where(out > 1, span / (out - 1), np.nan)
+            itl = np.where(
+                np.isnan(self.gap_n), tpot, np.where(self.gap_n > 0, self.gap_sum / self.gap_n, np.nan)
+            )
+        wait = np.where(
+            np.isnan(self.t_dispatch) | np.isnan(self.t_start),
+            np.nan,
+            np.maximum(self.t_start - self.t_dispatch, 0.0),
+        )
+        has_write = ~np.isnan(self.t_start) & ~np.isnan(self.t_sent)
+        lag = np.where(
+            has_write,
+            self.t_sent - self.t_scheduled - np.nan_to_num(wait) - np.nan_to_num(self.connect_s),
+            self.t_dispatch - self.t_scheduled,
+        )
+        return {
+            "start": start,
+            "ttft": self.t_first_token - start,
+            "ttfvt": self.t_first_visible - start,
+            "e2e": self.t_done - start,
+            "tpot": tpot,
+            "itl": itl,
+            "send_lag": lag,
+            "concurrency_wait": wait,
+            "output": out,
+        }
+
+
+def _columns(requests: Iterable[RequestRecord] | RequestColumns | Mapping[str, Any]) -> RequestColumns:
+    if isinstance(requests, RequestColumns):
+        return requests
+    if isinstance(requests, Mapping):
+        return RequestColumns.from_mapping(requests)
+    return RequestColumns.from_records(requests)
+
+
 # ------------------------------------------------------------------------------------------ stragglers
+
+
+class InFlight(NamedTuple):
+    """A request still running, as a censored observation: it has run at least ``age`` seconds."""
+
+    cls: str
+    age: float
+    reasoning: int
+    t_start: float | None = None  # its latency start (session seconds); None: it joins no batch
+
+
+# straggler reasons, as StragglerBaselines.judge() codes them
+NOT_STRAGGLER, CLASS_RUN_TIME, CLASS_REASONING, BATCH_RUN_TIME = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
 class StragglerRule:
-    """A request straggles when its run time or its reasoning length exceeds ``factor`` times the median
-    of its class (of all requests while its class has fewer than ``min_finished`` finished).
+    """A request straggles when it is far behind its class or far behind its batch:
 
-    The median counts the requests still in flight as *censored*: each has run at least its age, so the
-    median is only known once at least half of the group has finished, and it is then the
-    ``ceil(n/2)``-th smallest finished value (an upper bound of the true median). Early in a burst,
-    when only the fast requests have finished, nothing is flagged; a few hard requests running far
-    behind the rest of the batch are. In-flight requests are judged on their age and reasoning tokens
-    so far, so they are flagged while they happen; finished ones on E2E and final reasoning length."""
+    - its run time or its reasoning length exceeds ``factor`` times the median of its class (of all
+      requests while its class has fewer than ``min_finished`` finished), or
+    - its run time exceeds ``factor`` times the median run time of its *batch*: the requests of any class
+      that started within ``batch_window`` seconds of it (before or after, itself included), once
+      ``min_finished`` of them have finished. A request that ran to its token cap with the rest of its
+      class still straggles when its batch finished long before it (the hard requests of one burst).
+
+    Medians count the requests still in flight as *censored*: each has run at least its age, so a median
+    is only known once at least half of its group has finished, and it is then the ``ceil(n/2)``-th
+    smallest finished value (an upper bound of the true median). Early in a burst, when only the fast
+    requests have finished, nothing is flagged. In-flight requests are judged on their age and reasoning
+    tokens so far, so they are flagged while they happen; finished ones on E2E and final reasoning length.
+    Run times and windows are session seconds."""
 
     factor: float = 3.0
     min_finished: int = 5
+    batch_window: float = 5.0
 
     def describe(self) -> str:
+        """The rule in one line (the class docstring and the README say it in full)."""
+        f = f"{self.factor:g}x"
         return (
-            f"run time or reasoning length > {self.factor:g}x the median of its class (all classes until "
-            f"a class has {self.min_finished} finished; requests in flight count as at least their age, "
-            "so no verdict before half have finished)"
+            f"run time or reasoning length > {f} the median of its class, or run time > {f} its batch "
+            f"median (started within {self.batch_window:g} s of it); in flight counts as at least its age: "
+            f"no verdict before half of a group (and {self.min_finished}) finished"
         )
 
     def baselines(
         self,
-        finished: Sequence[RequestRecord],
-        in_flight: Iterable[tuple[str, float, int]] = (),
+        finished: Iterable[RequestRecord] | RequestColumns,
+        in_flight: Iterable[InFlight | tuple[str, float, int] | tuple[str, float, int, float | None]] = (),
     ) -> StragglerBaselines:
-        """Medians per class and overall from finished ok requests, with ``in_flight`` (class, age,
-        reasoning tokens so far) as censored observations."""
-        by_cls_e2e: dict[str, list[float]] = defaultdict(list)
-        by_cls_rsn: dict[str, list[float]] = defaultdict(list)
-        for r in finished:
-            if r.status is not RequestStatus.OK or r.e2e is None:
-                continue
-            by_cls_e2e[r.cls].append(r.e2e)
-            by_cls_rsn[r.cls].append(r.reasoning_tokens)
-        open_by_cls: dict[str, int] = defaultdict(int)
-        for cls, _age, _rsn in in_flight:
-            open_by_cls[cls] += 1
-        all_e2e = [v for vs in by_cls_e2e.values() for v in vs]
-        all_rsn = [v for vs in by_cls_rsn.values() for v in vs]
+        """Medians per class, overall and per batch from the finished ok requests, with ``in_flight``
+        (class, age, reasoning tokens so far, latency start) as censored observations. An in-flight
+        entry without a start (a 3-tuple) cannot be placed in a batch: then no batch verdict is given
+        (a batch median without it could be too low)."""
+        cols = _columns(finished)
+        ok = cols.ok
+        d = cols.derived()
+        e2e = d["e2e"][ok]
+        names = np.asarray(cols.classes, dtype=object)[cols.cls[ok]] if len(cols) else np.empty(0, object)
+        return self._baselines(names, e2e, cols.reasoning_tokens[ok], d["start"][ok], in_flight)
+
+    def _baselines(
+        self,
+        cls_names: np.ndarray,
+        e2e: np.ndarray,
+        reasoning: np.ndarray,
+        start: np.ndarray,
+        in_flight: Iterable[Any] = (),
+    ) -> StragglerBaselines:
+        keep = ~np.isnan(e2e)
+        cls_names, e2e, reasoning, start = cls_names[keep], e2e[keep], reasoning[keep], start[keep]
+        open_by_cls: Counter[str] = Counter()
+        open_starts: list[float] = []
+        placeable = True
+        for item in in_flight:
+            f = InFlight(*item)
+            open_by_cls[f.cls] += 1
+            if f.t_start is None or math.isnan(f.t_start):
+                placeable = False
+            else:
+                open_starts.append(float(f.t_start))
         n_open = sum(open_by_cls.values())
-        per_cls = {
-            c: (_censored_median(v, open_by_cls[c]), _censored_median(by_cls_rsn[c], open_by_cls[c]))
-            for c, v in by_cls_e2e.items()
-            if len(v) >= self.min_finished
-        }
+        per_cls: dict[str, tuple[float | None, float | None]] = {}
+        if cls_names.size:
+            for c in dict.fromkeys(cls_names.tolist()):
+                m = cls_names == c
+                if int(m.sum()) >= self.min_finished:
+                    per_cls[c] = (
+                        _censored_median(e2e[m], open_by_cls[c]),
+                        _censored_median(reasoning[m], open_by_cls[c]),
+                    )
         overall = (
-            (_censored_median(all_e2e, n_open), _censored_median(all_rsn, n_open))
-            if len(all_e2e) >= self.min_finished
+            (_censored_median(e2e, n_open), _censored_median(reasoning, n_open))
+            if e2e.size >= self.min_finished
             else (None, None)
         )
-        return StragglerBaselines(self, per_cls, overall)
+        order = np.argsort(start, kind="stable")
+        done_start, done_val = start[order], e2e[order]
+        ok_start = ~np.isnan(done_start)
+        return StragglerBaselines(
+            self,
+            per_cls,
+            overall,
+            batch_starts=done_start[ok_start],
+            batch_values=done_val[ok_start],
+            open_starts=np.sort(np.asarray(open_starts, dtype=float)),
+            batches=placeable,
+        )
 
 
-def _censored_median(done: Sequence[float], n_open: int) -> float | None:
+def _sorted_median(window: Sequence[float], n_open: int) -> float | None:
+    """:func:`_censored_median` of values already sorted ascending (the same numbers)."""
+    n_done = len(window)
+    k = (n_done + n_open + 1) // 2
+    if n_done == 0 or k > n_done:
+        return None
+    if n_open == 0:
+        h = n_done // 2
+        return float(window[h]) if n_done % 2 else float((window[h - 1] + window[h]) / 2)
+    return float(window[k - 1])
+
+
+def _censored_median(done: np.ndarray | Sequence[float], n_open: int) -> float | None:
     """Median of ``done`` plus ``n_open`` values known only to be larger than anything seen so far:
     the ceil(n/2)-th smallest finished value, or None while fewer than half have finished."""
     n = len(done) + n_open
     k = (n + 1) // 2  # 1-based rank of the (upper) median
-    if not done or k > len(done):
+    if len(done) == 0 or k > len(done):
         return None
     if n_open == 0:
         return float(np.median(done))
     return float(np.partition(np.asarray(done, dtype=float), k - 1)[k - 1])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StragglerBaselines:
+    """The medians a :class:`StragglerRule` judges against, frozen at one moment."""
+
     rule: StragglerRule
     per_class: Mapping[str, tuple[float | None, float | None]]  # class -> (median e2e, median reasoning)
     overall: tuple[float | None, float | None]
+    batch_starts: np.ndarray = field(default_factory=lambda: np.empty(0))  # finished: sorted starts
+    batch_values: np.ndarray = field(default_factory=lambda: np.empty(0))  # ... and their run times
+    open_starts: np.ndarray = field(default_factory=lambda: np.empty(0))  # in flight: sorted starts
+    batches: bool = True  # False: an in-flight request had no start, no batch verdicts
+    _cache: dict[tuple[int, int, int, int], float | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def medians(self, cls: str) -> tuple[float | None, float | None]:
         return self.per_class.get(cls, self.overall)
 
-    def why(self, cls: str, run_time: float | None, reasoning_tokens: int) -> str | None:
-        """The reason this request straggles ("age 41.0s > 3x 12.1s"), or None if it does not."""
+    def batch_median(self, t_start: float | None) -> float | None:
+        """The (censored) median run time of the batch of a request that started at ``t_start``; None
+        while unknown (fewer than ``min_finished`` finished in it, or fewer than half)."""
+        if not self.batches or t_start is None or math.isnan(t_start):
+            return None
+        w = self.rule.batch_window
+        s = self.batch_starts
+        lo, hi = int(np.searchsorted(s, t_start - w, "left")), int(np.searchsorted(s, t_start + w, "right"))
+        o = self.open_starts
+        olo, ohi = int(np.searchsorted(o, t_start - w, "left")), int(np.searchsorted(o, t_start + w, "right"))
+        return self._window_median(lo, hi, olo, ohi)
+
+    def _window_median(self, lo: int, hi: int, olo: int, ohi: int) -> float | None:
+        key = (lo, hi, olo, ohi)
+        if key in self._cache:
+            return self._cache[key]
+        m = (
+            None
+            if hi - lo < self.rule.min_finished
+            else _sorted_median(np.sort(self.batch_values[lo:hi]).tolist(), ohi - olo)
+        )
+        if len(self._cache) > 65_536:
+            self._cache.clear()
+        self._cache[key] = m
+        return m
+
+    def limits(self, cls: str, t_start: float | None = None) -> tuple[float, float]:
+        """(run time, reasoning tokens) above which :meth:`why` flags a request (inf: never): a cheap
+        check before asking for the reason."""
+        f = self.rule.factor
+        med_t, med_r = self.medians(cls)
+        lim_t = f * med_t if med_t else math.inf
+        mb = self.batch_median(t_start)
+        if mb:
+            lim_t = min(lim_t, f * mb)
+        return lim_t, (f * med_r if med_r else math.inf)
+
+    def why(
+        self, cls: str, run_time: float | None, reasoning_tokens: int, t_start: float | None = None
+    ) -> str | None:
+        """The reason this request straggles ("run time 41.0s > 3x median 12.1s"), or None if it does
+        not. Without ``t_start`` only its class is compared."""
         med_t, med_r = self.medians(cls)
         f = self.rule.factor
         if run_time is not None and med_t and run_time > f * med_t:
             return f"run time {run_time:.1f}s > {f:g}x median {med_t:.1f}s"
         if med_r and reasoning_tokens > f * med_r:
             return f"reasoning {reasoning_tokens} tok > {f:g}x median {med_r:.0f}"
+        if run_time is not None:
+            mb = self.batch_median(t_start)
+            if mb and run_time > f * mb:
+                return f"run time {run_time:.1f}s > {f:g}x its batch's median {mb:.1f}s"
         return None
+
+    def judge(
+        self, cls_names: np.ndarray, run_time: np.ndarray, reasoning: np.ndarray, start: np.ndarray
+    ) -> np.ndarray:
+        """Vectorised :meth:`why`: one code per request (NOT_STRAGGLER, CLASS_RUN_TIME, CLASS_REASONING,
+        BATCH_RUN_TIME; the first reason that applies, in that order). Cost: O(n log n) plus a sliding
+        window over the batches (a burst is one batch, computed once)."""
+        n = run_time.size
+        out = np.zeros(n, dtype=np.int8)
+        if n == 0:
+            return out
+        f = self.rule.factor
+        lim_t = np.full(n, math.inf)
+        lim_r = np.full(n, math.inf)
+        for c in dict.fromkeys(cls_names.tolist()):
+            med_t, med_r = self.medians(c)
+            m = cls_names == c
+            if med_t:
+                lim_t[m] = f * med_t
+            if med_r:
+                lim_r[m] = f * med_r
+        with np.errstate(invalid="ignore"):
+            by_time = run_time > lim_t
+            by_rsn = reasoning > lim_r
+        out[by_time] = CLASS_RUN_TIME
+        out[~by_time & by_rsn] = CLASS_REASONING
+        if self.batches and self.batch_starts.size:
+            w = self.rule.batch_window
+            s, o = self.batch_starts, self.open_starts
+            has = ~np.isnan(start)
+            st = np.where(has, start, 0.0)
+            order = np.argsort(st, kind="stable")  # in start order every window bound only grows
+            qs = st[order]
+            keys = np.stack(
+                [
+                    np.searchsorted(s, qs - w, "left"),
+                    np.searchsorted(s, qs + w, "right"),
+                    np.searchsorted(o, qs - w, "left"),
+                    np.searchsorted(o, qs + w, "right"),
+                ]
+            )
+            new = np.ones(n, dtype=bool)  # a window differing from the previous request's
+            new[1:] = np.any(keys[:, 1:] != keys[:, :-1], axis=0)
+            medians = self._window_medians(keys[:, new])
+            meds = np.empty(n)
+            meds[order] = medians[np.cumsum(new) - 1]
+            with np.errstate(invalid="ignore"):
+                by_batch = has & ~np.isnan(meds) & (meds > 0) & (run_time > f * meds)
+            out[(out == NOT_STRAGGLER) & by_batch] = BATCH_RUN_TIME
+        return out
+
+    def _window_medians(self, windows: np.ndarray) -> np.ndarray:
+        """Batch medians of windows (rows lo, hi, olo, ohi; one column each) whose lo and hi never
+        decrease (queries in start order): one sorted list slides along, O(n log m) comparisons plus
+        the list's memmoves, memory O(m) for batches of m requests (no per-request Python object)."""
+        get = self.batch_values.item
+        window: list[float] = []
+        cur_lo = cur_hi = 0
+        out = np.empty(windows.shape[1])
+        chunk = 8192
+        for c0 in range(0, windows.shape[1], chunk):
+            part = windows[:, c0 : c0 + chunk].tolist()
+            for j, (lo, hi, olo, ohi) in enumerate(zip(*part, strict=True)):
+                if lo >= cur_hi:
+                    window = sorted(get(i) for i in range(lo, hi))
+                else:
+                    for i in range(cur_hi, hi):
+                        bisect.insort(window, get(i))
+                    for i in range(cur_lo, lo):
+                        del window[bisect.bisect_left(window, get(i))]
+                cur_lo, cur_hi = lo, hi
+                m = None if hi - lo < self.rule.min_finished else _sorted_median(window, ohi - olo)
+                out[c0 + j] = _none_nan(m)
+        return out
+
+
+def _none_nan(v: float | None) -> float:
+    return math.nan if v is None else v
+
+
+# ------------------------------------------------------------------------------------------ goodput
+
+
+def parse_goodput(spec: str | Sequence[str]) -> dict[str, float]:
+    """The CLI form ``--goodput ttfvt:30 e2el:120`` -> ``{"ttfvt": 30.0, "e2el": 120.0}``.
+
+    Keys are :data:`rllmtop.scenario.GOODPUT_KEYS` (ttft, ttfvt, e2el, itl); values are *seconds*
+    (``vllm bench serve --goodput`` takes milliseconds: ``ttft:500`` there is ``ttft:0.5`` here).
+    Raises UserError naming the bad item."""
+    items = spec.split() if isinstance(spec, str) else [t for s in spec for t in str(s).split()]
+    keys = ", ".join(GOODPUT_KEYS)
+    hint = f"write KEY:SECONDS items, e.g. --goodput ttfvt:30 e2el:120 (keys: {keys}; seconds)"
+    out: dict[str, float] = {}
+    for item in items:
+        key, sep, value = item.partition(":")
+        key = key.strip().lower()
+        if not sep or not key or not value.strip():
+            raise UserError(f"--goodput {item!r} is not KEY:SECONDS", hint)
+        if key not in GOODPUT_KEYS:
+            raise UserError(f"--goodput {item!r}: unknown key {key!r}", hint)
+        try:
+            v = float(value)
+        except ValueError:
+            raise UserError(f"--goodput {item!r}: {value!r} is not a number of seconds", hint) from None
+        if not math.isfinite(v) or v <= 0:
+            raise UserError(f"--goodput {item!r}: the limit must be a positive number of seconds", hint)
+        if key in out:
+            raise UserError(f"--goodput names {key!r} twice", hint)
+        out[key] = v
+    if not out:
+        raise UserError("--goodput needs at least one KEY:SECONDS item", hint)
+    return out
+
+
+def _check_goodput(slo: Mapping[str, float] | None) -> dict[str, float]:
+    out = dict(slo or {})
+    for k, v in out.items():
+        if k not in GOODPUT_KEYS:
+            raise ValueError(f"unknown goodput SLO {k!r}; allowed: {', '.join(GOODPUT_KEYS)}")
+        if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+            raise ValueError(f"goodput SLO {k} must be a positive number of seconds, not {v!r}")
+    return out
+
+
+_GOODPUT_METRIC = {"ttft": "ttft", "ttfvt": "ttfvt", "e2el": "e2e", "itl": "itl"}
+
+
+def _good(d: Mapping[str, np.ndarray], ok: np.ndarray, slo: Mapping[str, float]) -> np.ndarray:
+    good = ok.copy()
+    with np.errstate(invalid="ignore"):
+        for key, limit in slo.items():
+            v = d[_GOODPUT_METRIC[key]]
+            if key == "itl":
+                good &= np.isnan(v) | (v <= limit)  # no gap (one chunk): no inter-token wait
+            else:
+                good &= v <= limit  # NaN (e.g. never a visible token) misses it
+    return good
+
+
+def goodput_mask(
+    requests: Iterable[RequestRecord] | RequestColumns | Mapping[str, Any], slo: Mapping[str, float]
+) -> np.ndarray:
+    """Per request (in order): it ended ok and met every per-request SLO of ``slo`` (GOODPUT_KEYS,
+    seconds). All true for ok requests when ``slo`` is empty."""
+    cols = _columns(requests)
+    return _good(cols.derived(), cols.ok, _check_goodput(slo))
 
 
 # ------------------------------------------------------------------------------------------ ASU summary
+
+
+def _no_pcts() -> dict[int, float | None]:
+    return {q: None for q in PCTS}
 
 
 @dataclass(frozen=True)
@@ -188,17 +790,21 @@ class ClassSummary:
     correct: int
     reasoning_tokens: int
     answer_tokens: int
-    span_s: float  # first send .. last end, seconds
+    span_s: float  # first request start .. last end of this class, seconds
     ttft: dict[int, float | None]
     ttfvt: dict[int, float | None]
     e2e: dict[int, float | None]
-    tpot: dict[int, float | None]  # per request: (e2e - ttft) / (output tokens - 1)
+    tpot: dict[int, float | None]  # per request: (last token - first token) / (output tokens - 1)
     reasoning_len: dict[int, float | None]
     answer_len: dict[int, float | None]
     send_lag: dict[int, float | None]
     concurrency_wait: dict[int, float | None]
     stragglers: int
     finish_reasons: dict[str, int] = field(default_factory=dict)
+    itl: dict[int, float | None] = field(default_factory=_no_pcts)  # per request: mean inter-chunk gap
+    good: int = 0  # ok and met every goodput SLO (every ok request when there is no goodput SLO)
+    goodput_rps: float | None = None  # good / the run's span; None without goodput SLOs
+    goodput_tps: float | None = None  # answer tokens of good requests / the run's span
 
     @property
     def accuracy(self) -> float | None:
@@ -236,12 +842,16 @@ class ClassSummary:
             "span_s": self.span_s,
             "stragglers": self.stragglers,
             "finish_reasons": dict(self.finish_reasons),
+            "good": self.good,
+            "goodput_rps": self.goodput_rps,
+            "goodput_tps": self.goodput_tps,
         }
         for key in (
             "ttft",
             "ttfvt",
             "e2e",
             "tpot",
+            "itl",
             "reasoning_len",
             "answer_len",
             "send_lag",
@@ -257,64 +867,311 @@ class AsuSummary:
     overall: ClassSummary
     classes: tuple[ClassSummary, ...]
     straggler_rule: str
+    goodput: Mapping[str, float] = field(default_factory=dict)  # the per-request SLOs, seconds ({}: none)
+    run_span_s: float = 0.0  # first request start .. last end of the run: the goodput denominator
+    unfinished: int = 0  # requests that never ended (in flight when a recording stopped)
+    recent: int | None = None  # percentiles and stragglers cover only the most recent N ended (LiveAsu)
 
     def by_name(self) -> dict[str, ClassSummary]:
         return {c.name: c for c in (self.overall, *self.classes)}
 
 
-def _summarise(name: str, recs: Sequence[RequestRecord], baselines: StragglerBaselines) -> ClassSummary:
-    ok = [r for r in recs if r.status is RequestStatus.OK]
-    errors = sum(1 for r in recs if r.status is RequestStatus.ERROR)
-    cancelled = sum(1 for r in recs if r.status is RequestStatus.CANCELLED)
-    graded = [r for r in recs if r.correct is not None]
-    sent = [r.t_sent for r in recs if r.t_sent is not None]
-    ends = [r.t_done for r in recs if r.t_done is not None]
-    span = (max(ends) - min(sent)) if sent and ends else 0.0
-    tpots = []
-    for r in ok:
-        n = r.output_tokens
-        if n > 1 and r.e2e is not None and r.ttft is not None:
-            tpots.append((r.e2e - r.ttft) / (n - 1))
-    finish: dict[str, int] = defaultdict(int)
-    for r in recs:
-        finish[r.finish_reason or r.status.value] += 1
-    stragglers = sum(1 for r in ok if baselines.why(r.cls, r.e2e, r.reasoning_tokens) is not None)
+@dataclass
+class _Counts:
+    """The exact, additive part of a class summary."""
+
+    requests: int = 0
+    ok: int = 0
+    errors: int = 0
+    cancelled: int = 0
+    truncated: int = 0
+    no_visible: int = 0
+    graded: int = 0
+    correct: int = 0
+    reasoning_tokens: int = 0
+    answer_tokens: int = 0
+    first_start: float = math.inf
+    last_end: float = -math.inf
+    good: int = 0
+    good_answer_tokens: int = 0
+    finish: Counter[str] = field(default_factory=Counter)
+
+    def add(self, o: _Counts) -> None:
+        for f in (
+            "requests",
+            "ok",
+            "errors",
+            "cancelled",
+            "truncated",
+            "no_visible",
+            "graded",
+            "correct",
+            "reasoning_tokens",
+            "answer_tokens",
+            "good",
+            "good_answer_tokens",
+        ):
+            setattr(self, f, getattr(self, f) + getattr(o, f))
+        self.first_start = min(self.first_start, o.first_start)
+        self.last_end = max(self.last_end, o.last_end)
+        self.finish.update(o.finish)
+
+    def copy(self) -> _Counts:
+        c = replace(self)
+        c.finish = Counter(self.finish)
+        return c
+
+    @property
+    def span(self) -> float:
+        return self.last_end - self.first_start if self.last_end >= self.first_start else 0.0
+
+
+_STATUS_NAME = ("ok", "error", "cancelled", "in_flight")
+
+
+def _counts_by_class(
+    cols: RequestColumns, d: Mapping[str, np.ndarray], slo: Mapping[str, float]
+) -> dict[str, _Counts]:
+    """Exact counts per class (first-seen order) over ``cols``, which holds ended requests only."""
+    ok = cols.ok
+    good = _good(d, ok, slo)
+    out: dict[str, _Counts] = {}
+    for k, name in enumerate(cols.classes):
+        m = cols.cls == k
+        if not m.any():
+            continue
+        okm = ok & m
+        start = d["start"][m]
+        start = start[~np.isnan(start)]
+        end = cols.t_done[m]
+        end = end[~np.isnan(end)]
+        fin: Counter[str] = Counter()
+        codes, n = np.unique(cols.finish[m], return_counts=True)
+        for code, c in zip(codes.tolist(), n.tolist(), strict=True):
+            if code >= 0:
+                fin[cols.finish_names[code]] += c
+        if (cols.finish[m] < 0).any():
+            st, sn = np.unique(cols.status[m & (cols.finish < 0)], return_counts=True)
+            for code, c in zip(st.tolist(), sn.tolist(), strict=True):
+                fin[_STATUS_NAME[code]] += c
+        length = cols.finish_names.index("length") if "length" in cols.finish_names else -2
+        graded = cols.correct[m] >= 0
+        out[name] = _Counts(
+            requests=int(m.sum()),
+            ok=int(okm.sum()),
+            errors=int((m & (cols.status == _ERROR)).sum()),
+            cancelled=int((m & (cols.status == _CANCELLED)).sum()),
+            truncated=int((okm & (cols.finish == length)).sum()),
+            no_visible=int((okm & np.isnan(cols.t_first_visible)).sum()),
+            graded=int(graded.sum()),
+            correct=int((cols.correct[m] == 1).sum()),
+            reasoning_tokens=int(cols.reasoning_tokens[m].sum()),
+            answer_tokens=int(cols.answer_tokens[m].sum()),
+            first_start=float(start.min()) if start.size else math.inf,
+            last_end=float(end.max()) if end.size else -math.inf,
+            good=int((good & m).sum()),
+            good_answer_tokens=int(cols.answer_tokens[good & m].sum()),
+            finish=fin,
+        )
+    return out
+
+
+def _class_summary(
+    name: str,
+    c: _Counts,
+    d: Mapping[str, np.ndarray],
+    ok: np.ndarray,
+    every: np.ndarray,
+    strag: int,
+    run_span: float,
+    has_goodput: bool,
+) -> ClassSummary:
+    """``ok``/``every``: masks of the class's ok / ended rows of the columns ``d``."""
+
+    def p(key: str, mask: np.ndarray | None = None) -> dict[int, float | None]:
+        return percentiles(d[key][ok if mask is None else mask])
+
+    rate = has_goodput and run_span > 0
     return ClassSummary(
         name=name,
-        requests=len(recs),
-        ok=len(ok),
-        errors=errors,
-        cancelled=cancelled,
-        truncated=sum(1 for r in ok if r.finish_reason == "length"),
-        no_visible=sum(1 for r in ok if r.t_first_visible is None),
-        graded=len(graded),
-        correct=sum(1 for r in graded if r.correct),
-        reasoning_tokens=sum(r.reasoning_tokens for r in recs),
-        answer_tokens=sum(r.answer_tokens for r in recs),
-        span_s=span,
-        ttft=percentiles(r.ttft for r in ok if r.ttft is not None),
-        ttfvt=percentiles(r.ttfvt for r in ok if r.ttfvt is not None),
-        e2e=percentiles(r.e2e for r in ok if r.e2e is not None),
-        tpot=percentiles(tpots),
-        reasoning_len=percentiles(r.reasoning_tokens for r in ok),
-        answer_len=percentiles(r.answer_tokens for r in ok),
-        send_lag=percentiles(r.send_lag for r in recs if r.send_lag is not None),
-        concurrency_wait=percentiles(r.concurrency_wait for r in recs if r.concurrency_wait is not None),
-        stragglers=stragglers,
-        finish_reasons=dict(finish),
+        requests=c.requests,
+        ok=c.ok,
+        errors=c.errors,
+        cancelled=c.cancelled,
+        truncated=c.truncated,
+        no_visible=c.no_visible,
+        graded=c.graded,
+        correct=c.correct,
+        reasoning_tokens=c.reasoning_tokens,
+        answer_tokens=c.answer_tokens,
+        span_s=c.span,
+        ttft=p("ttft"),
+        ttfvt=p("ttfvt"),
+        e2e=p("e2e"),
+        tpot=p("tpot"),
+        reasoning_len=p("reasoning"),
+        answer_len=p("answer"),
+        send_lag=p("send_lag", every),
+        concurrency_wait=p("concurrency_wait", every),
+        stragglers=strag,
+        finish_reasons=dict(c.finish),
+        itl=p("itl"),
+        good=c.good,
+        goodput_rps=c.good / run_span if rate else None,
+        goodput_tps=c.good_answer_tokens / run_span if rate else None,
     )
 
 
-def asu_summary(requests: Sequence[RequestRecord], rule: StragglerRule | None = None) -> AsuSummary:
-    """ASU numbers per class (in first-seen order) and overall, over requests that ended."""
+def _summary(
+    cols: RequestColumns,
+    counts: Mapping[str, _Counts],
+    rule: StragglerRule,
+    slo: Mapping[str, float],
+    *,
+    unfinished: int = 0,
+    recent: int | None = None,
+    derived: Mapping[str, np.ndarray] | None = None,
+) -> AsuSummary:
+    """Percentiles and stragglers over ``cols`` (ended requests), counts from ``counts``."""
+    d = dict(derived if derived is not None else cols.derived())
+    d["reasoning"] = cols.reasoning_tokens
+    d["answer"] = cols.answer_tokens
+    ok = cols.ok
+    names = np.asarray(cols.classes, dtype=object)[cols.cls] if len(cols) else np.empty(0, dtype=object)
+    base = rule._baselines(names[ok], d["e2e"][ok], cols.reasoning_tokens[ok], d["start"][ok])
+    strag = np.zeros(len(cols), dtype=bool)
+    strag[np.flatnonzero(ok)] = (
+        base.judge(names[ok], d["e2e"][ok], cols.reasoning_tokens[ok], d["start"][ok]) > 0
+    )
+    total = _Counts()
+    for c in counts.values():
+        total.add(c)
+    run_span = total.span
+    has_goodput = bool(slo)
+    classes = []
+    for name, c in counts.items():
+        m = names == name
+        classes.append(_class_summary(name, c, d, ok & m, m, int(strag[m].sum()), run_span, has_goodput))
+    every = np.ones(len(cols), dtype=bool)
+    overall = _class_summary("all", total, d, ok, every, int(strag.sum()), run_span, has_goodput)
+    return AsuSummary(overall, tuple(classes), rule.describe(), dict(slo), run_span, unfinished, recent)
+
+
+def asu_summary(
+    requests: Iterable[RequestRecord] | RequestColumns | Mapping[str, Any],
+    rule: StragglerRule | None = None,
+    *,
+    goodput: Mapping[str, float] | None = None,
+) -> AsuSummary:
+    """ASU numbers per class (in first-seen order) and overall, over the requests that ended.
+
+    ``requests``: records (any iterable, read once: a recording's ``iter_requests()``), or columns
+    (:class:`RequestColumns`, or a mapping of RequestRecord field names to numpy columns). ``goodput``:
+    per-request SLOs (GOODPUT_KEYS, seconds). Memory: ~110 bytes per request (the columns), never the
+    records; time O(n log n + streamed chunks). Requests that never ended count in ``unfinished``."""
     rule = rule or StragglerRule()
-    ended = [r for r in requests if r.t_done is not None or r.status is not RequestStatus.OK]
-    baselines = rule.baselines(ended)
-    by_cls: dict[str, list[RequestRecord]] = {}
-    for r in ended:
-        by_cls.setdefault(r.cls, []).append(r)
-    classes = tuple(_summarise(c, recs, baselines) for c, recs in by_cls.items())
-    return AsuSummary(_summarise("all", ended, baselines), classes, rule.describe())
+    slo = _check_goodput(goodput)
+    cols = _columns(requests)
+    ended = cols.ended
+    unfinished = int((~ended).sum())
+    if unfinished:
+        cols = cols.take(ended)
+    d = cols.derived()
+    counts = _counts_by_class(cols, d, slo)
+    return _summary(cols, counts, rule, slo, unfinished=unfinished, derived=d)
+
+
+@dataclass(frozen=True, eq=False)
+class AsuState:
+    """A frozen moment of a :class:`LiveAsu`: safe to summarise in another thread."""
+
+    columns: RequestColumns  # the most recent ended requests (at most LiveAsu.recent)
+    counts: Mapping[str, _Counts]
+    ended: int  # every request that ended so far
+    rule: StragglerRule
+    goodput: Mapping[str, float]
+
+    def summary(self) -> AsuSummary:
+        """O(recent log recent). Counts, tokens, accuracy, goodput: exact over the run; percentiles and
+        stragglers: over the most recent ``len(columns)`` ended requests (``AsuSummary.recent``)."""
+        recent = len(self.columns) if self.ended > len(self.columns) else None
+        return _summary(self.columns, self.counts, self.rule, self.goodput, recent=recent)
+
+    def baselines(self, in_flight: Iterable[Any] = ()) -> StragglerBaselines:
+        return self.rule.baselines(self.columns, in_flight)
+
+
+class LiveAsu:
+    """The live panel's ASU summary in bounded memory.
+
+    Exact over the whole run: request counts, errors, truncations, tokens, accuracy, goodput counts and
+    the span. Percentiles and stragglers: over the most recent ``recent`` ended requests (the summary
+    says so in ``AsuSummary.recent``). Memory: O(recent) (~110 bytes each) plus one counter set per
+    class. :meth:`add`: O(1) amortised (records are batched ``CHUNK`` at a time into columns);
+    :meth:`freeze`: O(recent)."""
+
+    CHUNK = 256
+
+    def __init__(
+        self,
+        rule: StragglerRule | None = None,
+        *,
+        recent: int = 10_000,
+        goodput: Mapping[str, float] | None = None,
+    ) -> None:
+        if recent < 1:
+            raise ValueError("recent must be >= 1")
+        self.rule = rule or StragglerRule()
+        self.recent = recent
+        self.goodput = _check_goodput(goodput)
+        self.reset()
+
+    def reset(self) -> None:
+        self._pending: list[RequestRecord] = []
+        self._chunks: deque[RequestColumns] = deque()
+        self._held = 0
+        self._ended = 0
+        self._counts: dict[str, _Counts] = {}
+
+    @property
+    def ended(self) -> int:
+        return self._ended + len(self._pending)
+
+    def add(self, rec: RequestRecord) -> None:
+        """A request that ended (an in-flight snapshot is ignored)."""
+        if not rec.ended or (rec.status is RequestStatus.OK and rec.t_done is None):
+            return
+        self._pending.append(rec)
+        if len(self._pending) >= self.CHUNK:
+            self._absorb()
+
+    def _absorb(self) -> None:
+        if not self._pending:
+            return
+        cols = RequestColumns.from_records(self._pending)
+        self._pending = []
+        for name, c in _counts_by_class(cols, cols.derived(), self.goodput).items():
+            mine = self._counts.get(name)
+            if mine is None:
+                self._counts[name] = c
+            else:
+                mine.add(c)
+        self._chunks.append(cols)
+        self._held += len(cols)
+        self._ended += len(cols)
+        while self._chunks and self._held - len(self._chunks[0]) >= self.recent:
+            self._held -= len(self._chunks.popleft())
+
+    def freeze(self) -> AsuState:
+        self._absorb()
+        cols = RequestColumns.concat(list(self._chunks))
+        if len(cols) > self.recent:
+            cols = cols.take(np.arange(len(cols) - self.recent, len(cols)))
+        counts = {k: v.copy() for k, v in self._counts.items()}
+        return AsuState(cols, counts, self._ended, self.rule, dict(self.goodput))
+
+    def summary(self) -> AsuSummary:
+        return self.freeze().summary()
 
 
 def check_slos(summary: ClassSummary, slo: Mapping[str, float]) -> list[str]:
@@ -344,6 +1201,170 @@ def check_slos(summary: ClassSummary, slo: Mapping[str, float]) -> list[str]:
             elif v > limit:
                 missed.append(f"{key} {v:.3f}s > {limit:g}s")
     return missed
+
+
+# ------------------------------------------------------------------------------------------ trust verdicts
+
+CLIENT_DELAY_S = 0.010
+"""Heartbeat lateness (session seconds) above which latencies are said to include client delay."""
+
+
+@dataclass(frozen=True)
+class ClientDelayVerdict:
+    """Whether the client's own event loop was late enough to inflate the latencies it measured."""
+
+    measured: bool  # a heartbeat series was recorded
+    fired: bool  # some interval's worst lateness passed the threshold
+    threshold_s: float
+    max_delay_s: float | None  # worst heartbeat lateness of the run (session seconds)
+    t_worst: float | None  # when (end of that interval)
+    intervals: int
+    intervals_over: int
+    touched: int  # requests whose life [start, end] overlaps an interval over the threshold
+    requests: int  # requests considered (with a start time)
+    sentence: str  # in words, for every face
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _merge(intervals: list[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+    intervals.sort()
+    lo: list[float] = []
+    hi: list[float] = []
+    for a, b in intervals:
+        if lo and a <= hi[-1]:
+            hi[-1] = max(hi[-1], b)
+        else:
+            lo.append(a)
+            hi.append(b)
+    return np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+
+
+def _overlaps(lo: np.ndarray, hi: np.ndarray, s: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """For each life [s, e]: does it share more than an end point with one of the disjoint sorted
+    intervals [lo, hi]?"""
+    if lo.size == 0:
+        return np.zeros(s.size, dtype=bool)
+    i = np.searchsorted(hi, s, side="right")  # first interval ending after the start
+    inside = i < lo.size
+    return inside & (lo[np.minimum(i, lo.size - 1)] < e)
+
+
+def client_delay_verdict(
+    health: Iterable[ClientHealth],
+    requests: Iterable[RequestRecord] | RequestColumns | Mapping[str, Any],
+    *,
+    threshold: float = CLIENT_DELAY_S,
+    clock: str = "wall",
+    speed: float = 1.0,
+) -> ClientDelayVerdict:
+    """Say whether latencies include client delay: the heartbeat's worst lateness (``ClientHealth
+    .lag_max``) per interval against ``threshold`` (session seconds: in a time-lapse run a late wall
+    millisecond is ``speed`` simulated ones, and the sentence says so), the worst delay, and which
+    requests it touched (their life [latency start, end] overlaps an interval over the threshold; an
+    interval is matched to the requests of its own sender, or of every sender when the request's worker
+    sent no heartbeat). Cost: O(h log h + n log h); the requests are read once."""
+    hs = list(health)
+    cols = _columns(requests)
+    start = cols.latency_start
+    end = np.where(np.isnan(cols.t_done), start, cols.t_done)
+    has = ~np.isnan(start)
+    n = int(has.sum())
+    if not hs:
+        return ClientDelayVerdict(
+            False, False, threshold, None, None, 0, 0, 0, n,
+            "client delay not measured (no client heartbeat was recorded)",
+        )  # fmt: skip
+    worst = max(hs, key=lambda h: h.lag_max)
+    bad: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    every: list[tuple[float, float]] = []
+    for h in hs:
+        if h.lag_max > threshold:
+            iv = (h.t - h.interval, h.t)
+            bad[h.worker].append(iv)
+            every.append(iv)
+    heard = {h.worker for h in hs}
+    touched = np.zeros(start.size, dtype=bool)
+    if every:
+        all_lo, all_hi = _merge(list(every))
+        for w in np.unique(cols.worker).tolist():
+            m = has & (cols.worker == w)
+            lo, hi = _merge(bad.get(w, [])) if w in heard else (all_lo, all_hi)
+            touched[m] = _overlaps(lo, hi, start[m], end[m])
+    k = int(touched.sum())
+    fired = bool(every)
+    wall = ""
+    if clock == "simulated" and speed != 1:
+        wall = f"; simulated seconds: {fmt.seconds(worst.lag_max / speed)} of wall time at speed {speed:g}"
+    if fired:
+        sentence = (
+            f"latencies include up to {fmt.seconds(worst.lag_max)} of client delay (client event loop "
+            f"late{wall}); {k} of {n} requests were touched"
+        )
+    else:
+        sentence = (
+            f"the client kept up: its event loop was never more than {fmt.seconds(worst.lag_max)} late "
+            f"(threshold {fmt.seconds(threshold)}{wall})"
+        )
+    return ClientDelayVerdict(
+        True, fired, threshold, worst.lag_max, worst.t, len(hs), len(every), k, n, sentence
+    )
+
+
+@dataclass(frozen=True)
+class SimDriftVerdict:
+    """Whether the simulator fell behind its model's schedule (its CPU was taken): latencies inflated."""
+
+    measured: bool  # some engine served sim_drift_seconds
+    fired: bool
+    drift_s: float | None  # the worst engine's drift over the session (session seconds)
+    bound_s: float
+    duration_s: float
+    engine: str  # the worst engine's id ("" for a single engine)
+    sentence: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def sim_drift_bound(duration: float) -> float:
+    """The drift a run may have without a warning: 1% of the run, at most 1 s, at least 50 ms."""
+    return max(0.05, min(1.0, 0.01 * max(duration, 0.0)))
+
+
+def sim_drift_verdict(
+    samples: Sequence[MetricSample] | Mapping[str, Sequence[MetricSample]], duration: float
+) -> SimDriftVerdict:
+    """From the simulator's ``sim_drift_seconds`` counter (model seconds it fell behind, cumulative): the
+    increase over the session, per engine; fires when the worst exceeds :func:`sim_drift_bound`."""
+    per_engine = samples if isinstance(samples, Mapping) else {"": samples}
+    bound = sim_drift_bound(duration)
+    worst: tuple[float, str] | None = None
+    for eid, ss in per_engine.items():
+        inc = _increase(ss, "sim_drift_seconds")
+        if inc is not None and (worst is None or inc > worst[0]):
+            worst = (inc, eid)
+    if worst is None:
+        return SimDriftVerdict(False, False, None, bound, duration, "", "")
+    drift, eid = worst
+    where = f" (engine {eid})" if eid and len(per_engine) > 1 else ""
+    if drift > bound:
+        share = (
+            f"{fmt.percent(drift / duration)} of the {fmt.seconds(duration)} run" if duration > 0 else "run"
+        )
+        sentence = (
+            f"the simulator{where} fell {fmt.seconds(drift)} behind its model schedule ({share}): its CPU "
+            "was taken, latencies are inflated"
+        )
+    else:
+        sentence = f"the simulator{where} kept to its model schedule (drift {fmt.seconds(drift)})"
+    return SimDriftVerdict(True, drift > bound, drift, bound, duration, eid, sentence)
+
+
+def trust_warnings(*verdicts: ClientDelayVerdict | SimDriftVerdict | None) -> list[str]:
+    """The sentences of the verdicts that fired, for a face to print (empty: the numbers hold)."""
+    return [v.sentence for v in verdicts if v is not None and v.fired]
 
 
 # ------------------------------------------------------------------------------------------ counters
@@ -439,6 +1460,7 @@ class Timeline:
     step: float
     t: np.ndarray
     columns: dict[str, np.ndarray]
+    kv_weighting: str = ""  # how a fleet's KV usage was formed ("" for one engine)
 
     def rows(self) -> Iterable[dict[str, float]]:
         names = list(self.columns)
@@ -448,47 +1470,77 @@ class Timeline:
 
 GAUGE_COLUMNS = ("kv_cache_usage", "requests_running", "requests_waiting")
 COUNTER_COLUMNS = {"preemptions": "preemptions_total", "engine_generation_tps": "generation_tokens_total"}
+FLEET_COLUMNS = ("kv_spread", "waiting_spread")  # only in a fleet timeline (2+ engines)
+
+EngineSamples = Sequence[MetricSample] | Mapping[str, Sequence[MetricSample]]
+"""One engine's samples, or a fleet's: engine id -> its samples (``samples_by_engine``)."""
+
+
+def samples_by_engine(scrapes: Iterable[Scrape]) -> dict[str, list[MetricSample]]:
+    """The samples of each engine (``Scrape.engine_id``; "" in single-engine recordings), in order."""
+    out: dict[str, list[MetricSample]] = {}
+    for s in scrapes:
+        out.setdefault(s.engine_id, []).extend(s.samples)
+    return out
+
+
+def _per_engine(samples: EngineSamples) -> dict[str, Sequence[MetricSample]]:
+    return dict(samples) if isinstance(samples, Mapping) else {"": samples}
+
+
+def _series(samples: Sequence[MetricSample], name: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    by: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
+    for s in samples:
+        if s.name == name:
+            by[s.labels].append((s.t, s.value))
+    out = []
+    for pts in by.values():
+        pts.sort()
+        out.append((np.array([p[0] for p in pts]), np.array([p[1] for p in pts])))
+    return out
+
+
+def _nan_sum(stack: np.ndarray) -> np.ndarray:
+    """Sum over rows, NaN where every row is NaN (never served is missing, not 0)."""
+    with np.errstate(all="ignore"):
+        return np.where(np.all(np.isnan(stack), axis=0), np.nan, np.nansum(stack, axis=0))
+
+
+def _weighted_mean(stack: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Mean over rows weighted by ``w``, over the rows with data in each column (NaN when none)."""
+    have = ~np.isnan(stack)
+    ww = np.where(have, w[:, None], 0.0)
+    with np.errstate(all="ignore"):
+        return np.where(have.any(axis=0), np.nansum(stack * ww, axis=0) / ww.sum(axis=0), np.nan)
 
 
 def _gauge_column(samples: Sequence[MetricSample], name: str, edges: np.ndarray) -> np.ndarray:
-    """Last reading per bin (summed over engines; KV usage averaged), carried forward; NaN if never served."""
-    series: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
-    for s in samples:
-        if s.name == name:
-            series[s.labels].append((s.t, s.value))
+    """Last reading per bin, carried forward, NaN before the first (and if never served); DP ranks of one
+    engine (label sets) summed, KV usage averaged over them."""
     n = edges.size - 1
-    if not series:
-        return np.full(n, np.nan)
     cols = []
-    for pts in series.values():
-        pts.sort()
-        ts = np.array([p[0] for p in pts])
-        vs = np.array([p[1] for p in pts])
+    for ts, vs in _series(samples, name):
         idx = np.searchsorted(ts, edges[1:], side="left") - 1  # last reading before the bin's end
-        col = np.where(idx >= 0, vs[np.clip(idx, 0, None)], np.nan)
-        cols.append(col)
+        cols.append(np.where(idx >= 0, vs[np.clip(idx, 0, None)], np.nan))
+    if not cols:
+        return np.full(n, np.nan)
     stack = np.vstack(cols)
+    if stack.shape[0] == 1:
+        return stack[0]
     if name == "kv_cache_usage":
-        with np.errstate(all="ignore"):
-            return np.nanmean(stack, axis=0) if stack.shape[0] > 1 else stack[0]
-    return np.nansum(stack, axis=0) if stack.shape[0] > 1 else stack[0]
+        return _weighted_mean(stack, np.ones(stack.shape[0]))
+    return _nan_sum(stack)
 
 
 def _counter_column(
     samples: Sequence[MetricSample], name: str, edges: np.ndarray, per_second: bool
 ) -> np.ndarray:
-    series: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
-    for s in samples:
-        if s.name == name:
-            series[s.labels].append((s.t, s.value))
     n = edges.size - 1
+    series = _series(samples, name)
     if not series:
         return np.full(n, np.nan)
     total = np.zeros(n)
-    for pts in series.values():
-        pts.sort()
-        ts = np.array([p[0] for p in pts])
-        vs = np.array([p[1] for p in pts])
+    for ts, vs in series:
         if ts.size < 2:
             continue
         dv = np.diff(vs)
@@ -498,6 +1550,61 @@ def _counter_column(
     if per_second:
         total = total / np.diff(edges)
     return total
+
+
+def _last_value(samples: Sequence[MetricSample], name: str) -> float | None:
+    """The latest reading of ``name``, summed over label sets (e.g. DP ranks); None if never served."""
+    series = _series(samples, name)
+    vals = [float(vs[-1]) for _, vs in series if vs.size and math.isfinite(vs[-1])]
+    return sum(vals) if vals else None
+
+
+def kv_weights(samples: EngineSamples) -> tuple[dict[str, float], str]:
+    """Each engine's weight in the fleet's KV usage, and how it was chosen (in words): its capacity
+    (``kv_total_blocks``, else ``kv_total_tokens``) when every engine serves the same one, else equal
+    weights. One engine: weight 1."""
+    per = _per_engine(samples)
+    if len(per) <= 1:
+        return {e: 1.0 for e in per}, "one engine"
+    for cap in ("kv_total_blocks", "kv_total_tokens"):
+        caps = {e: _last_value(ss, cap) for e, ss in per.items()}
+        if all(c is not None and c > 0 for c in caps.values()):
+            total = sum(c for c in caps.values() if c is not None)
+            return {
+                e: (c or 0.0) / total for e, c in caps.items()
+            }, f"weighted by each engine's capacity ({cap})"
+    return {e: 1 / len(per) for e in per}, "equal weights (not every engine serves its KV capacity)"
+
+
+def _engine_columns(samples: Sequence[MetricSample], edges: np.ndarray) -> dict[str, np.ndarray]:
+    cols = {name: _gauge_column(samples, name, edges) for name in GAUGE_COLUMNS}
+    cols["preemptions"] = _counter_column(samples, "preemptions_total", edges, per_second=False)
+    cols["engine_generation_tps"] = _counter_column(
+        samples, "generation_tokens_total", edges, per_second=True
+    )
+    return cols
+
+
+def _fleet_columns(
+    per: Mapping[str, Sequence[MetricSample]], edges: np.ndarray
+) -> tuple[dict[str, np.ndarray], str]:
+    if len(per) == 1:
+        return _engine_columns(next(iter(per.values())), edges), ""
+    weights, how = kv_weights(per)
+    each = {e: _engine_columns(ss, edges) for e, ss in per.items()}
+    ids = list(each)
+    out: dict[str, np.ndarray] = {}
+    kv = np.vstack([each[e]["kv_cache_usage"] for e in ids])
+    out["kv_cache_usage"] = _weighted_mean(kv, np.array([weights[e] for e in ids]))
+    for name in ("requests_running", "requests_waiting", "preemptions", "engine_generation_tps"):
+        out[name] = _nan_sum(np.vstack([each[e][name] for e in ids]))
+    waiting = np.vstack([each[e]["requests_waiting"] for e in ids])
+    for name, stack in (("kv_spread", kv), ("waiting_spread", waiting)):
+        have = (~np.isnan(stack)).sum(axis=0)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="All-NaN slice", category=RuntimeWarning)
+            out[name] = np.where(have >= 2, np.nanmax(stack, axis=0) - np.nanmin(stack, axis=0), np.nan)
+    return out, how
 
 
 def _token_columns(requests: Sequence[RequestRecord], edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -552,41 +1659,48 @@ def _event_counts(times: Iterable[float | None], edges: np.ndarray) -> np.ndarra
 
 def timeline(
     requests: Sequence[RequestRecord],
-    samples: Sequence[MetricSample],
+    samples: EngineSamples,
     *,
     step: float = 1.0,
     t_end: float | None = None,
 ) -> Timeline:
     """Per-``step`` series: engine gauges (last reading in the bin; NaN when the engine does not serve the
     metric), engine counter rates, client arrivals/completions/errors counts, and client-side reasoning vs
-    answer tokens/s. Cost: O(samples + total streamed chunks)."""
+    answer tokens/s. ``samples`` of one engine, or of a fleet (engine id -> samples): then KV usage is
+    weighted by capacity (``Timeline.kv_weighting`` says how), queues and rates are summed, and
+    ``kv_spread`` / ``waiting_spread`` (max - min across engines) show the imbalance. Cost: O(samples +
+    total streamed chunks)."""
     if step <= 0:
         raise ValueError("step must be > 0")
-    ends = [s.t for s in samples] + [
+    per = _per_engine(samples)
+    ends = [s.t for ss in per.values() for s in ss] + [
         t for r in requests for t in (r.t_done, r.t_sent, r.t_scheduled) if t is not None
     ]
     last = t_end if t_end is not None else (max(ends) if ends else 0.0)
     nbins = max(1, math.ceil(last / step + 1e-9))
     edges = np.arange(nbins + 1, dtype=float) * step
-    cols: dict[str, np.ndarray] = {}
-    for name in GAUGE_COLUMNS:
-        cols[name] = _gauge_column(samples, name, edges)
-    cols["preemptions"] = _counter_column(samples, "preemptions_total", edges, per_second=False)
-    cols["engine_generation_tps"] = _counter_column(
-        samples, "generation_tokens_total", edges, per_second=True
-    )
+    cols, how = _fleet_columns(per, edges) if per else (_engine_columns((), edges), "")
     cols["arrivals"] = _event_counts((r.t_sent for r in requests), edges)
     cols["completions"] = _event_counts((r.t_done for r in requests if r.status is RequestStatus.OK), edges)
     cols["errors"] = _event_counts(
         (
             r.t_done if r.t_done is not None else r.t_sent
             for r in requests
-            if r.status is not RequestStatus.OK
+            if r.status is not RequestStatus.OK and r.status is not RequestStatus.IN_FLIGHT
         ),
         edges,
     )
     cols["reasoning_tps"], cols["answer_tps"] = _token_columns(requests, edges)
-    return Timeline(step, edges[:-1], cols)
+    return Timeline(step, edges[:-1], cols, how)
+
+
+def engine_timelines(
+    samples: Mapping[str, Sequence[MetricSample]], *, step: float = 1.0, t_end: float | None = None
+) -> dict[str, Timeline]:
+    """One engine-only timeline per engine of a fleet, on one time axis."""
+    if t_end is None:
+        t_end = max((s.t for ss in samples.values() for s in ss), default=0.0)
+    return {e: timeline((), ss, step=step, t_end=t_end) for e, ss in samples.items()}
 
 
 # ------------------------------------------------------------------------------------------ distributions
@@ -643,7 +1757,11 @@ KV_FULL = 0.95  # "KV full" threshold for the time-at-full column
 
 @dataclass(frozen=True)
 class EngineSummary:
-    """Engine-side numbers over the load window (load start .. last request end). ``None``: not served."""
+    """Engine-side numbers over the load window (load start .. last request end). ``None``: not served.
+
+    For a fleet: KV usage is the capacity-weighted fleet usage (``kv_weighting`` says how), except the
+    peak, which is the highest reading of any engine; queues are summed (their peaks are the fleet
+    sum's); counters are summed; the spreads (max - min across engines) show the imbalance."""
 
     window_s: float
     step_s: float  # gauge readings are taken as the last reading in windows of this size
@@ -656,8 +1774,14 @@ class EngineSummary:
     waiting_peak: float | None
     preemptions: float | None  # counter increase over the session
     prefix_hit_rate: float | None  # prefix-cache hits / queries (increase over the session)
+    engines: int = 1
+    kv_weighting: str = ""  # "" for one engine
+    kv_spread_mean: float | None = None  # fleet only: mean of (max - min KV usage across engines)
+    kv_spread_peak: float | None = None
+    waiting_spread_mean: float | None = None  # fleet only: mean of (max - min waiting across engines)
+    waiting_spread_peak: float | None = None
 
-    def as_dict(self) -> dict[str, float | None]:
+    def as_dict(self) -> dict[str, float | int | str | None]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
@@ -666,31 +1790,45 @@ def _finite_or_none(v: float) -> float | None:
 
 
 def _increase(samples: Sequence[MetricSample], name: str) -> float | None:
-    series: dict[tuple[tuple[str, str], ...], list[tuple[float, float]]] = {}
-    for s in samples:
-        if s.name == name:
-            series.setdefault(s.labels, []).append((s.t, s.value))
+    series = _series(samples, name)
     if not series:
         return None
-    return float(sum(counter_increase([v for _, v in sorted(pts)]) for pts in series.values()))
+    return float(sum(counter_increase(vs.tolist()) for _, vs in series))
 
 
-def scrape_step(samples: Sequence[MetricSample]) -> float:
-    """The typical time between two readings of one series (the scrape interval), 0.25 s if unknown."""
-    times = sorted({s.t for s in samples if s.name in ("kv_cache_usage", "requests_running")})
-    if len(times) < 3:
-        return 0.25
-    return max(float(np.median(np.diff(times))), 0.01)
+def _fleet_increase(per: Mapping[str, Sequence[MetricSample]], name: str) -> float | None:
+    incs = [v for v in (_increase(ss, name) for ss in per.values()) if v is not None]
+    return float(sum(incs)) if incs else None
 
 
-def engine_summary(
-    samples: Sequence[MetricSample], t0: float, t1: float, step: float | None = None
-) -> EngineSummary:
+def scrape_step(samples: EngineSamples) -> float:
+    """The typical time between two readings of one series (the scrape interval), 0.25 s if unknown;
+    of a fleet: the shortest of its engines'."""
+    steps = []
+    for ss in _per_engine(samples).values():
+        times = sorted({s.t for s in ss if s.name in ("kv_cache_usage", "requests_running")})
+        if len(times) >= 3:
+            steps.append(max(float(np.median(np.diff(times))), 0.01))
+    return min(steps) if steps else 0.25
+
+
+_ENGINE_GAUGES = (
+    "kv_cache_usage",
+    "requests_running",
+    "requests_waiting",
+    "kv_total_blocks",
+    "kv_total_tokens",
+)
+
+
+def engine_summary(samples: EngineSamples, t0: float, t1: float, step: float | None = None) -> EngineSummary:
     """Gauge means/peaks over ``[t0, t1]`` (last reading per ``step`` window, carried forward; NaN windows
-    where the engine serves nothing are left out), counter increases over the whole session."""
-    step = step or scrape_step(samples)
+    where the engine serves nothing are left out), counter increases over the whole session. ``samples``
+    of one engine, or of a fleet (engine id -> samples): see :class:`EngineSummary`."""
+    per = _per_engine(samples)
+    step = step or scrape_step(per)
     t1 = max(t1, t0 + step)
-    gauges = [s for s in samples if s.name in ("kv_cache_usage", "requests_running", "requests_waiting")]
+    gauges = {e: [s for s in ss if s.name in _ENGINE_GAUGES] for e, ss in per.items()}
     tl = timeline((), gauges, step=step, t_end=t1)
     mask = (tl.t + step > t0) & (tl.t < t1)
 
@@ -702,26 +1840,50 @@ def engine_summary(
         c = col(name)
         return _finite_or_none(float(c.mean())) if c.size else None
 
-    def peak(name: str) -> float | None:
-        vals = [s.value for s in samples if s.name == name and t0 <= s.t <= t1 + step]
+    def raw_peak(name: str) -> float | None:
+        vals = [s.value for ss in per.values() for s in ss if s.name == name and t0 <= s.t <= t1 + step]
         return float(max(vals)) if vals else None
 
+    def peak(name: str) -> float | None:
+        single = sum(len(_series(ss, name)) for ss in per.values()) <= 1
+        if single:
+            return raw_peak(name)
+        c = col(name)
+        return float(c.max()) if c.size else None
+
     kv = col("kv_cache_usage")
-    hits = _increase(samples, "prefix_cache_hits_total")
-    queries = _increase(samples, "prefix_cache_queries_total")
+    hits = _fleet_increase(per, "prefix_cache_hits_total")
+    queries = _fleet_increase(per, "prefix_cache_queries_total")
+    fleet = len(per) > 1
     return EngineSummary(
         window_s=t1 - t0,
         step_s=step,
         kv_usage_mean=mean("kv_cache_usage"),
-        kv_usage_peak=peak("kv_cache_usage"),
+        kv_usage_peak=raw_peak("kv_cache_usage"),
         kv_full_frac=float(np.mean(kv >= KV_FULL)) if kv.size else None,
         running_mean=mean("requests_running"),
         running_peak=peak("requests_running"),
         waiting_mean=mean("requests_waiting"),
         waiting_peak=peak("requests_waiting"),
-        preemptions=_increase(samples, "preemptions_total"),
+        preemptions=_fleet_increase(per, "preemptions_total"),
         prefix_hit_rate=(hits / queries) if hits is not None and queries else None,
+        engines=max(len(per), 1),
+        kv_weighting=tl.kv_weighting,
+        kv_spread_mean=mean("kv_spread") if fleet else None,
+        kv_spread_peak=(float(col("kv_spread").max()) if col("kv_spread").size else None) if fleet else None,
+        waiting_spread_mean=mean("waiting_spread") if fleet else None,
+        waiting_spread_peak=(
+            (float(col("waiting_spread").max()) if col("waiting_spread").size else None) if fleet else None
+        ),
     )
+
+
+def engine_summaries(
+    samples: Mapping[str, Sequence[MetricSample]], t0: float, t1: float, step: float | None = None
+) -> dict[str, EngineSummary]:
+    """:func:`engine_summary` of each engine of a fleet, on the same windows."""
+    step = step or scrape_step(samples)
+    return {e: engine_summary(ss, t0, t1, step) for e, ss in samples.items()}
 
 
 @dataclass(frozen=True)

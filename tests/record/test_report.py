@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
+import tempfile
 import time
+import warnings
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 from xml.etree import ElementTree
@@ -19,11 +23,25 @@ import pytest
 from scipy.stats import mannwhitneyu
 
 from rllmtop.errors import UserError
-from rllmtop.events import MetricSample, RequestRecord, RequestStatus, SessionInfo, encode_gaps
+from rllmtop.events import (
+    ClientHealth,
+    MetricSample,
+    Provenance,
+    RequestRecord,
+    RequestStatus,
+    SessionInfo,
+    encode_gaps,
+)
 from rllmtop.metrics import analysis as A
 from rllmtop.metrics.analysis import StragglerRule, asu_summary
 from rllmtop.record import report as R
+from rllmtop.record.report import figures as F
+from rllmtop.record.report.run import derive
+from rllmtop.record.report.stats import significance_table, significance_tests
+from rllmtop.scenario import load_scenario, matrix_cells
 from rllmtop.summary import markdown_table
+
+SAMPLE = Path(__file__).resolve().parents[2] / "recordings" / "sample.db"
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -40,16 +58,38 @@ prompts = { builtin = "math-easy" }
 """
 
 
+def provenance(text: str = WORKLOAD, overrides: dict[str, object] | None = None) -> Provenance:
+    """The provenance the scenario loader resolves for ``text`` (the real thing, not a hand-made one)."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "synth.toml"
+        path.write_text(text, encoding="utf-8")
+        prov = load_scenario(str(path), overrides or {}).provenance
+    assert prov is not None
+    return prov
+
+
+def cell_provenances(text: str, overrides: dict[str, object] | None = None) -> list[Provenance]:
+    """The provenance of every cell of a scenario's [matrix] (one file: one source)."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "synth.toml"
+        path.write_text(text, encoding="utf-8")
+        cells = matrix_cells(load_scenario(str(path), overrides or {}))
+    out = [sc.provenance for _, sc in cells]
+    assert all(p is not None for p in out)
+    return out  # type: ignore[return-value]
+
+
 def synth_run(
     label: str = "rllm",
     *,
     seed: int = 0,
     reasoning: bool = True,
     n: int = 150,
-    scenario_text: str = WORKLOAD,
+    prov: Provenance | None = None,
     name: str = "synth",
     run_seed: int = 7,
     extra: tuple[tuple[str, str], ...] = (),
+    no_provenance: bool = False,
 ) -> R.RunData:
     """A plausible run: Poisson arrivals, three classes, reasoning lengths by difficulty, KV gauges that
     follow the number of running requests, a preemption counter, a few errors."""
@@ -105,10 +145,11 @@ def synth_run(
         started_at=1_700_000_000.0,
         mode="headless",
         scenario_name=name,
-        scenario_text=scenario_text,
+        scenario_text=WORKLOAD,
         seed=run_seed,
         engine_kind="sim",
         extra=extra,
+        provenance=None if no_provenance else (prov or provenance()),
     )
     return R.RunData(label, info, recs, samples, load_start=1.0, duration=end + 0.5)
 
@@ -271,6 +312,147 @@ def test_custom_straggler_rule_is_used_and_described(tmp_path: Path) -> None:
     assert data["overall"]["stragglers"] > asu_summary(run.requests).overall.stragglers
 
 
+def test_report_marks_the_stragglers_of_the_batch_in_the_tail_of_a_real_recording(tmp_path: Path) -> None:
+    """recordings/sample.db is the stragglers scenario (schema 1): 25 requests ran to the 8,192-token cap
+    at 31 s, each at its class median; the old rule flagged none of them and marked easy requests in the
+    middle of the histogram. They are far behind their batch: flagged, in the tail."""
+    run = R.load_run(SAMPLE)
+    cut = [q for q in run.requests if q.finish_reason == "length"]
+    assert len(cut) == 25 and min(q.e2e or 0 for q in cut) > 30
+    R.write_report(run, tmp_path)
+    data = json.loads((tmp_path / "asu.json").read_text())
+    assert data["overall"]["stragglers"] >= 25
+    (d,), _, _ = derive([run], StragglerRule())
+    e2e = np.array([q.e2e for q in d.ok])
+    batch = d.codes == A.BATCH_RUN_TIME
+    capped = np.array([q.finish_reason == "length" for q in d.ok])
+    assert (d.codes > 0)[capped].all()  # every capped request is a straggler
+    hard = np.array([q.cls in ("hard", "mcq") for q in d.ok])
+    assert batch[capped & hard].all()  # those at their class median: behind their batch
+    assert e2e[batch].min() > np.percentile(e2e, 75)  # batch stragglers are the tail
+    assert "far behind their batch" in data["figures"]["run_time"]["caption"]
+
+
+def test_report_says_first_when_latencies_include_client_delay_or_simulator_drift(tmp_path: Path) -> None:
+    run = synth_run(n=60)
+    end = max(q.t_done or 0.0 for q in run.requests)
+    health = [ClientHealth(t=t, interval=1.0, lag_max=0.002, lag_mean=0.001) for t in np.arange(1, end, 1.0)]
+    health[5] = replace(health[5], lag_max=0.653)  # the loop was starved for one second
+    drift = [MetricSample(t, "sim_drift_seconds", 0.5 * t) for t in np.arange(0, end, 1.0)]
+    starved = replace(run, health=health, samples=[*run.samples, *drift])
+    index = R.write_report(starved, tmp_path / "bad")
+    md = (tmp_path / "bad" / "asu.md").read_text().splitlines()
+    assert md[2].startswith("> **warning**: latencies include up to 653ms of client delay")
+    assert "the simulator fell" in md[3] and "latencies are inflated" in md[3]
+    data = json.loads((tmp_path / "bad" / "asu.json").read_text())
+    assert data["client_delay"]["fired"] and data["client_delay"]["touched"] > 0
+    assert data["sim_drift"]["fired"] and len(data["warnings"]) == 2
+    raw = index.read_text()
+    assert raw.index('class="warn"') < raw.index("<table>")  # at the top, before any table
+    # an idle run says nothing of the sort
+    calm = replace(run, health=[replace(h, lag_max=0.002) for h in health])
+    R.write_report(calm, tmp_path / "ok")
+    assert "warning" not in (tmp_path / "ok" / "asu.md").read_text()
+    assert json.loads((tmp_path / "ok" / "asu.json").read_text())["warnings"] == []
+
+
+def test_report_goodput_tables_and_numbers(tmp_path: Path) -> None:
+    run = synth_run()
+    slo = {"ttfvt": 5.0, "e2el": 10.0}
+    R.write_report(run, tmp_path, goodput=slo)
+    want = asu_summary(run.requests, goodput=slo)
+    data = json.loads((tmp_path / "asu.json").read_text())
+    assert_same_numbers(data["overall"], want.overall.as_dict())
+    assert 0 < data["overall"]["good"] < data["overall"]["ok"]
+    assert data["goodput"] == slo and data["run_span_s"] == pytest.approx(want.run_span_s)
+    md = (tmp_path / "asu.md").read_text()
+    assert "good req/s" in md and markdown_table(want) in md
+    assert "goodput (ttfvt <= 5.00s, e2el <= 10.00s)" in md
+    # recorded SLOs are used when none are given
+    recorded = replace(run, goodput=slo)
+    R.write_report(recorded, tmp_path / "rec")
+    assert json.loads((tmp_path / "rec" / "asu.json").read_text())["overall"]["good"] == want.overall.good
+
+
+def test_report_of_a_fleet_shows_each_engine_and_the_fleet(tmp_path: Path) -> None:
+    run = synth_run(n=80)
+    hot = [replace(s, value=min(1.0, s.value * 2)) if s.name == "kv_cache_usage" else s for s in run.samples]
+    caps = [MetricSample(0.0, "kv_total_blocks", 1000.0)]
+    per = {"http://e1": [*run.samples, *caps], "http://e2": [*hot, replace(caps[0], value=3000.0)]}
+    fleet = replace(run, engine_samples=per, samples=[s for ss in per.values() for s in ss])
+    R.write_report(fleet, tmp_path)
+    data = json.loads((tmp_path / "asu.json").read_text())
+    assert set(data["engines"]) == {"http://e1", "http://e2"}
+    assert data["engine"]["engines"] == 2 and "kv_total_blocks" in data["engine"]["kv_weighting"]
+    e1, e2 = data["engines"]["http://e1"], data["engines"]["http://e2"]
+    assert e1["kv_usage_mean"] < data["engine"]["kv_usage_mean"] < e2["kv_usage_mean"]
+    assert data["engine"]["kv_usage_peak"] == pytest.approx(e2["kv_usage_peak"])
+    assert data["engine"]["kv_spread_mean"] > 0
+    md = (tmp_path / "asu.md").read_text()
+    assert "fleet of 2" in md and "engine http://e1" in md and "engine http://e2" in md
+
+
+def test_figures_leak_no_library_warning_even_with_long_labels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """matplotlib's "constrained_layout not applied" appeared on a plain compare: long run labels in the
+    legends squeezed the axes. Legends cut them now; the filter is only a safety net, off here."""
+    monkeypatch.setattr(F, "_LAYOUT_WARNINGS", ())
+    long = "a run label much longer than any legend can hold, repeated " * 2
+    a, b = synth_run(long + "1", n=50), synth_run(long + "2", seed=2, n=50)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        R.write_comparison([a, b], tmp_path / "cmp")
+        R.write_report(a, tmp_path / "rep")
+        R.write_report(R.RunData("empty", a.info, [], []), tmp_path / "empty")
+    assert [str(w.message) for w in seen] == []
+
+
+def test_every_column_of_the_significance_table_has_a_header(tmp_path: Path) -> None:
+    runs, _, _ = derive([synth_run("a", n=60), synth_run("b", seed=1, n=60)], StragglerRule())
+    table = significance_table(significance_tests(runs, ["all"]))
+    assert all(h.strip() for h in table.head) and table.head[-1] == "verdict"
+    assert {row[-1] for row in table.rows} <= {"significant", "n.s.", "—"}
+    R.write_comparison([synth_run("a", n=60), synth_run("b", seed=1, n=60)], tmp_path)
+    md = (tmp_path / "compare.md").read_text()
+    head = next(line for line in md.splitlines() if line.startswith("| class | metric |"))
+    assert "|  |" not in head and head.endswith("| verdict |")
+
+
+def test_an_unwritable_output_directory_is_a_user_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "ro"
+    out.mkdir()
+    if os.geteuid() != 0:  # root writes anywhere: then the permission error is simulated below
+        out.chmod(0o555)
+        with pytest.raises(UserError) as ei:
+            R.write_report(synth_run(n=20), out)
+        assert str(out) in ei.value.what
+        out.chmod(0o755)
+
+    def denied(*a: object, **k: object) -> None:
+        raise PermissionError(13, "Permission denied", str(out))
+
+    with monkeypatch.context() as m:
+        m.setattr(tempfile, "mkstemp", denied)
+        with pytest.raises(UserError) as ei:
+            R.write_report(synth_run(n=20), out)
+        assert ei.value.what == f"cannot write the report into {out}: Permission denied"
+        with pytest.raises(UserError, match="cannot write the report into"):
+            R.write_comparison([synth_run("a", n=20), synth_run("b", n=20)], out)
+    # a write that fails half-way (disk full) is one error too, naming the file
+    from matplotlib.figure import Figure
+
+    def full(self: object, fname: object, **k: object) -> None:
+        raise OSError(28, "No space left on device", str(fname))
+
+    monkeypatch.setattr(Figure, "savefig", full)
+    with pytest.raises(UserError) as ei:
+        R.write_report(synth_run(n=20), out)
+    assert "No space left on device" in ei.value.what and "kv_usage.png" in ei.value.what
+
+
 # ---------------------------------------------------------------------------------------------- statistics
 
 
@@ -315,20 +497,23 @@ def test_holm_adjustment() -> None:
 def test_same_workload_is_comparable_even_with_different_engines() -> None:
     a = synth_run("a", extra=(("profile", "rllm-7b"),))
     b = synth_run("b", seed=1, reasoning=False, extra=(("profile", "llm-7b"),))
-    other_engine = WORKLOAD + '[engine]\nkind = "sim"\nprofile = "llm-7b"\n[matrix]\nprofile = ["a"]\n'
-    c = synth_run("c", scenario_text=other_engine, name="synth")
-    assert R.comparability_problems([a, b, c]) == []
+    other_engine = WORKLOAD + '[engine]\nkind = "sim"\nprofile = "llm-7b"\n'
+    c = synth_run("c", prov=provenance(other_engine), name="renamed")  # the name is not the workload
+    v = R.comparability([a, b, c])
+    assert v.comparable and v.problems == ()
+    assert "same workload" in v.basis and provenance().workload_digest in v.basis
 
 
-def test_different_seed_scenario_or_workload_is_not_comparable() -> None:
+def test_different_seed_or_workload_is_not_comparable() -> None:
     a = synth_run("a")
-    assert any("seed 8 vs 7" in p for p in R.comparability_problems([a, synth_run("b", run_seed=8)]))
-    assert any("scenario" in p for p in R.comparability_problems([a, synth_run("b", name="other")]))
+    seed8 = synth_run("b", run_seed=8, prov=provenance(WORKLOAD.replace("seed = 7", "seed = 8")))
+    probs = R.comparability_problems([a, seed8])
+    assert probs == ["b vs a: seed 8 vs 7"]  # told once, not again as a workload key
     faster = WORKLOAD.replace("rate = 4.0", "rate = 8.0")
-    probs = R.comparability_problems([a, synth_run("b", scenario_text=faster)])
+    probs = R.comparability_problems([a, synth_run("b", prov=provenance(faster))])
     assert len(probs) == 1 and "arrival.rate = 8.0 vs 4.0" in probs[0]
-    overridden = "# rllmtop: overrides: --request-rate 8 --num-prompts 20\n" + WORKLOAD
-    probs = R.comparability_problems([a, synth_run("b", scenario_text=overridden)])
+    overridden = provenance(WORKLOAD, {"request_rate": 8, "num_prompts": 20})
+    probs = R.comparability_problems([a, synth_run("b", prov=overridden)])
     assert (
         len(probs) == 1
         and "arrival.rate = 8 vs 4.0" in probs[0]
@@ -338,38 +523,62 @@ def test_different_seed_scenario_or_workload_is_not_comparable() -> None:
 
 def test_engine_overrides_and_equal_workload_overrides_keep_runs_comparable() -> None:
     a = synth_run("a")
-    engine_only = "# rllmtop: overrides: --profile llm-7b --speed 50 --model m\n" + WORKLOAD
-    same_rate = "# rllmtop: overrides: --request-rate 4\n" + WORKLOAD.replace("rate = 4.0", "rate = 2.0")
-    assert R.comparability_problems([a, synth_run("b", scenario_text=engine_only)]) == []
-    assert R.comparability_problems([a, synth_run("c", scenario_text=same_rate)]) == []
+    engine_only = provenance(WORKLOAD, {"profile": "llm-7b", "speed": 50.0, "model": None})
+    same_rate = provenance(WORKLOAD.replace("rate = 4.0", "rate = 2.0"), {"request_rate": 4})
+    assert R.comparability_problems([a, synth_run("b", prov=engine_only)]) == []
+    assert R.comparability_problems([a, synth_run("c", prov=same_rate)]) == []
+
+
+def test_runs_without_a_recorded_workload_cannot_be_shown_comparable() -> None:
+    a = synth_run("a")
+    b = synth_run("b", no_provenance=True)  # attach without a scenario
+    v = R.comparability([a, b])
+    assert not v.comparable
+    assert v.problems == (
+        "b vs a: b recorded no workload (no scenario provenance), so it cannot be shown to be the same",
+    )
 
 
 def test_cells_of_one_matrix_are_comparable_even_when_the_cell_varies_the_workload() -> None:
     text = WORKLOAD + "[matrix]\nseed = [7, 8]\n"
-    a = synth_run("seed=7", scenario_text="# rllmtop: matrix cell: seed=7\n" + text, name="synth[seed=7]")
-    b = synth_run(
-        "seed=8", scenario_text="# rllmtop: matrix cell: seed=8\n" + text, name="synth[seed=8]", run_seed=8
-    )
-    assert R.comparability_problems([a, b]) == []
-    # the same cells with different command-line overrides are not
-    c = synth_run(
-        "seed=8",
-        scenario_text="# rllmtop: overrides: --num-prompts 10\n# rllmtop: matrix cell: seed=8\n" + text,
-        name="synth[seed=8]",
-        run_seed=8,
-    )
+    p7, p8 = cell_provenances(text)
+    assert p7.workload != p8.workload  # the cell changed the workload's seed
+    a = synth_run("seed=7", prov=p7, name="synth[seed=7]")
+    b = synth_run("seed=8", prov=p8, name="synth[seed=8]", run_seed=8)
+    v = R.comparability([a, b])
+    assert v.comparable and "Cells of one matrix" in v.basis and "seed=7" in v.basis and "seed=8" in v.basis
+    # the same cells run with different command-line overrides are not
+    _, q8 = cell_provenances(text, {"num_prompts": 10})
+    c = synth_run("seed=8", prov=q8, name="synth[seed=8]", run_seed=8)
     assert R.comparability_problems([a, c])
+    # a workload that differs beyond what the cells declare is not
+    edited = replace(p8, workload=p8.workload.replace('"rate":4.0', '"rate":5.0'))
+    probs = R.comparability_problems([a, synth_run("seed=8", prov=edited, run_seed=8)])
+    assert len(probs) == 1 and "beyond the matrix cells" in probs[0] and "arrival.rate" in probs[0]
+
+
+def test_a_schema_1_recording_is_compared_by_the_provenance_its_reader_gives() -> None:
+    from rllmtop.record.store import open_recording
+
+    with open_recording(SAMPLE) as rec:
+        assert rec.schema_version == 1 and rec.info.provenance is not None
+    a, b = R.load_run(SAMPLE, label="a"), R.load_run(SAMPLE, label="b")
+    assert R.comparability([a, b]).comparable
+    other = replace(b, info=replace(b.info, provenance=provenance(), seed=7))
+    assert "seed 7 vs 0" in R.comparability_problems([a, other])[0]
 
 
 def test_compare_refuses_non_comparable_runs_unless_forced(tmp_path: Path) -> None:
-    a, b = synth_run("a", n=40), synth_run("b", n=40, run_seed=99)
+    a = synth_run("a", n=40)
+    b = synth_run("b", n=40, run_seed=99, prov=provenance(WORKLOAD.replace("seed = 7", "seed = 99")))
     with pytest.raises(UserError) as ei:
         R.write_comparison([a, b], tmp_path / "c")
     assert "not comparable" in ei.value.what and "seed 99 vs 7" in ei.value.what
     assert "--force" in ei.value.hint
     assert not (tmp_path / "c").exists()
-    index = R.write_comparison([a, b], tmp_path / "c", force=True)
-    assert "NOT comparable" in index.read_text()
+    cmp = R.write_comparison([a, b], tmp_path / "c", force=True)
+    assert "NOT comparable" in cmp.index.read_text() and "NOT comparable" in cmp.text
+    assert not cmp.comparable
     assert json.loads((tmp_path / "c" / "compare.json").read_text())["comparable"] is False
 
 
@@ -384,7 +593,8 @@ def test_compare_needs_two_runs(tmp_path: Path) -> None:
 def test_comparison_tables_deltas_tests_and_overlaid_figures(tmp_path: Path) -> None:
     rllm = synth_run("rllm-7b", seed=0, reasoning=True)
     llm = synth_run("llm-7b", seed=1, reasoning=False)
-    index = R.write_comparison([rllm, llm], tmp_path)
+    cmp = R.write_comparison([rllm, llm], tmp_path)
+    index = cmp.index
     assert_figures(tmp_path)
     assert_html_references_figures(index)
     data = json.loads((tmp_path / "compare.json").read_text())
@@ -418,6 +628,17 @@ def test_comparison_tables_deltas_tests_and_overlaid_figures(tmp_path: Path) -> 
     assert "## Class all" in md and "## Significance" in md and "(-" in md  # deltas shown
     txt = (tmp_path / "compare.txt").read_text()
     assert "class all" in txt and "rllm-7b" in txt and "llm-7b" in txt
+    assert txt.rstrip("\n") == cmp.text  # what the compare command prints is what the file holds
+    # the side-by-side ASU table: one row per run, baseline first, the summary's own cells
+    from rllmtop.summary import COLUMNS
+
+    lines = cmp.text.splitlines()
+    head = lines.index("class all:") + 1
+    assert lines[head].split()[0] == "run" and "TTFVT" in lines[head]
+    assert lines[head + 2].startswith("rllm-7b") and lines[head + 3].startswith("llm-7b")
+    llm_all = asu_summary(llm.requests).overall
+    for col in COLUMNS[1:]:
+        assert col.get(llm_all) in lines[head + 3]
     html_text = "".join(parse_html(index).text)
     assert "Mann-Whitney" in html_text and rllm.requests and "Holm" in html_text
 
@@ -477,14 +698,16 @@ def test_build_report_from_a_recording_file(tmp_path: Path) -> None:
 
 
 def test_build_comparison_from_recording_files_labels_matrix_cells(tmp_path: Path) -> None:
-    a = record_run(tmp_path / "a.db", synth_run("x", extra=(("matrix_cell", "profile=rllm-7b"),)))
-    b = record_run(
-        tmp_path / "b.db", synth_run("y", seed=1, reasoning=False, extra=(("matrix_cell", "profile=llm-7b"),))
-    )
-    R.build_comparison([a, b], tmp_path / "cmp", force=False)
+    text = WORKLOAD + '[engine]\nkind = "sim"\n[matrix]\nprofile = ["rllm-7b", "llm-7b"]\n'
+    pa, pb = cell_provenances(text)
+    a = record_run(tmp_path / "a.db", synth_run("x", prov=pa))
+    b = record_run(tmp_path / "b.db", synth_run("y", seed=1, reasoning=False, prov=pb))
+    cmp = R.compare_recordings([a, b], tmp_path / "cmp", force=False)
     data = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert [r["label"] for r in data["runs"]] == ["profile=rllm-7b", "profile=llm-7b"]
     assert [r["recording"] for r in data["runs"]] == [str(a), str(b)]
+    assert data["comparable"] and "Cells of one matrix" in data["basis"]
+    assert cmp.text.startswith("Cells of one matrix")
 
 
 def test_report_on_a_file_that_is_not_a_recording(tmp_path: Path) -> None:
@@ -622,7 +845,7 @@ def test_time_axes_of_runs_with_one_schedule_line_up() -> None:
         samples=[replace(s, t=s.t + d) for s in a.samples],
         load_start=1.0 + d,
     )
-    runs, _, _ = R._derive([a, b], StragglerRule())
+    runs, _, _ = derive([a, b], StragglerRule())
     ta, tb = runs[0].tl_count, runs[1].tl_count
     assert ta is not None and tb is not None
     assert ta.columns["arrivals"].sum() == 80
