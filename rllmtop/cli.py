@@ -48,6 +48,12 @@ def _add_load_overrides(p: argparse.ArgumentParser, *, simulator: bool = True, t
         )
     g.add_argument("--api-key", help="bearer token (default: $OPENAI_API_KEY); never recorded")
     g.add_argument(
+        "--goodput",
+        nargs="+",
+        metavar="KEY:SECONDS",
+        help="per-request SLOs for goodput, seconds: ttft, ttfvt, e2el, itl (e.g. --goodput ttfvt:30 e2el:120)",
+    )
+    g.add_argument(
         "--clamp-max-tokens",
         action="store_true",
         help="cap a class's max_tokens at the engine's max_model_len (default: refuse to start)",
@@ -149,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="figures and ASU tables from a recording")
     p.add_argument("file", help="a recording (.db)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: reports/<name>/)")
+    p.add_argument(
+        "--goodput", nargs="+", metavar="KEY:SECONDS", help="judge goodput on these SLOs (seconds)"
+    )
 
     p = sub.add_parser("compare", help="compare two or more recordings")
     p.add_argument(
@@ -156,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", metavar="DIR", help="output directory (default: reports/compare-<names>/)")
     p.add_argument("--force", action="store_true", help="compare even when scenario or seed differ")
+    p.add_argument(
+        "--goodput", nargs="+", metavar="KEY:SECONDS", help="judge goodput on these SLOs (seconds)"
+    )
 
     sub.add_parser("scenarios", help="list the shipped scenarios")
 

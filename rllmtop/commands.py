@@ -22,6 +22,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k, None) for k in OVERRIDE_FLAGS if getattr(args, k, None) is not None}
 
 
+def _goodput(args: argparse.Namespace) -> dict[str, float] | None:
+    spec = getattr(args, "goodput", None)
+    if not spec:
+        return None
+    from rllmtop.metrics.analysis import parse_goodput
+
+    return parse_goodput(spec)
+
+
 def _run_controls(scenario: Scenario, args: argparse.Namespace) -> Scenario:
     """Flags that steer the run but not the workload (so not in provenance's workload)."""
     if getattr(args, "clamp_max_tokens", False):
@@ -234,13 +243,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     path = Path(args.file)
     out = Path(args.out) if args.out else Path("reports") / path.stem
-    index = build_report(path, out)
+    index = build_report(path, out, goodput=_goodput(args))
     print(f"report: {index}")
     return 0
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from rllmtop.record.report import build_comparison
+    from rllmtop.record.report import compare_recordings
 
     paths = [Path(f) for f in args.files]
     if len(paths) < 2:
@@ -250,8 +259,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         if args.out
         else Path("reports") / ("compare-" + "-vs-".join(p.stem for p in paths))[:120]
     )
-    index = build_comparison(paths, out, force=args.force)
-    print(f"comparison: {index}")
+    c = compare_recordings(paths, out, force=args.force, goodput=_goodput(args))
+    print(c.text)
+    print(f"comparison: {c.index}")
     return 0
 
 

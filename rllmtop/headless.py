@@ -16,7 +16,7 @@ from rllmtop._loop import run as run_loop
 from rllmtop.events import LogEvent, Record, SessionInfo, StateEvent
 from rllmtop.redact import redact_url
 from rllmtop.session import Session, SessionOutcome
-from rllmtop.summary import text_table
+from rllmtop.summary import format_summary
 from rllmtop.view import LiveView
 
 __all__ = ["format_outcome", "run_headless"]
@@ -88,11 +88,7 @@ def format_outcome(session: Session, outcome: SessionOutcome) -> str:
     if outcome.detail:
         head += f" | {outcome.detail}"
     lines.append(head)
-    if outcome.summary is not None:
-        lines.append(text_table(outcome.summary))
-        lines.append(f"stragglers: {outcome.summary.straggler_rule}")
-    else:
-        lines.append("no requests ended")
+    lines.append(format_summary(outcome.summary, outcome.warnings))
     for miss in outcome.slo_missed:
         lines.append(f"SLO missed: {miss}")
     if outcome.record_path is not None:

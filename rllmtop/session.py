@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import math
 import traceback
 import uuid
@@ -77,6 +78,7 @@ class SessionOutcome:
     summary: AsuSummary | None
     slo_missed: tuple[str, ...] = ()
     requests: int = 0
+    warnings: tuple[str, ...] = ()  # sentences saying which figures cannot be trusted, and why
 
     @property
     def exit_code(self) -> int:
@@ -309,6 +311,8 @@ class Session:
         extra: list[tuple[str, str]] = [*plan.info_extra, ("event_loop", loop_name())]
         if eng.kind == "sim":
             extra += [("profile", eng.profile), ("speed", f"{eng.speed:g}")]
+        if sc is not None and sc.goodput:  # the per-request SLOs goodput is judged on (reports reuse them)
+            extra.append(("goodput", json.dumps(dict(sc.goodput), sort_keys=True)))
         return SessionInfo(
             session_id=uuid.uuid4().hex[:12],
             started_at=self.clock.started_at,
@@ -602,9 +606,10 @@ class Session:
         return final
 
     def _outcome(self, final: SessionState) -> SessionOutcome:
-        summary = asu_summary(self._records) if self._records else None
-        missed: tuple[str, ...] = ()
         sc = self.plan.scenario
+        goodput = dict(sc.goodput) if sc is not None and sc.goodput else None
+        summary = asu_summary(self._records, goodput=goodput) if self._records else None
+        missed: tuple[str, ...] = ()
         if summary is not None and sc is not None and sc.slo and final is SessionState.DONE:
             missed = tuple(check_slos(summary.overall, sc.slo))
         return SessionOutcome(
