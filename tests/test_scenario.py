@@ -31,6 +31,7 @@ SHIPPED = (
     "opt-speculative",
     "example-url",
     "example-vllm",
+    "fleet",
 )
 
 MINIMAL = """
@@ -451,10 +452,21 @@ def test_readme_dataset_mappings_load(tmp_path: Path) -> None:
     assert items[3][0].reference in "ABCD" and items[1][0].id == "test/algebra/1.json"
 
 
-def test_readme_slo_and_matrix_examples_load(tmp_path: Path) -> None:
+def test_readme_slo_fleet_and_matrix_examples_load(tmp_path: Path) -> None:
     blocks = [b for b in _readme_blocks() if "gsm8k" not in b]
-    assert len(blocks) == 2
+    assert len(blocks) == 3
+    got = []
     for b in blocks:
         p = write(tmp_path, MINIMAL.replace("[[classes]]", b + "\n[[classes]]"))
         sc = load_scenario(str(p))
-        assert sc.slo or len(matrix_cells(sc)) == 16
+        if sc.slo:
+            got.append("slo")
+            assert sc.goodput == {"ttfvt": 30.0, "e2el": 120.0}
+        elif sc.matrix:
+            got.append("matrix")
+            assert len(matrix_cells(sc)) == 16
+        else:
+            got.append("fleet")
+            assert sc.engine.url == "http://router:8000" and len(sc.engine.endpoints) == 2
+            assert sc.engine.prometheus is not None and sc.engine.prometheus.selector == '{job="vllm"}'
+    assert sorted(got) == ["fleet", "matrix", "slo"]
