@@ -13,7 +13,7 @@ from rllmtop.scenario.schema import (
     ArrivalSpec,
     PhaseSpec,
 )
-from rllmtop.scenario.tables import REQUIRED, Ctx, Table, escape
+from rllmtop.scenario.tables import REQUIRED, Ctx, Table, display, quantity
 
 __all__ = ["ARRIVAL_TABLE_KEYS", "build_arrival"]
 
@@ -128,8 +128,9 @@ def _phases(ctx: Ctx, t: Table) -> tuple[PhaseSpec, ...]:
     total = sum(p.duration for p in out)
     if total > MAX_RUN_SECONDS:
         ctx.error(
-            f"arrival.phases last {total:g} s together",
-            f"allowed: at most {MAX_RUN_SECONDS:g} s (MAX_RUN_SECONDS, 7 days); repeat_phases = true cycles them",
+            f"arrival.phases last {quantity(total)} s together",
+            f"allowed: at most {quantity(MAX_RUN_SECONDS)} s (MAX_RUN_SECONDS, 7 days); "
+            "repeat_phases = true cycles them",
         )
     return tuple(out)
 
@@ -148,7 +149,7 @@ def _trace_file(t: Table, base: Path) -> str:
     if not ok:
         t.fail(
             "trace_file",
-            f"no such file ({escape(str(p), 160)})",
+            f"no such file ({display(str(p), 160)})",
             "a CSV or JSON lines file of requests, relative to the scenario file",
         )
     return str(p.resolve())

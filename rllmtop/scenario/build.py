@@ -23,7 +23,7 @@ from rllmtop.scenario.load import build_load
 from rllmtop.scenario.matrix import build_matrix
 from rllmtop.scenario.schema import ArrivalSpec, LoadSpec, Scenario
 from rllmtop.scenario.slo import build_slo
-from rllmtop.scenario.tables import Ctx, Raw, Table
+from rllmtop.scenario.tables import Ctx, Raw, Table, quantity
 
 __all__ = ["TOP_KEYS", "build_scenario", "planned_bounds"]
 
@@ -209,16 +209,19 @@ def _check_bounds(ctx: Ctx, sc: Scenario) -> None:
         (c.conversation.turns_max or c.conversation.turns) if c.conversation else 1 for c in sc.classes
     )
     requests = n * turns
+    if a.process == "trace":  # the file's length and span are known once it is read (the workload checks)
+        requests = requests if math.isfinite(requests) else 0.0
+        span = span if math.isfinite(span) else 0.0
     if requests > MAX_REQUESTS:
         per = f", up to {turns} turns each" if turns > 1 else ""
         ctx.error(
-            f"the run plans about {requests:,.0f} requests ({why}{per}: {_named(ctx, sc)})",
+            f"the run plans about {quantity(round(requests) if requests < 1e15 else requests)} requests ({why}{per}: {_named(ctx, sc)})",
             f"allowed: at most {MAX_REQUESTS:,} requests in one run (MAX_REQUESTS); lower num_prompts, "
             "duration or the rate",
         )
     if span > MAX_RUN_SECONDS:
         ctx.error(
-            f"the schedule would span about {span:,.0f} s ({why}: {_named(ctx, sc)})",
+            f"the schedule would span about {quantity(round(span) if span < 1e15 else span)} s ({why}: {_named(ctx, sc)})",
             f"allowed: at most {MAX_RUN_SECONDS:,.0f} s of sending (MAX_RUN_SECONDS, 7 days); set load.duration "
             "or raise the rate",
         )

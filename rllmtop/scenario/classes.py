@@ -28,7 +28,7 @@ from rllmtop.scenario.schema import (
     PromptSource,
     RequestClass,
 )
-from rllmtop.scenario.tables import Ctx, Table, escape, key_path
+from rllmtop.scenario.tables import Ctx, Table, display, key_path
 
 __all__ = ["CLASS_TABLE_KEYS", "NAME_RE", "build_classes"]
 
@@ -212,7 +212,7 @@ def _prompts(ctx: Ctx, raw: object, path: str, base: Path) -> PromptSource:
     if not ok:
         t.fail(
             "file",
-            f"no such file ({escape(str(fp), 160)})",
+            f"no such file ({display(str(fp), 160)})",
             "a JSONL, JSON, CSV or Parquet file, relative to the scenario file",
         )
     fmt = t.string_opt("format", choices=DATASET_FORMATS)
@@ -221,7 +221,7 @@ def _prompts(ctx: Ctx, raw: object, path: str, base: Path) -> PromptSource:
         if fmt is None:
             t.fail(
                 "file",
-                f"cannot tell the format from the extension {escape(fp.suffix, 20)!r}",
+                f"cannot tell the format from the extension '{display(fp.suffix, 20)}'",
                 f"format = one of {', '.join(DATASET_FORMATS)}",
             )
     template = t.string_opt("template", max_len=MAX_TEXT_CHARS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from rllmtop.scenario.limits import MAX_REQUESTS, MAX_RUN_SECONDS, MAX_WAIT_SECONDS, MAX_WORKERS
@@ -52,11 +53,19 @@ def build_load(ctx: Ctx, raw: object) -> LoadSpec:
 
 def _workers(t: Table) -> int:
     """``workers = N`` (1..MAX_WORKERS) or ``"auto"`` (0: picked from the planned rate and streams)."""
-    if t.get("workers") == "auto":
+    v = t.get("workers")
+    if v is None:
+        return 1
+    if v == "auto":
         return 0
-    if isinstance(t.get("workers"), str):
-        t.fail("workers", "unknown value", f'an integer 1..{MAX_WORKERS}, or "auto"')
-    return t.integer("workers", 1, ge=1, le=MAX_WORKERS)
+    allowed = f'an integer 1..{MAX_WORKERS}, or "auto" (picked from the planned rate and streams)'
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        t.fail("workers", "wrong type" if not isinstance(v, str) else "unknown value", allowed)
+    if isinstance(v, float) and not (math.isfinite(v) and v.is_integer()):
+        t.fail("workers", "must be an integer", allowed)
+    if not 1 <= v <= MAX_WORKERS:
+        t.fail("workers", "out of range", allowed)
+    return int(v)
 
 
 def _ray(t: Table) -> str | None:

@@ -18,7 +18,7 @@ from rllmtop.scenario.matrix import cell_label, cells
 from rllmtop.scenario.overrides import apply_cell, apply_override, fork
 from rllmtop.scenario.provenance import provenance
 from rllmtop.scenario.schema import Scenario
-from rllmtop.scenario.tables import Ctx, Raw, escape, parse_document
+from rllmtop.scenario.tables import Ctx, Raw, display, parse_document
 
 __all__ = ["list_scenarios", "load_scenario", "matrix_cells", "scenario_dirs"]
 
@@ -122,7 +122,7 @@ def _cell(
 
 
 def _resolve(path_or_name: str) -> Path:
-    shown = escape(path_or_name, 160)
+    shown = display(path_or_name, 160)
     p = Path(path_or_name)
     try:
         p = p.expanduser()
@@ -152,7 +152,7 @@ def _resolve(path_or_name: str) -> Path:
 
 def _read(path: Path) -> str:
     """The file's text (UTF-8, a leading byte-order mark dropped), at most :data:`MAX_FILE_BYTES`."""
-    shown = escape(str(path), 160)
+    shown = display(str(path), 160)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         try:
@@ -166,7 +166,7 @@ def _read(path: Path) -> str:
                 os.close(fd)
     except OSError as e:
         raise UserError(
-            f"cannot read scenario file {shown}: {escape(e.strerror or str(e), 80)}",
+            f"cannot read scenario file {shown}: {display(e.strerror or str(e), 80)}",
             "check the path and permissions",
         ) from e
     if len(data) > MAX_FILE_BYTES:

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 
 from rllmtop.scenario.limits import MAX_MATRIX_CELLS
 from rllmtop.scenario.overrides import check_cell_key
-from rllmtop.scenario.tables import Ctx, escape, key_path, show
+from rllmtop.scenario.tables import Ctx, display, key_path, show
 
 __all__ = ["build_matrix", "cell_label", "cells"]
 
@@ -38,19 +38,19 @@ def build_matrix(ctx: Ctx, raw: object) -> dict[str, tuple[object, ...]]:
                 key_path("matrix", key),
                 v,
                 "must be a non-empty list of values",
-                f"{escape(key, 40)} = [value1, value2]",
+                f"{display(key, 40)} = [value1, value2]",
             )
         if key in out:
             ctx.error(
-                f"matrix key {escape(key, 60)!r} is given twice (quoted and dotted)", "keep one of them"
+                f"matrix key '{display(key, 60)}' is given twice (quoted and dotted)", "keep one of them"
             )
         check_cell_key(ctx, key)
         out[key] = tuple(v)
     n = math.prod(len(v) for v in out.values())
     if n > MAX_MATRIX_CELLS:
-        sizes = " x ".join(f"{escape(k, 30)} {len(v)}" for k, v in out.items())
+        sizes = " x ".join(f"{display(k, 30)} {len(v)}" for k, v in out.items())
         ctx.error(
-            f"[matrix] has {n:,} cells ({escape(sizes, 120)})",
+            f"[matrix] has {n:,} cells ({display(sizes, 120)})",
             f"allowed: at most {MAX_MATRIX_CELLS} cells (MAX_MATRIX_CELLS): each cell is a whole recorded run",
         )
     return out
@@ -72,7 +72,7 @@ def cell_label(cell: Mapping[str, object]) -> str:
         if isinstance(v, bool):
             return "on" if v else "off"
         if isinstance(v, str):
-            return escape(v, 60)
+            return display(v, 60)
         if isinstance(v, list):
             return show(v, 60)
         return str(v)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from rllmtop.errors import UserError
 from rllmtop.scenario.schema import OVERRIDE_FLAGS
-from rllmtop.scenario.tables import Ctx, Raw, escape
+from rllmtop.scenario.tables import Ctx, Raw, display
 
 __all__ = ["CELL_TABLES", "apply_cell", "apply_override", "check_cell_key", "fork"]
 
@@ -53,7 +53,7 @@ def apply_override(ctx: Ctx, raw: Raw, key: str, value: object) -> None:
     if key == "request_rate":
         if process not in ("gamma", "poisson", "constant"):
             raise UserError(
-                f"{flag} does not apply to arrival.process = {escape(str(process), 40)!r} in {ctx.file}",
+                f"{flag} does not apply to arrival.process = '{display(str(process), 40)}' in {ctx.file}",
                 "edit the [arrival] table (rates of phases, burst size, trace time_scale) instead",
             )
         arrival["rate"] = value
@@ -61,7 +61,7 @@ def apply_override(ctx: Ctx, raw: Raw, key: str, value: object) -> None:
     elif key == "burstiness":
         if process not in ("gamma", "poisson"):
             raise UserError(
-                f"{flag} does not apply to arrival.process = {escape(str(process), 40)!r} in {ctx.file}",
+                f"{flag} does not apply to arrival.process = '{display(str(process), 40)}' in {ctx.file}",
                 "burstiness shapes Gamma arrivals; edit the [arrival] table instead",
             )
         arrival["process"] = "gamma"
@@ -79,7 +79,7 @@ def apply_override(ctx: Ctx, raw: Raw, key: str, value: object) -> None:
     else:  # speed, profile: simulator only
         if kind != "sim":
             raise UserError(
-                f"{flag} applies to the simulator only, but engine.kind = {escape(str(kind), 40)!r} in {ctx.file}",
+                f"{flag} applies to the simulator only, but engine.kind = '{display(str(kind), 40)}' in {ctx.file}",
                 f"drop {flag}, or run a scenario whose engine is the simulator",
             )
         engine[key] = value
@@ -93,13 +93,13 @@ def check_cell_key(ctx: Ctx, key: str) -> list[str]:
     parts = key.split(".")
     if len(parts) < 2 or not all(parts):
         raise UserError(
-            f"{ctx.file}: matrix key {escape(key, 60)!r} is not a field",
+            f"{ctx.file}: matrix key '{display(key, 60)}' is not a field",
             "use an override name (profile, request_rate, ...) or a dotted field: engine.X, arrival.X, "
             "load.X, slo.X, classes.X (every class)",
         )
     if parts[0] not in CELL_TABLES:
         raise UserError(
-            f"{ctx.file}: matrix key {escape(key, 60)!r}: unknown table {escape(parts[0], 40)!r}",
+            f"{ctx.file}: matrix key '{display(key, 60)}': unknown table '{display(parts[0], 40)}'",
             f"allowed tables: {', '.join(CELL_TABLES)}",
         )
     return parts
@@ -111,7 +111,7 @@ def _set(ctx: Ctx, table: Raw, parts: list[str], value: object, key: str) -> Non
         sub = table.get(name, {})
         if not isinstance(sub, dict):
             raise UserError(
-                f"{ctx.file}: matrix key {escape(key, 60)!r}: {'.'.join(parts[: i + 1])} is not a table",
+                f"{ctx.file}: matrix key '{display(key, 60)}': {display('.'.join(parts[: i + 1]), 60)} is not a table",
                 "address a field inside a table, or give the whole value in the matrix",
             )
         sub = dict(sub)

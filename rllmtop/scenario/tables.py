@@ -34,9 +34,11 @@ __all__ = [
     "Ctx",
     "Raw",
     "Table",
+    "display",
     "escape",
     "key_path",
     "parse_document",
+    "quantity",
     "show",
 ]
 
@@ -77,6 +79,11 @@ def escape(text: str, limit: int = 80) -> str:
     return s
 
 
+def display(text: str, limit: int = 80) -> str:
+    """User-given text (a path, a key, a name) for a message: one line, shortened, secrets hidden."""
+    return redact_text(escape(text, limit))
+
+
 def _show(v: object, depth: int, budget: int) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -115,7 +122,7 @@ def show(v: object, limit: int = 80) -> str:
 
 
 def _key(k: str) -> str:
-    return k if _BARE_KEY.fullmatch(k) else '"' + escape(k, 40) + '"'
+    return redact_text(k) if _BARE_KEY.fullmatch(k) else '"' + display(k, 40) + '"'
 
 
 def key_path(prefix: str, key: str | int) -> str:
@@ -133,7 +140,7 @@ class Ctx:
     """Where errors point: the file, and which fields came from the command line or a matrix cell."""
 
     def __init__(self, file: str) -> None:
-        self.file = escape(file, 200) if len(file) <= 200 else "..." + escape(file[-197:], 197)
+        self.file = display(file, 200) if len(file) <= 200 else "..." + display(file[-197:], 197)
         self.origin: dict[str, str] = {}
 
     def fail(self, path: str, value: object, problem: str, allowed: str) -> NoReturn:
@@ -168,6 +175,7 @@ def parse_document(ctx: Ctx, text: str) -> Raw:
             f"{len(text):,} characters, more than a scenario may hold",
             f"allowed: at most {MAX_FILE_BYTES:,} bytes (MAX_FILE_BYTES)",
         )
+    _check_dotted_keys(ctx, text)
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -182,6 +190,76 @@ def parse_document(ctx: Ctx, text: str) -> Raw:
         ) from e
     check_document(ctx, raw)
     return raw
+
+
+_DOTS_SCANNED = 256  # a dotted key this long is refused before parsing (the nesting limit refuses 17 parts)
+
+
+def _scan_value(s: str, i: int, depth: int) -> tuple[int, str | None]:
+    """From ``s[i]``, the bracket depth at the end of the line and the multi-line string left open."""
+    n = len(s)
+    while i < n:
+        c = s[i]
+        if c in "\"'":
+            if s.startswith(c * 3, i):
+                close = s.find(c * 3, i + 3)
+                if close < 0:
+                    return depth, c * 3
+                i = close + 3
+                continue
+            i += 1
+            while i < n and s[i] != c:
+                i += 2 if (s[i] == "\\" and c == '"') else 1
+        elif c == "#":
+            break
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth = max(depth - 1, 0)
+        i += 1
+    return depth, None
+
+
+def _check_dotted_keys(ctx: Ctx, text: str) -> None:
+    """Refuse a dotted key of hundreds of parts before :mod:`tomllib` reads it: its time grows with the
+    square of the parts (100k parts: minutes). One linear pass; only the key of a top-level
+    ``key = value`` line (outside multi-line strings, arrays and inline tables) is counted."""
+    in_ml: str | None = None
+    depth = 0
+    for n, line in enumerate(text.split("\n"), 1):
+        if in_ml is not None:
+            close = line.find(in_ml)
+            if close < 0:
+                continue
+            depth, in_ml = _scan_value(line, close + 3, depth)
+            continue
+        if depth > 0:  # inside an array or inline table spanning lines
+            depth, in_ml = _scan_value(line, 0, depth)
+            continue
+        s = line.lstrip()
+        if not s or s[0] in "#[":
+            continue
+        dots, quote, i = 0, "", 0
+        while i < len(s):
+            c = s[i]
+            if quote:
+                if c == "\\" and quote == '"':
+                    i += 1
+                elif c == quote:
+                    quote = ""
+            elif c in "\"'":
+                quote = c
+            elif c == ".":
+                dots += 1
+            elif c == "=":
+                break
+            i += 1
+        if dots >= _DOTS_SCANNED:
+            ctx.error(
+                f"line {n}: a dotted key of {dots + 1:,} parts",
+                f"allowed: at most {MAX_DEPTH} levels of tables and lists (MAX_DEPTH)",
+            )
+        depth, in_ml = _scan_value(s, i + 1, 0)
 
 
 def check_document(ctx: Ctx, raw: Raw) -> None:
@@ -237,7 +315,7 @@ def _secret(ctx: Ctx, path: str, key: str) -> NoReturn:
     if path.startswith("engine.env."):
         raise UserError(
             f"{ctx.file}: {path}: secrets do not belong in scenario files (they are recorded)",
-            f"export {escape(key, 60)} in your shell instead: launched engines inherit rllmtop's environment",
+            f"export {display(key, 60)} in your shell instead: launched engines inherit rllmtop's environment",
         )
     raise UserError(
         f"{ctx.file}: {path}: API keys do not belong in scenario files (they are recorded)",
@@ -248,14 +326,23 @@ def _secret(ctx: Ctx, path: str, key: str) -> NoReturn:
 # ------------------------------------------------------------------------------------------ one table
 
 
+def quantity(x: float) -> str:
+    """A bound or a count for a message: ``604,800``, ``0.001``, ``1e+300``, ``9,223,372,036,854,775,807``."""
+    if isinstance(x, int):
+        return f"{x:,}"
+    if math.isfinite(x) and float(x).is_integer() and abs(x) < 1e15:
+        return f"{int(x):,}"
+    return f"{x:g}"
+
+
 def _bounds(gt: float | None, ge: float | None, le: float | None) -> str:
     out = []
     if gt is not None:
-        out.append(f"> {gt:g}")
+        out.append(f"> {quantity(gt)}")
     if ge is not None:
-        out.append(f">= {ge:g}")
+        out.append(f">= {quantity(ge)}")
     if le is not None:
-        out.append(f"<= {le:g}")
+        out.append(f"<= {quantity(le)}")
     return " and ".join(out)
 
 

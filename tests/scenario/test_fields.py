@@ -38,7 +38,9 @@ def test_endpoints_as_tables_and_as_urls(load: Loader) -> None:
         EngineEndpoint("http://a:8000", "http://a:9000/metrics", "http://a:9400/metrics", "gpu-a"),
         EngineEndpoint("https://b/v"),
     )
-    sc = load(MINIMAL + '\n[engine]\nkind = "url"\nurls = ["http://a:1", "http://b:2/"]\nbalance = "round_robin"\n')
+    sc = load(
+        MINIMAL + '\n[engine]\nkind = "url"\nurls = ["http://a:1", "http://b:2/"]\nbalance = "round_robin"\n'
+    )
     assert [x.url for x in sc.engine.endpoints] == ["http://a:1", "http://b:2"]
     assert sc.engine.balance == "round_robin" and sc.engine.url is None
     sc = load(MINIMAL + '\n[engine]\nkind = "url"\nendpoints = ["http://a:1"]\n')
@@ -63,15 +65,43 @@ def test_replicas_and_balance(load: Loader) -> None:
         ("replicas = 2\nbalance = 'round_robin'\nport = 8000", "engine.port = 8000", "free port"),
         ('kind = "vllm"\nmodel = "m"\nreplicas = 2', "engine.replicas", "kind = 'sim'"),
         ('kind = "url"\nurls = ["http://a:1", "http://b:1"]', "nowhere to send the load", "router"),
-        ('kind = "url"\nurls = ["http://a:1", "http://a:1/"]\nbalance = "round_robin"', "duplicate", "each engine once"),
-        ('kind = "url"\nurls = ["http://a:1", "ftp://b"]\nbalance = "round_robin"', 'engine.urls[1] = "ftp://b"', "http://HOST"),
+        (
+            'kind = "url"\nurls = ["http://a:1", "http://a:1/"]\nbalance = "round_robin"',
+            "duplicate",
+            "each engine once",
+        ),
+        (
+            'kind = "url"\nurls = ["http://a:1", "ftp://b"]\nbalance = "round_robin"',
+            'engine.urls[1] = "ftp://b"',
+            "http://HOST",
+        ),
         ('kind = "url"\nurls = []', "engine.urls = []", "urls = ["),
-        ('kind = "url"\nurls = ["http://a:1"]\nendpoints = ["http://b:1"]', "either endpoints or urls", "endpoints"),
-        ('kind = "url"\nurl = "http://r:1"\nurls = ["http://a:1", "http://b:1"]\nbalance = "round_robin"', "engine.url", "remove url"),
-        ('kind = "url"\nurls = ["http://a:1", "http://b:1"]\nurl = "http://r:1"\nmetrics_url = "http://r:2"', "engine.metrics_url", "inside urls"),
+        (
+            'kind = "url"\nurls = ["http://a:1"]\nendpoints = ["http://b:1"]',
+            "either endpoints or urls",
+            "endpoints",
+        ),
+        (
+            'kind = "url"\nurl = "http://r:1"\nurls = ["http://a:1", "http://b:1"]\nbalance = "round_robin"',
+            "engine.url",
+            "remove url",
+        ),
+        (
+            'kind = "url"\nurls = ["http://a:1", "http://b:1"]\nurl = "http://r:1"\nmetrics_url = "http://r:2"',
+            "engine.metrics_url",
+            "inside urls",
+        ),
         ('urls = ["http://a:1"]', "engine.urls", "kind = 'url'"),
-        ('kind = "url"\n[[engine.endpoints]]\nmetrics_url = "http://a:1"', "engine.endpoints[0].url is missing", "url ="),
-        ('kind = "url"\n[[engine.endpoints]]\nurl = "http://a:1"\nport = 3', "engine.endpoints[0].port", "gpu_metrics_url"),
+        (
+            'kind = "url"\n[[engine.endpoints]]\nmetrics_url = "http://a:1"',
+            "engine.endpoints[0].url is missing",
+            "url =",
+        ),
+        (
+            'kind = "url"\n[[engine.endpoints]]\nurl = "http://a:1"\nport = 3',
+            "engine.endpoints[0].port",
+            "gpu_metrics_url",
+        ),
         ('kind = "url"\nurl = "http://a:1/\\nX"', "not an http(s) URL", "http://HOST"),
     ],
 )
@@ -82,15 +112,23 @@ def test_fleet_errors(fail: Failer, engine: str, needle: str, hint: str) -> None
 
 
 def test_prometheus(load: Loader, fail: Failer) -> None:
-    base = MINIMAL + '\n[engine]\nkind = "url"\nurl = "http://router:1"\n[engine.prometheus]\nurl = "http://prom:9090"\n'
+    base = (
+        MINIMAL
+        + '\n[engine]\nkind = "url"\nurl = "http://router:1"\n[engine.prometheus]\nurl = "http://prom:9090"\n'
+    )
     assert load(base).engine.prometheus == PrometheusSpec("http://prom:9090")
-    sc = load(base + "selector = '{job=\"vllm\", instance=~\"gpu-.*\",}'\ninterval = 2\nbackfill = 300\n")
-    assert sc.engine.prometheus == PrometheusSpec("http://prom:9090", '{job="vllm", instance=~"gpu-.*",}', 2.0, 300.0)
+    sc = load(base + 'selector = \'{job="vllm", instance=~"gpu-.*",}\'\ninterval = 2\nbackfill = 300\n')
+    assert sc.engine.prometheus == PrometheusSpec(
+        "http://prom:9090", '{job="vllm", instance=~"gpu-.*",}', 2.0, 300.0
+    )
     e = fail(base + "selector = 'job=\"vllm\"'\n")
     assert "engine.prometheus.selector" in e.what and "{ }" in e.what and '{job="vllm"}' in e.hint
     assert "interval = 0" in fail(base + "interval = 0\n").what
     assert "backfill = 1000000000.0: out of range" in fail(base + "backfill = 1e9\n").what
-    e = fail(MINIMAL + '\n[engine]\nkind = "url"\nurl = "http://r:1"\n[engine.prometheus]\nselector = "{a=\\"b\\"}"\n')
+    e = fail(
+        MINIMAL
+        + '\n[engine]\nkind = "url"\nurl = "http://r:1"\n[engine.prometheus]\nselector = "{a=\\"b\\"}"\n'
+    )
     assert "engine.prometheus.url is missing" in e.what
 
 
@@ -98,12 +136,12 @@ def test_prometheus(load: Loader, fail: Failer) -> None:
     ("selector", "problem"),
     [
         ('{job="vllm"}', None),
-        ("{job='vllm',env!=\"dev\" , x=~\"a\\\"b\" ,}", None),
+        ('{job=\'vllm\',env!="dev" , x=~"a\\"b" ,}', None),
         ("{ a !~ 'x' }", None),
         ("{}", "no label matcher"),
         ("job", "enclosed"),
         ('{job="vllm"', "enclosed"),
-        ('{job=vllm}', "quoted value"),
+        ("{job=vllm}", "quoted value"),
         ('{1job="x"}', "label name"),
         ('{job=="x"}', "quoted value"),
         ('{job<"x"}', "=, !=, =~ or !~"),
@@ -129,11 +167,23 @@ def test_engine_env_secret_rule(load: Loader, fail: Failer) -> None:
 
 def test_load_scale_out_fields(load: Loader) -> None:
     ld = load(MINIMAL).load
-    assert (ld.workers, ld.ray, ld.on_worker_death, ld.ignore_eos, ld.clamp_max_tokens) == (1, None, "continue", False, False)
+    assert (ld.workers, ld.ray, ld.on_worker_death, ld.ignore_eos, ld.clamp_max_tokens) == (
+        1,
+        None,
+        "continue",
+        False,
+        False,
+    )
     text = '[load]\nnum_prompts = 10\nworkers = "auto"\nray = "auto"\non_worker_death = "stop"\n'
     text += "ignore_eos = true\nclamp_max_tokens = true\n" + CLASSES
     ld = load(text).load
-    assert (ld.workers, ld.ray, ld.on_worker_death, ld.ignore_eos, ld.clamp_max_tokens) == (0, "auto", "stop", True, True)
+    assert (ld.workers, ld.ray, ld.on_worker_death, ld.ignore_eos, ld.clamp_max_tokens) == (
+        0,
+        "auto",
+        "stop",
+        True,
+        True,
+    )
     for addr in ("local", "10.0.0.1:6379", "ray://head.example:10001", "[::1]:6379"):
         assert load(f'[load]\nnum_prompts = 1\nray = "{addr}"\nworkers = 3\n' + CLASSES).load.ray == addr
 
@@ -187,7 +237,11 @@ def test_class_reasoning_controls_and_conversation(load: Loader) -> None:
         ("reasoning_budget = 1e12", "classes[0].reasoning_budget", "<= 10,000,000"),
         ('thinking = false\nreasoning_effort = "low"', "thinking = false", "thinking = true"),
         ("chat_template_kwargs = 3", "classes[0].chat_template_kwargs = 3: must be a table", "a table"),
-        ("chat_template_kwargs = { enable_thinking = false }", "chat_template_kwargs.enable_thinking", "thinking = true"),
+        (
+            "chat_template_kwargs = { enable_thinking = false }",
+            "chat_template_kwargs.enable_thinking",
+            "thinking = true",
+        ),
         ("chat_template_kwargs = { x = nan }", "chat_template_kwargs.x = nan: must be finite", "JSON"),
         ("chat_template_kwargs = { x = [1, 1979-05-27] }", "chat_template_kwargs.x[1]", "JSON"),
         ('chat_template_kwargs = { api_key = "k" }', "chat_template_kwargs.api_key", "--api-key"),
@@ -217,40 +271,82 @@ def test_conversation_needs_the_chat_api(fail: Failer) -> None:
 
 def test_trace_formats_and_scales(tmp_path: Path, load: Loader, fail: Failer) -> None:
     (tmp_path / "t.jsonl").write_text('{"timestamp": 0, "input_length": 10, "output_length": 5}\n')
-    a = load('[arrival]\nprocess = "trace"\ntrace_file = "t.jsonl"\ntrace_format = "mooncake"\nrate_scale = 2\n' + CLASSES).arrival
+    a = load(
+        '[arrival]\nprocess = "trace"\ntrace_file = "t.jsonl"\ntrace_format = "mooncake"\nrate_scale = 2\n'
+        + CLASSES
+    ).arrival
     assert (a.trace_format, a.rate_scale, a.time_scale) == ("mooncake", 2.0, 1.0)
     assert a.trace_file == str((tmp_path / "t.jsonl").resolve())
-    a = load('[arrival]\nprocess = "trace"\ntrace_file = "t.jsonl"\ntrace_column = "ts"\ntime_scale = 0.5\n' + CLASSES).arrival
+    a = load(
+        '[arrival]\nprocess = "trace"\ntrace_file = "t.jsonl"\ntrace_column = "ts"\ntime_scale = 0.5\n'
+        + CLASSES
+    ).arrival
     assert (a.trace_format, a.trace_column, a.time_scale) == ("timestamps", "ts", 0.5)
     e = fail('[arrival]\nprocess = "trace"\ntrace_file = "t.jsonl"\ntrace_format = "sharegpt"\n' + CLASSES)
     assert "arrival.trace_format" in e.what and "'burstgpt'" in e.hint
-    e = fail('[arrival]\nprocess = "trace"\ntrace_file = "t.jsonl"\ntrace_format = "azure"\ntrace_column = "x"\n' + CLASSES)
+    e = fail(
+        '[arrival]\nprocess = "trace"\ntrace_file = "t.jsonl"\ntrace_format = "azure"\ntrace_column = "x"\n'
+        + CLASSES
+    )
     assert "arrival.trace_column" in e.what and "fixes the columns" in e.what
     e = fail('[arrival]\nprocess = "trace"\ntrace_file = "t.jsonl"\ntime_scale = 1e308\n' + CLASSES)
     assert "arrival.time_scale = 1e+308: out of range" in e.what and "<= 1,000" in e.hint
     e = fail('[arrival]\nprocess = "trace"\ntrace_file = "t.jsonl"\nrate_scale = 0\n' + CLASSES)
     assert "arrival.rate_scale = 0" in e.what
-    e = fail('[arrival]\nrate_scale = 2\n' + LOAD + CLASSES)
+    e = fail("[arrival]\nrate_scale = 2\n" + LOAD + CLASSES)
     assert "arrival.rate_scale" in e.what and "not used by arrival.process = 'gamma'" in e.what
 
 
 def test_ramp_up(load: Loader, fail: Failer) -> None:
-    a = load('[arrival]\nramp_up_strategy = "linear"\nramp_up_start_rate = 1\nramp_up_end_rate = 8\nburstiness = 0.5\n' + LOAD + CLASSES).arrival
-    assert (a.process, a.ramp_up_strategy, a.ramp_up_start_rate, a.ramp_up_end_rate) == ("gamma", "linear", 1.0, 8.0)
-    a = load('[arrival]\nprocess = "constant"\nramp_up_strategy = "exponential"\nramp_up_start_rate = 2\nramp_up_end_rate = 2\n' + LOAD + CLASSES).arrival
+    a = load(
+        '[arrival]\nramp_up_strategy = "linear"\nramp_up_start_rate = 1\nramp_up_end_rate = 8\nburstiness = 0.5\n'
+        + LOAD
+        + CLASSES
+    ).arrival
+    assert (a.process, a.ramp_up_strategy, a.ramp_up_start_rate, a.ramp_up_end_rate) == (
+        "gamma",
+        "linear",
+        1.0,
+        8.0,
+    )
+    a = load(
+        '[arrival]\nprocess = "constant"\nramp_up_strategy = "exponential"\nramp_up_start_rate = 2\nramp_up_end_rate = 2\n'
+        + LOAD
+        + CLASSES
+    ).arrival
     assert a.ramp_up_strategy == "exponential"
     ramp = '[arrival]\nramp_up_strategy = "linear"\nramp_up_start_rate = 1\nramp_up_end_rate = 4\n'
     cases = [
         ('[arrival]\nramp_up_strategy = "step"\n' + LOAD, "arrival.ramp_up_strategy", "'exponential'"),
-        ('[arrival]\nramp_up_strategy = "linear"\nramp_up_end_rate = 4\n' + LOAD, "arrival.ramp_up_start_rate is missing", "number"),
-        ('[arrival]\nramp_up_start_rate = 1\n' + LOAD, "needs arrival.ramp_up_strategy", "linear"),
+        (
+            '[arrival]\nramp_up_strategy = "linear"\nramp_up_end_rate = 4\n' + LOAD,
+            "arrival.ramp_up_start_rate is missing",
+            "number",
+        ),
+        ("[arrival]\nramp_up_start_rate = 1\n" + LOAD, "needs arrival.ramp_up_strategy", "linear"),
         (ramp + "rate = 3\n" + LOAD, "arrival.rate = 3: a ramp-up sets the rate", "remove rate"),
         (ramp + "rescale = true\n" + LOAD, "arrival.rescale", "remove rescale"),
-        ('[arrival]\nramp_up_strategy = "linear"\nramp_up_start_rate = 4\nramp_up_end_rate = 1\n' + LOAD, "below ramp_up_start_rate", ">= the start rate"),
-        ('[arrival]\nramp_up_strategy = "linear"\nramp_up_start_rate = 0\nramp_up_end_rate = 1\n' + LOAD, "ramp_up_start_rate = 0", "> 0"),
-        ('[arrival]\nramp_up_strategy = "linear"\nramp_up_start_rate = 1\nramp_up_end_rate = inf\n' + LOAD, "must be finite", "> 0"),
+        (
+            '[arrival]\nramp_up_strategy = "linear"\nramp_up_start_rate = 4\nramp_up_end_rate = 1\n' + LOAD,
+            "below ramp_up_start_rate",
+            ">= the start rate",
+        ),
+        (
+            '[arrival]\nramp_up_strategy = "linear"\nramp_up_start_rate = 0\nramp_up_end_rate = 1\n' + LOAD,
+            "ramp_up_start_rate = 0",
+            "> 0",
+        ),
+        (
+            '[arrival]\nramp_up_strategy = "linear"\nramp_up_start_rate = 1\nramp_up_end_rate = inf\n' + LOAD,
+            "must be finite",
+            "> 0",
+        ),
         (ramp + "[load]\nduration = 30\n", "ramp_up_strategy needs load.num_prompts", "num_prompts"),
-        ('[arrival]\nprocess = "burst"\nburst_size = 3\nramp_up_strategy = "linear"\n', "arrival.ramp_up_strategy", "burst_size"),
+        (
+            '[arrival]\nprocess = "burst"\nburst_size = 3\nramp_up_strategy = "linear"\n',
+            "arrival.ramp_up_strategy",
+            "burst_size",
+        ),
     ]
     for text, needle, hint in cases:
         e = fail(text + CLASSES)
@@ -258,7 +354,11 @@ def test_ramp_up(load: Loader, fail: Failer) -> None:
         assert hint in e.hint, (text, e.hint)
     e = fail(ramp + LOAD + CLASSES, {"request_rate": 3.0})
     assert e.what.startswith("--request-rate 3.0: a ramp-up sets the rate")
-    e = fail('[arrival]\nramp_up_strategy = "linear"\nramp_up_start_rate = 1e-9\nramp_up_end_rate = 2e-9\n' + LOAD + CLASSES)
+    e = fail(
+        '[arrival]\nramp_up_strategy = "linear"\nramp_up_start_rate = 1e-9\nramp_up_end_rate = 2e-9\n'
+        + LOAD
+        + CLASSES
+    )
     assert "the schedule would span about" in e.what and "ramp 1e-09 -> 2e-09" in e.what
 
 
@@ -301,5 +401,7 @@ def test_fleet_scenario_is_shipped_and_skews(tmp_path: Path) -> None:
     heavy = [i for i, r in enumerate(rows) if r["output_length"] > 1000]
     assert heavy and all(i % e.replicas == 0 for i in heavy), "round_robin gives every heavy one to replica 0"
     assert [r["timestamp"] for r in rows] == sorted(r["timestamp"] for r in rows)
-    per_replica = [sum(r["input_length"] + r["output_length"] for r in rows[k :: e.replicas]) for k in range(4)]
+    per_replica = [
+        sum(r["input_length"] + r["output_length"] for r in rows[k :: e.replicas]) for k in range(4)
+    ]
     assert per_replica[0] > 10 * max(per_replica[1:]), per_replica
