@@ -4,7 +4,9 @@ The package, one concern a module:
 
 - :mod:`~rllmtop.scenario.schema`: the dataclasses every module codes against, and field vocabularies
 - :mod:`~rllmtop.scenario.limits`: the bounds checked at load (``scenarios/README.md``, "Limits")
-- :mod:`~rllmtop.scenario.tables`: the document-wide checks and the typed table reader (error messages)
+- :mod:`~rllmtop.scenario.messages`: what an error says (file, field path, value shortened and escaped)
+- :mod:`~rllmtop.scenario.document`: the whole TOML document checked before any table is read
+- :mod:`~rllmtop.scenario.tables`: the typed reader of one table (getters with precise types)
 - :mod:`~rllmtop.scenario.overrides`: command-line overrides and ``[matrix]`` cells applied to the document
 - :mod:`~rllmtop.scenario.engine`, ``arrival``, ``load``, ``classes``, ``slo``, ``matrix``: one builder a table
 - :mod:`~rllmtop.scenario.build`: the whole scenario, and the checks across tables (the run ends, in bounds)

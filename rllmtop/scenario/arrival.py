@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rllmtop.scenario.limits import MAX_ITEMS, MAX_REQUESTS, MAX_RUN_SECONDS, MAX_TRACE_SCALE
+from rllmtop.scenario.messages import Ctx, display, quantity
 from rllmtop.scenario.schema import (
     ARRIVAL_PROCESSES,
     PHASE_PROCESSES,
@@ -13,7 +14,7 @@ from rllmtop.scenario.schema import (
     ArrivalSpec,
     PhaseSpec,
 )
-from rllmtop.scenario.tables import REQUIRED, Ctx, Table, display, quantity
+from rllmtop.scenario.tables import REQUIRED, Table
 
 __all__ = ["ARRIVAL_TABLE_KEYS", "build_arrival"]
 

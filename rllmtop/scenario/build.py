@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rllmtop.scenario.arrival import build_arrival
 from rllmtop.scenario.classes import NAME_RE, build_classes, usable_name
+from rllmtop.scenario.document import Raw
 from rllmtop.scenario.engine import build_engine
 from rllmtop.scenario.limits import (
     MAX_NAME_CHARS,
@@ -21,9 +22,10 @@ from rllmtop.scenario.limits import (
 )
 from rllmtop.scenario.load import build_load
 from rllmtop.scenario.matrix import build_matrix
+from rllmtop.scenario.messages import Ctx, quantity
 from rllmtop.scenario.schema import ArrivalSpec, LoadSpec, Scenario
 from rllmtop.scenario.slo import build_slo
-from rllmtop.scenario.tables import Ctx, Raw, Table, quantity
+from rllmtop.scenario.tables import Table
 
 __all__ = ["TOP_KEYS", "build_scenario", "planned_bounds"]
 

@@ -18,6 +18,7 @@ from rllmtop.scenario.limits import (
     MAX_WAIT_SECONDS,
     MAX_WEIGHT,
 )
+from rllmtop.scenario.messages import Ctx, display, key_path
 from rllmtop.scenario.schema import (
     ANSWER_FORMATS,
     BUILTIN_PROMPT_SETS,
@@ -28,7 +29,7 @@ from rllmtop.scenario.schema import (
     PromptSource,
     RequestClass,
 )
-from rllmtop.scenario.tables import Ctx, Table, display, key_path
+from rllmtop.scenario.tables import Table
 
 __all__ = ["CLASS_TABLE_KEYS", "NAME_RE", "build_classes"]
 

@@ -13,6 +13,7 @@ from rllmtop.scenario.limits import (
     MAX_STRING_CHARS,
     MAX_WAIT_SECONDS,
 )
+from rllmtop.scenario.messages import Ctx, key_path
 from rllmtop.scenario.schema import (
     BALANCE_POLICIES,
     ENGINE_KINDS,
@@ -25,7 +26,7 @@ from rllmtop.scenario.schema import (
     PrometheusSpec,
     SpeculativeConfig,
 )
-from rllmtop.scenario.tables import REQUIRED, Ctx, Table, key_path
+from rllmtop.scenario.tables import REQUIRED, Table
 
 __all__ = ["ENGINE_TABLE_KEYS", "build_engine", "check_prometheus_selector", "check_url", "url_value"]
 

@@ -6,8 +6,9 @@ import math
 import re
 
 from rllmtop.scenario.limits import MAX_REQUESTS, MAX_RUN_SECONDS, MAX_WAIT_SECONDS, MAX_WORKERS
+from rllmtop.scenario.messages import Ctx
 from rllmtop.scenario.schema import APIS, WORKER_DEATH_POLICIES, LoadSpec
-from rllmtop.scenario.tables import Ctx, Table
+from rllmtop.scenario.tables import Table
 
 __all__ = ["LOAD_TABLE_KEYS", "build_load"]
 

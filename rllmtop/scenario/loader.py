@@ -13,12 +13,13 @@ from pathlib import Path
 
 from rllmtop.errors import UserError
 from rllmtop.scenario.build import build_scenario
+from rllmtop.scenario.document import Raw, parse_document
 from rllmtop.scenario.limits import MAX_FILE_BYTES
 from rllmtop.scenario.matrix import cell_label, cells
+from rllmtop.scenario.messages import Ctx, display
 from rllmtop.scenario.overrides import apply_cell, apply_override, fork
 from rllmtop.scenario.provenance import provenance
 from rllmtop.scenario.schema import Scenario
-from rllmtop.scenario.tables import Ctx, Raw, display, parse_document
 
 __all__ = ["list_scenarios", "load_scenario", "matrix_cells", "scenario_dirs"]
 

@@ -7,8 +7,8 @@ import math
 from collections.abc import Iterator, Mapping
 
 from rllmtop.scenario.limits import MAX_MATRIX_CELLS
+from rllmtop.scenario.messages import Ctx, display, key_path, show
 from rllmtop.scenario.overrides import check_cell_key
-from rllmtop.scenario.tables import Ctx, display, key_path, show
 
 __all__ = ["build_matrix", "cell_label", "cells"]
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from rllmtop.errors import UserError
+from rllmtop.scenario.document import Raw
+from rllmtop.scenario.messages import Ctx, display
 from rllmtop.scenario.schema import OVERRIDE_FLAGS
-from rllmtop.scenario.tables import Ctx, Raw, display
 
 __all__ = ["CELL_TABLES", "apply_cell", "apply_override", "check_cell_key", "fork"]
 

@@ -16,10 +16,11 @@ from rllmtop.errors import UserError
 from rllmtop.events import Provenance
 from rllmtop.redact import redact_url
 from rllmtop.scenario.build import build_scenario
+from rllmtop.scenario.document import parse_document
 from rllmtop.scenario.matrix import cell_label
+from rllmtop.scenario.messages import Ctx
 from rllmtop.scenario.overrides import apply_override
 from rllmtop.scenario.schema import OVERRIDE_FLAGS, Scenario
-from rllmtop.scenario.tables import Ctx, parse_document
 
 __all__ = ["canonical_workload", "planned_requests", "provenance", "provenance_from_text"]
 

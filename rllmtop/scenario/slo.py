@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from rllmtop.scenario.limits import MAX_WAIT_SECONDS
+from rllmtop.scenario.messages import Ctx
 from rllmtop.scenario.schema import GOODPUT_KEYS, SLO_KEYS
-from rllmtop.scenario.tables import Ctx, Table
+from rllmtop.scenario.tables import Table
 
 __all__ = ["build_slo"]
 
