@@ -31,6 +31,7 @@ SHIPPED = (
     "opt-speculative",
     "example-url",
     "example-vllm",
+    "fleet",
 )
 
 MINIMAL = """
@@ -285,7 +286,7 @@ def test_inf_rate_with_num_prompts(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------- overrides
 
 
-def test_overrides_apply_and_are_noted_in_text(tmp_path: Path) -> None:
+def test_overrides_apply_and_are_recorded_as_provenance(tmp_path: Path) -> None:
     p = write(tmp_path, MINIMAL)
     sc = load_scenario(
         str(p),
@@ -305,8 +306,12 @@ def test_overrides_apply_and_are_noted_in_text(tmp_path: Path) -> None:
     assert (sc.arrival.rate, sc.arrival.burstiness, sc.arrival.process) == (7.5, 0.25, "gamma")
     assert (sc.load.max_concurrency, sc.load.num_prompts, sc.load.duration) == (3, 40, 9.0)
     assert (sc.seed, sc.model, sc.engine.speed, sc.engine.profile) == (11, "m1", 20.0, "llm-7b")
-    assert sc.text.startswith("# rllmtop: overrides: --request-rate 7.5 ")
-    assert sc.text.endswith(MINIMAL)
+    assert sc.text == MINIMAL, "the text is the file as read; what changed it is the provenance"
+    prov = sc.provenance
+    assert prov is not None and prov.source == str(p)
+    assert dict(prov.overrides)["request_rate"] == "7.5" and dict(prov.overrides)["model"] == '"m1"'
+    assert dict(prov.override_flags)["request_rate"] == "--request-rate"
+    assert prov.planned_requests == 40 and '"num_prompts":40' in prov.workload
     assert "base_url" not in sc.overrides
 
 
@@ -320,7 +325,10 @@ def test_base_url_override_attaches_and_is_redacted(tmp_path: Path) -> None:
     p = write(tmp_path, MINIMAL + '\n[engine]\nprofile = "rllm-7b"\nkv_cache_dtype = "fp8"\n')
     sc = load_scenario(str(p), {"base_url": "http://user:pw@127.0.0.1:9/"})
     assert (sc.engine.kind, sc.engine.url) == ("url", "http://user:pw@127.0.0.1:9")
-    assert "pw" not in sc.text.splitlines()[0] and "//127.0.0.1:9" in sc.text.splitlines()[0]
+    assert sc.provenance is not None
+    shown = dict(sc.provenance.overrides)["base_url"]
+    assert "pw" not in shown and "//127.0.0.1:9" in shown
+    assert sc.text == MINIMAL + '\n[engine]\nprofile = "rllm-7b"\nkv_cache_dtype = "fp8"\n'
 
 
 def test_override_errors_name_the_flag(tmp_path: Path) -> None:
@@ -368,7 +376,10 @@ def test_matrix_cartesian_product_dotted_and_quoted_keys(tmp_path: Path) -> None
     cell, s = cells[-1]
     assert cell == {"profile": "llm-7b", "engine.kv_cache_dtype": "fp8", "classes.thinking": False}
     assert (s.engine.profile, s.engine.kv_cache_dtype, s.classes[0].thinking) == ("llm-7b", "fp8", False)
-    assert s.text.startswith("# rllmtop: matrix cell: profile=llm-7b")
+    assert s.text == text, "every cell keeps the file's text; the cell is in its provenance"
+    assert s.provenance is not None
+    assert s.provenance.cell_label == "profile=llm-7b,engine.kv_cache_dtype=fp8,classes.thinking=off"
+    assert dict(s.provenance.cell)["classes.thinking"] == "false"
     assert s.cell == cell and s.matrix == sc.matrix
 
 
@@ -441,10 +452,21 @@ def test_readme_dataset_mappings_load(tmp_path: Path) -> None:
     assert items[3][0].reference in "ABCD" and items[1][0].id == "test/algebra/1.json"
 
 
-def test_readme_slo_and_matrix_examples_load(tmp_path: Path) -> None:
+def test_readme_slo_fleet_and_matrix_examples_load(tmp_path: Path) -> None:
     blocks = [b for b in _readme_blocks() if "gsm8k" not in b]
-    assert len(blocks) == 2
+    assert len(blocks) == 3
+    got = []
     for b in blocks:
         p = write(tmp_path, MINIMAL.replace("[[classes]]", b + "\n[[classes]]"))
         sc = load_scenario(str(p))
-        assert sc.slo or len(matrix_cells(sc)) == 16
+        if sc.slo:
+            got.append("slo")
+            assert sc.goodput == {"ttfvt": 30.0, "e2el": 120.0}
+        elif sc.matrix:
+            got.append("matrix")
+            assert len(matrix_cells(sc)) == 16
+        else:
+            got.append("fleet")
+            assert sc.engine.url == "http://router:8000" and len(sc.engine.endpoints) == 2
+            assert sc.engine.prometheus is not None and sc.engine.prometheus.selector == '{job="vllm"}'
+    assert sorted(got) == ["fleet", "matrix", "slo"]
