@@ -1,9 +1,11 @@
 """A braille time-series chart: min/max per column, several series, cached render.
 
 Each character cell holds 2x4 braille dots. Points are reduced to their min and max per dot column (numpy,
-O(points)); the strips are rebuilt only when the data, the time column or the size changed, and only when
-the widget is drawn (so a hidden chart costs nothing). The right edge of the time axis is snapped to a
-whole dot column so points do not jitter between columns as time moves.
+O(points)); the strips are rebuilt only when the data, the time column or the size changed, and only while
+the chart is on screen (a hidden chart costs nothing: it rebuilds when drawn). A rebuild repaints only the
+lines that changed (usually the title and the right edge), so Textual re-renders a few lines, not the
+chart. The right edge of the time axis is snapped to a whole dot column so points do not jitter between
+columns as time moves.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from rich.segment import Segment
 from rich.style import Style
+from textual.geometry import Region
 from textual.strip import Strip
 from textual.widget import Widget
 
@@ -29,6 +32,7 @@ __all__ = [
     "braille_codes",
     "column_minmax",
     "hold_forward",
+    "mark_texts",
     "nice_ceiling",
 ]
 
@@ -62,7 +66,24 @@ class ChartData:
     ref_line: float | None = None  # a dotted horizontal line (e.g. KV 100%)
     marks: Series | None = None  # instants to flag on the top row (preemptions)
     mark_label: str = ""
+    mark_total: float | None = None  # the marks' total over the run (the window's is counted from marks)
     y_fmt: Callable[[float], str] | None = None
+    scope: str = ""  # what the chart covers, after its title (e.g. "fleet: mean of 2", an engine's name)
+
+
+def mark_texts(label: str, in_window: int, run: int | None) -> list[str]:
+    """The marks' legend, longest first, saying whether it counts the window or the run:
+    ``▼ preempted 25 in window / 118 run``, ``▼ preempted 118 run (all in window)``."""
+    if run is None:
+        return [f"▼ {label} {in_window} in window", f"▼ {in_window} in window", f"▼{in_window} win"]
+    if in_window == run:
+        return [f"▼ {label} {run} run (all in window)", f"▼ {label} {run} run", f"▼ {run} run"]
+    return [
+        f"▼ {label} {in_window} in window / {run} run",
+        f"▼ {label} {in_window} win / {run} run",
+        f"▼ {in_window} win / {run} run",
+        f"▼{in_window}/{run} run",
+    ]
 
 
 def nice_ceiling(x: float) -> float:
@@ -211,10 +232,26 @@ class BrailleChart(Widget):
         self.renders = 0  # how many times the strips were rebuilt (tests and bench)
 
     def update_snapshot(self, snap: ViewSnapshot) -> None:
-        """Take a snapshot; repaint only if it changes the picture (a new point, a new time column)."""
+        """Take a snapshot; if it changes the picture (a new point, a new time column) and the chart is on
+        screen, rebuild now and repaint only the lines that differ."""
         self._snap = snap
-        if self._key_for(self.select(snap), *self.size)[0] != self._key:
+        data = self.select(snap)
+        width, height = self.size
+        key, t1q = self._key_for(data, width, height)
+        if key == self._key:
+            return
+        if not width or not height or not self.region:  # hidden: rebuilt when drawn (render_line)
             self.refresh()
+            return
+        old = self._strips
+        self._rebuild(data, key, t1q, width, height)
+        new = self._strips
+        if len(old) != len(new):
+            self.refresh()
+            return
+        for y, (a, b) in enumerate(zip(old, new, strict=True)):
+            if a != b:
+                self.refresh(Region(0, y, width, 1))
 
     @property
     def data(self) -> ChartData | None:
@@ -225,7 +262,13 @@ class BrailleChart(Widget):
         """(cache key, right edge snapped to a whole dot column)."""
         dt = data.window / max(1, 2 * (width - GUTTER))
         t1q = math.ceil(data.t1 / dt) * dt
-        return (data.version, round(t1q / dt), data.window, width, height), t1q
+        return (data.version, round(t1q / dt), data.window, width, height, data.scope), t1q
+
+    def _rebuild(self, data: ChartData, key: object, t1q: float, width: int, height: int) -> None:
+        self._key = key
+        self._data = data
+        self._strips = self._build(data, t1q, width, height)
+        self.renders += 1
 
     def render_line(self, y: int) -> Strip:
         width, height = self.size
@@ -233,10 +276,7 @@ class BrailleChart(Widget):
             data = self.select(self._snap)
             key, t1q = self._key_for(data, width, height)
             if key != self._key:
-                self._key = key
-                self._data = data
-                self._strips = self._build(data, t1q, width, height)
-                self.renders += 1
+                self._rebuild(data, key, t1q, width, height)
         if y < len(self._strips):
             return self._strips[y]
         return Strip.blank(width, self.rich_style)
@@ -267,19 +307,48 @@ class BrailleChart(Widget):
         return [s.crop_extend(0, width, base_style) for s in strips]
 
     def _title(self, data: ChartData, width: int, base: Style) -> Strip:
-        segs = [Segment(self.title, base + BOLD)]
+        """Title, scope, one legend entry per line and the marks' count; the longest wording that fits."""
+        head = self.title + (f" · {data.scope}" if data.scope else "")
+        values = []
         for ln in data.lines:
             if ln.series.missing:
-                val = "n/a"
+                values.append("n/a")
             elif ln.series.last is None:
-                val = "-"
+                values.append("-")
             else:
-                val = (ln.fmt or human)(ln.series.last)
-            segs.append(Segment("  ■ ", base + color(ln.color)))
-            segs.append(Segment(f"{ln.label} {val}", base))
+                values.append((ln.fmt or human)(ln.series.last))
+        marks: list[str] = [""]
+        red = False
         if data.marks is not None and not data.marks.missing:
             n = int(np.nansum(data.marks.v)) if data.marks.v.size else 0
-            segs.append(Segment(f"  ▼ {data.mark_label} {n}", (base + RED if n else base)))
+            run = None if data.mark_total is None else round(data.mark_total)
+            marks = mark_texts(data.mark_label, n, run)
+            red = bool(n or run)
+        legends = [
+            [f"  ■ {ln.label} {v}" for ln, v in zip(data.lines, values, strict=True)],
+            [f" ■ {ln.label} {v}" for ln, v in zip(data.lines, values, strict=True)],
+        ]
+        if marks != [""]:  # labels give way to the marks' count (it says window or run); else: cropped
+            legends.append([f" ■{v}" for v in values])
+        pick = None
+        for m in marks:
+            for legend in legends:
+                used = len(head) + sum(len(x) for x in legend) + (len(m) + 2 if m else 0)
+                if used <= width:
+                    pick = (legend, m)
+                    break
+            if pick is not None:
+                break
+        if pick is None:
+            pick = (legends[-1], marks[-1])
+        legend, mark = pick
+        segs = [Segment(head, base + BOLD)]
+        for ln, text in zip(data.lines, legend, strict=True):
+            cut = text.index("■")
+            segs.append(Segment(text[: cut + 1], base + color(ln.color)))
+            segs.append(Segment(text[cut + 1 :], base))
+        if mark:
+            segs.append(Segment("  " + mark, base + RED if red else base))
         return Strip(segs).crop_extend(0, width, base)
 
     def _plot(

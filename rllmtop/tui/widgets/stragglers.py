@@ -1,12 +1,15 @@
 """Stragglers: requests the rule flags, each with its reason, under the rule's own text.
 
-Drawn line by line from strips rebuilt at most once per snapshot, and only for the lines that fit."""
+Drawn line by line from strips rebuilt at most once per snapshot (while on screen), only for the lines that
+fit; a refresh repaints only the lines that changed. Ages of requests still in flight are whole seconds
+past 10 s, so a long straggler's line changes once a second, not at every refresh."""
 
 from __future__ import annotations
 
 import textwrap
 
 from rich.segment import Segment
+from textual.geometry import Region
 from textual.strip import Strip
 from textual.widget import Widget
 
@@ -33,7 +36,19 @@ class StragglerList(Widget):
 
     def update_snapshot(self, snap: ViewSnapshot) -> None:
         self._snap = snap
-        self.refresh()
+        width, height = self.size
+        if not width or not height or not self.region:  # hidden: rebuilt when drawn
+            self.refresh()
+            return
+        old = self._strips
+        self._key = (id(snap), width, height)
+        self._strips = self._build(snap, width, height)
+        if len(old) != len(self._strips):
+            self.refresh()
+            return
+        for y, (a, b) in enumerate(zip(old, self._strips, strict=True)):
+            if a != b:
+                self.refresh(Region(0, y, width, 1))
 
     def render_line(self, y: int) -> Strip:
         width, height = self.size
@@ -66,7 +81,8 @@ class StragglerList(Widget):
             shown: tuple[Straggler, ...] = strag[: room - 1] if len(strag) > room else strag
             for s in shown:
                 mark = Segment("● ", red) if not s.finished else Segment("✓ ", dim)
-                desc = f"{s.cls} {s.phase.value} {s.age:.1f}s {s.reasoning} tok "
+                age = f"{s.age:.0f}s" if not s.finished and s.age >= 10 else f"{s.age:.1f}s"
+                desc = f"{s.cls} {s.phase.value} {age} {s.reasoning} tok "
                 out.append(
                     [
                         mark,
