@@ -672,7 +672,7 @@ class _Req:
         self.straggler: str | None = None
         self.touched = False  # in flight while the client was late
 
-    def row(self, now: float) -> BoardRow:
+    def row(self, now: float, straggler: str | None = None) -> BoardRow:
         start = self.t_start if self.t_start is not None else self.t_queued
         end = self.t_end if self.t_end is not None else now
         t0 = self.t_start
@@ -685,7 +685,7 @@ class _Req:
             self.answer,
             None if t0 is None or self.t_first_token is None else self.t_first_token - t0,
             None if t0 is None or self.t_first_visible is None else self.t_first_visible - t0,
-            self.straggler,
+            straggler or self.straggler,
         )
 
 
@@ -1436,7 +1436,7 @@ class LiveView:
             if base is not None and req.t_sent is not None:
                 why = base.why(req.cls, row.age, req.reasoning)
                 if why is not None:
-                    row = row._replace(straggler=why)
+                    row = req.row(now, why)
                     in_flight_strag.append(
                         Straggler(req.rid, req.cls, req.phase, row.age, req.reasoning, why, False)
                     )

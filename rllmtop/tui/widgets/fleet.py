@@ -14,7 +14,7 @@ from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from rllmtop.tui.widgets.styles import BOLD, DIM, HEADING, REVERSE, color
+from rllmtop.tui.widgets.styles import BOLD, DIM, HEADING, REVERSE, CachedStyle, color
 from rllmtop.view import EngineRow, FleetSpread, ViewSnapshot
 
 __all__ = ["HEALTH_STYLES", "FleetTable", "fleet_cells", "spread_text"]
@@ -82,7 +82,7 @@ def spread_text(n: int, spread: FleetSpread) -> str:
     return " · ".join(parts)
 
 
-class FleetTable(ScrollView, can_focus=False):
+class FleetTable(CachedStyle, ScrollView, can_focus=False):
     """Rows of :class:`EngineRow`; the first line holds the column titles (it does not scroll)."""
 
     DEFAULT_CSS = """
@@ -101,7 +101,7 @@ class FleetTable(ScrollView, can_focus=False):
         super().__init__(id=id, classes=classes)
         self.engines: tuple[EngineRow, ...] = ()
         self.focus_id: str | None = None
-        self._texts: list[str] = []
+        self._texts: list[tuple[int, str, bool]] = []
         self._layouts: dict[int, list[tuple[_Col, int]]] = {}
 
     @property
@@ -110,11 +110,17 @@ class FleetTable(ScrollView, can_focus=False):
         return [self._line(e, 200).rstrip() for e in self.engines]
 
     def update_snapshot(self, snap: ViewSnapshot) -> None:
+        """Take a snapshot; repaint the visible rows whose text changed (all rows if engines came)."""
         engines = snap.engines
         focus_moved = snap.focus != self.focus_id
         self.focus_id = snap.focus
         width = self.scrollable_content_region.width
-        texts = [self._line(e, width) + ("<" if e.id == snap.focus else "") for e in engines]
+        top = int(self.scroll_y)
+        body = max(0, self.size.height - self.HEADER_LINES)
+        texts = [
+            (top + j, self._line(e, width), e.id == snap.focus)
+            for j, e in enumerate(engines[top : top + body])
+        ]
         if len(engines) != len(self.engines):
             self.engines = engines
             self._texts = texts
@@ -124,11 +130,12 @@ class FleetTable(ScrollView, can_focus=False):
             self.engines = engines
             old = self._texts
             self._texts = texts
-            top = int(self.scroll_y)
-            body = max(0, self.size.height - self.HEADER_LINES)
-            for i in range(top, min(len(texts), top + body)):
-                if old[i] != texts[i]:
-                    self.refresh_line(i + self.HEADER_LINES)
+            if len(old) != len(texts):
+                self.refresh()
+            else:
+                for a, b in zip(old, texts, strict=True):
+                    if a != b:
+                        self.refresh_line(b[0] + self.HEADER_LINES)
         if focus_moved:
             self._scroll_to_focus()
 
@@ -173,7 +180,7 @@ class FleetTable(ScrollView, can_focus=False):
 
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
-        base = self.rich_style
+        base = self.base_style
         if y == 0:
             head = "".join(
                 ((c.title.rjust(w) if c.right else c.title.ljust(w)) + " ") for c, w in self._layout(width)

@@ -59,11 +59,17 @@ class HeaderBar(Widget):
         self._snap: ViewSnapshot | None = None
         self._text = Text(" rllmtop ", style="bold reverse")
         self.text = ""  # the plain text last drawn (tests)
+        self._key: object = None
 
     def update_snapshot(self, snap: ViewSnapshot) -> None:
         """Repaint only when the text changes (once a second while running)."""
         self._snap = snap
-        out = self._compose_text(snap, self.size.width)
+        width = self.size.width
+        key = (id(snap.info), snap.state, int(snap.t), len(snap.engines), snap.alerts, width)
+        if key == self._key:  # nothing it shows moved
+            return
+        self._key = key
+        out = self._compose_text(snap, width)
         if out.plain != self.text:
             self._text = out
             self.text = out.plain

@@ -11,15 +11,15 @@ import textwrap
 from rich.segment import Segment
 from textual.geometry import Region
 from textual.strip import Strip
-from textual.widget import Widget
 
-from rllmtop.tui.widgets.styles import BOLD, DIM, RED
+from rllmtop.tui.widgets.board import ReasonCache
+from rllmtop.tui.widgets.styles import BOLD, DIM, RED, CachedStyle
 from rllmtop.view import Straggler, ViewSnapshot
 
 __all__ = ["StragglerList"]
 
 
-class StragglerList(Widget):
+class StragglerList(CachedStyle):
     DEFAULT_CSS = """
     StragglerList {
         height: 1fr;
@@ -33,6 +33,9 @@ class StragglerList(Widget):
         self._key: object = None
         self._strips: list[Strip] = []
         self.lines: list[str] = []  # plain text of what is drawn (tests)
+        self._rule_key: object = None
+        self._reasons = ReasonCache()
+        self._rule_lines: list[str] = []
 
     def update_snapshot(self, snap: ViewSnapshot) -> None:
         self._snap = snap
@@ -60,15 +63,22 @@ class StragglerList(Widget):
                 self._strips = self._build(snap, width, height)
         if y < len(self._strips):
             return self._strips[y]
-        return Strip.blank(width, self.rich_style)
+        return Strip.blank(width, self.base_style)
+
+    def _wrapped(self, rule: str, width: int) -> list[str]:
+        key = (rule, width)
+        if self._rule_key != key:
+            self._rule_key = key
+            self._rule_lines = textwrap.wrap("rule: " + rule, max(10, width)) or [""]
+        return self._rule_lines
 
     def _build(self, snap: ViewSnapshot, width: int, height: int) -> list[Strip]:
-        base = self.rich_style
+        base = self.base_style
         dim = base + DIM
         bold = base + BOLD
         red = base + RED
         out: list[list[Segment]] = []
-        rule = textwrap.wrap("rule: " + snap.straggler_rule, max(10, width)) or [""]
+        rule = self._wrapped(snap.straggler_rule, width)
         for i, part in enumerate(rule):
             out.append([Segment("rule: ", bold), Segment(part[6:], dim)] if i == 0 else [Segment(part, dim)])
         strag = snap.stragglers
@@ -79,6 +89,7 @@ class StragglerList(Widget):
             room = max(1, height - len(out))
             n_live = sum(1 for s in strag if not s.finished)
             shown: tuple[Straggler, ...] = strag[: room - 1] if len(strag) > room else strag
+            self._reasons.prune()
             for s in shown:
                 mark = Segment("● ", red) if not s.finished else Segment("✓ ", dim)
                 age = f"{s.age:.0f}s" if not s.finished and s.age >= 10 else f"{s.age:.1f}s"
@@ -88,7 +99,9 @@ class StragglerList(Widget):
                         mark,
                         Segment(f"#{s.rid} ", bold),
                         Segment(desc, base),
-                        Segment(s.reason, red if not s.finished else base),
+                        Segment(
+                            self._reasons.get(s.rid, age, s.reason) or "", red if not s.finished else base
+                        ),
                     ]
                 )
             if len(shown) < len(strag):
