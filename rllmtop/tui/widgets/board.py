@@ -92,7 +92,7 @@ def _secs(x: float | None) -> str:
 
 
 def _age(x: float) -> str:
-    return f"{x:.1f}s" if x < 10 else f"{x:.0f}s"
+    return _secs(x) if x < 10 else f"{x:.0f}s"
 
 
 class ReasonCache:

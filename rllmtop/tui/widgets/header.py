@@ -103,10 +103,12 @@ class HeaderBar(Widget):
             prov = provenance_text(info.provenance, info.scenario_name)
             if prov:
                 left.append(f" {prov}", style="italic")
-        # the right side, from the fullest wording to the tightest; the first that leaves the left whole
-        for right in self._rights(snap):
-            if left.cell_len + right.cell_len + 1 <= width:
-                break
+        # the right side, from the fullest wording to the tightest: the first that leaves the left whole,
+        # else the tightest that keeps the warnings' words and leaves the left 24 cells (then "⚠" alone)
+        rights = self._rights(snap)
+        right = next((r for r in rights[:3] if left.cell_len + r.cell_len + 1 <= width), None)
+        if right is None:
+            right = rights[2] if rights[2].cell_len + 24 <= width else rights[3]
         room = width - right.cell_len - 1
         if left.cell_len > room:  # too narrow: keep the warnings, the state and the clock on screen
             left.truncate(max(0, room), overflow="ellipsis")
