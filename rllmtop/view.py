@@ -45,7 +45,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -160,15 +160,39 @@ def _sim_drift_verdict(drift_s: float, engine: str) -> str | None:
     return f"{who} fell {drift_s:.1f} s behind its model schedule: this run's latencies are inflated"
 
 
-def _fleet_kv(values: Iterable[float]) -> float:
-    """PLACEHOLDER (replace with analysis' capacity-weighted fleet KV): the mean of the engines' KV usage,
-    each engine weighing the same. NaN when no engine has a reading."""
-    n = 0
-    total = 0.0
-    for v in values:
-        total += v
-        n += 1
-    return total / n if n else math.nan
+def _fleet_kv(kv_sum: float, engines: int) -> float:
+    """PLACEHOLDER (replace with analysis' capacity-weighted fleet KV): the mean of the engines' KV usage
+    (``kv_sum`` over ``engines`` readings), each engine weighing the same. NaN when no engine has a
+    reading. (Capacity weighting keeps the same running form: sum of usage x capacity, sum of capacity.)"""
+    return kv_sum / engines if engines else math.nan
+
+
+class _Fleet:
+    """Running sums of the engines' current readings (KV, running, waiting, generation rate): O(1) per
+    scrape however many engines. Sums are kept in integer micro-units, so adding and taking back a reading
+    leaves no float error behind (a fleet of one shows its engine's value exactly, to 1e-6)."""
+
+    __slots__ = ("n", "sums")
+
+    SCALE = 1_000_000
+
+    def __init__(self) -> None:
+        self.sums = [0, 0, 0, 0]
+        self.n = [0, 0, 0, 0]
+
+    def change(self, old: tuple[float | None, ...], new: tuple[float | None, ...]) -> None:
+        sums, n, scale = self.sums, self.n, self.SCALE
+        for i in range(4):
+            a, b = old[i], new[i]
+            if a is not None:
+                sums[i] -= round(a * scale)
+                n[i] -= 1
+            if b is not None:
+                sums[i] += round(b * scale)
+                n[i] += 1
+
+    def total(self, i: int) -> float | None:
+        return self.sums[i] / self.SCALE if self.n[i] else None
 
 
 # ----------------------------------------------------------------------------------------- ring buffer
@@ -743,6 +767,10 @@ class _Engine:
         self.reset_t: float | None = None
         self.n_ok = 0
 
+    @property
+    def readings(self) -> tuple[float | None, ...]:
+        return (self.kv, self.running, self.waiting, self.rate)
+
     def health(self, now: float) -> str:
         if self.last_t is None:
             return "no data"
@@ -830,6 +858,7 @@ class LiveView:
         self._fleet = _Ring(cap, 3)  # kv, running, waiting
         self._fleet_marks = _Ring(cap)
         self._fleet_tps = _Ring(cap)
+        self._agg = _Fleet()
         self._round: set[str] = set()  # engines that reported into the newest fleet point
         self._tps_in_round = False
         self._fleet_preempt = 0.0
@@ -1114,6 +1143,7 @@ class LiveView:
         self.series_version += 1
         e = self._engine_for(s)
         e.last_t = s.t
+        before = e.readings
         if not s.ok:
             self._scrape_failed += 1
             err = s.error or "metrics scrape failed"
@@ -1124,7 +1154,7 @@ class LiveView:
             self._failing.add(e.id)
             e.kv = e.running = e.waiting = e.rate = None
             e.g.append(s.t, math.nan, math.nan, math.nan)  # a gap in the chart, not a 0
-            self._fleet_point(e.id, s.t)
+            self._fleet_point(e, before, s.t)
             return
         if not e.ok:
             self._event(s.t, "scrape", "info", "metrics scrape recovered")
@@ -1203,7 +1233,7 @@ class LiveView:
             self._fleet_marks.append(s.t, preempt)
         if gen_seen and not s.stale:
             self._engine_rate(e, s.t, gen_delta)
-        self._fleet_point(e.id, s.t)
+        self._fleet_point(e, before, s.t)
 
     def _update_missing(self) -> None:
         sets = [e.missing for e in self._engines.values() if e.n_ok]
@@ -1223,28 +1253,19 @@ class LiveView:
                 e.tps.append(t, e.rate)
         gen.append((t, total))
 
-    def _fleet_point(self, engine_id: str, t: float) -> None:
+    def _fleet_point(self, e: _Engine, before: tuple[float | None, ...], t: float) -> None:
         """The fleet series: one point per round of scrapes (a round ends when an engine reports again), so
         64 engines at 4 Hz make 4 points a second, not 256. KV: :func:`_fleet_kv`; queues and rates: sums
-        over the engines with a current reading."""
-        kvs: list[float] = []
-        running: float | None = None
-        waiting: float | None = None
-        tps: float | None = None
-        for e in self._engines.values():
-            if e.kv is not None:
-                kvs.append(e.kv)
-            if e.running is not None:
-                running = (running or 0.0) + e.running
-            if e.waiting is not None:
-                waiting = (waiting or 0.0) + e.waiting
-            if e.rate is not None:
-                tps = (tps or 0.0) + e.rate
+        over the engines with a current reading. O(1) per scrape (running sums)."""
+        agg = self._agg
+        agg.change(before, e.readings)
+        running, waiting, tps = agg.total(1), agg.total(2), agg.total(3)
         point = (
-            _fleet_kv(kvs),
+            _fleet_kv(agg.total(0) or 0.0, agg.n[0]),
             math.nan if running is None else running,
             math.nan if waiting is None else waiting,
         )
+        engine_id = e.id
         new_round = engine_id in self._round or not self._fleet.n
         if new_round:
             self._round = {engine_id}
@@ -1432,14 +1453,15 @@ class LiveView:
         rows: list[BoardRow] = []
         in_flight_strag: list[Straggler] = []
         for req in self._reqs.values():
-            row = req.row(now)
+            why = None
             if base is not None and req.t_sent is not None:
-                why = base.why(req.cls, row.age, req.reasoning)
-                if why is not None:
-                    row = req.row(now, why)
-                    in_flight_strag.append(
-                        Straggler(req.rid, req.cls, req.phase, row.age, req.reasoning, why, False)
-                    )
+                start = req.t_start if req.t_start is not None else req.t_sent
+                why = base.why(req.cls, max(0.0, now - start), req.reasoning)
+            row = req.row(now, why)
+            if why is not None:
+                in_flight_strag.append(
+                    Straggler(req.rid, req.cls, req.phase, row.age, req.reasoning, why, False)
+                )
             rows.append(row)
         self._trim_ended(now)
         rows.extend(r.row(now) for _, r in self._ended)
@@ -1460,6 +1482,7 @@ class LiveView:
         else:
             gauges, marks, tps, missing = self._fleet, self._fleet_marks, self._fleet_tps, self.missing
             preempt_run = self._fleet_preempt if self._preempt_seen else None
+        kv, running, waiting = self._gauge_series(gauges, t0, now, missing)
         info = self.info
         engines = tuple(e.row(now, info) for e in self._engines.values())
         return ViewSnapshot(
@@ -1471,11 +1494,11 @@ class LiveView:
             state_detail=self.state_detail,
             progress=self.progress(now),
             series_version=self.series_version,
-            kv=self._series("kv_cache_usage", gauges, t0, now, missing, 0),
+            kv=kv,
             preemptions=self._series("preemptions_total", marks, t0, now, missing),
             preemptions_run=None if "preemptions_total" in missing else preempt_run,
-            running=self._series("requests_running", gauges, t0, now, missing, 1),
-            waiting=self._series("requests_waiting", gauges, t0, now, missing, 2),
+            running=running,
+            waiting=waiting,
             reasoning_tps=self._series("reasoning_tps", self._rates[0], t0, now),
             answer_tps=self._series("answer_tps", self._rates[1], t0, now),
             engine_tps=self._series("generation_tokens_total", tps, t0, now, missing),
@@ -1550,6 +1573,27 @@ class LiveView:
             last = None
         gone = name in missing
         return Series(name, t, v, None if gone else last, gone, ring.version)
+
+    def _gauge_series(
+        self, ring: _Ring, t0: float, t1: float, missing: frozenset[str]
+    ) -> tuple[Series, Series, Series]:
+        """KV, running, waiting: three columns of one ring, sharing one copy of the times."""
+        t, _ = ring.view(0)
+        i = int(np.searchsorted(t, t0, side="left"))
+        j = int(np.searchsorted(t, t1, side="right"))
+        a, _ = ring._span()
+        tc = t[i:j].copy()
+        tc.flags.writeable = False
+        out = []
+        for col, name in enumerate(_GAUGES):
+            vc = ring._v[col, a + i : a + j].copy()
+            vc.flags.writeable = False
+            last = ring.last(col)
+            if last is not None and math.isnan(last):
+                last = None
+            gone = name in missing
+            out.append(Series(name, tc, vc, None if gone else last, gone, ring.version))
+        return out[0], out[1], out[2]
 
     def _tok_s(self) -> float:
         """Client-side output tokens/s over the last (up to) 5 closed bins."""

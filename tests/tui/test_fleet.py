@@ -37,7 +37,7 @@ async def test_two_engines_fit_80x24_and_e_focuses_one_engine() -> None:
         await advance(pilot, s, 10.0)
         table = app.query_one(FleetTable)
         await until(pilot, lambda: len(table.engines) == 2, what="two fleet rows")
-        assert app.query_one("#fleet-box").display
+        await until(pilot, lambda: inside(app, "#fleet-box"), what="the fleet table laid out")
         # everything on the main page fits: charts, the fleet table (both rows), the board with rows
         for sel in ("#chart-kv", "#chart-rps", "#fleet-box", "#board-box"):
             assert inside(app, sel), sel
@@ -68,7 +68,8 @@ async def test_64_engines_scroll_and_the_focused_one_stays_in_view() -> None:
         await advance(pilot, s, 4.0)
         table = app.query_one(FleetTable)
         await until(pilot, lambda: len(table.engines) == 64, what="64 fleet rows")
-        assert inside(app, "#fleet-box") and inside(app, "#board-box")
+        await until(pilot, lambda: inside(app, "#fleet-box"), what="the fleet table laid out")
+        assert inside(app, "#board-box")
         assert table.size.height < 64  # it scrolls
         hot = table.engines[-1]
         assert hot.kv is not None and hot.kv > 0.6 and hot.waiting == 6  # the pinned engine
@@ -90,7 +91,8 @@ async def test_64_engines_on_a_big_terminal() -> None:
         await advance(pilot, s, 2.0)
         table = app.query_one(FleetTable)
         await until(pilot, lambda: len(table.engines) == 64, what="64 fleet rows")
-        assert inside(app, "#fleet-box") and inside(app, "#board-box") and inside(app, "#asu-box")
+        await until(pilot, lambda: inside(app, "#fleet-box"), what="the fleet table laid out")
+        assert inside(app, "#board-box") and inside(app, "#asu-box")
         assert "fleet · 64 engines" in screen_text(app)
         s.finish()
 
