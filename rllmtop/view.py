@@ -1357,10 +1357,6 @@ class LiveView:
         self.window = WINDOWS[min(max(i + step, 0), len(WINDOWS) - 1)]
         return self.window
 
-    @property
-    def engine_ids(self) -> tuple[str, ...]:
-        return tuple(self._engines)
-
     def set_focus(self, engine_id: str | None) -> None:
         """Show this engine's own series in the engine charts (None: the fleet's)."""
         self.focus = engine_id
@@ -1470,7 +1466,7 @@ class LiveView:
         asu = summary.asu if summary is not None else None
         lag = asu.overall.send_lag.get(99) if asu is not None else None
         sampled = (
-            (summary.sample, summary.finished)
+            (summary.sample, asu.overall.requests)
             if summary is not None and asu is not None and summary.sample < asu.overall.requests
             else None
         )
