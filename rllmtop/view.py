@@ -210,7 +210,7 @@ class _Ring:
     def __init__(self, capacity: int, width: int = 1) -> None:
         self.cap = capacity
         self._t = np.zeros(2 * capacity)
-        self._v = np.zeros((width, 2 * capacity))
+        self._v = [np.zeros(2 * capacity) for _ in range(width)]
         self.head = 0  # next write position, 0..cap-1
         self.n = 0
         self.version = 0  # bumps on every change
@@ -219,9 +219,8 @@ class _Ring:
         h = self.head
         c = self.cap
         self._t[h] = self._t[h + c] = t
-        v = self._v
-        for i, x in enumerate(values):
-            v[i, h] = v[i, h + c] = x
+        for col, x in zip(self._v, values, strict=False):
+            col[h] = col[h + c] = x
         self.head = h + 1 if h + 1 < c else 0
         self.version += 1
         if self.n < c:
@@ -235,9 +234,8 @@ class _Ring:
         i = self.head - 1 if self.head else self.cap - 1
         c = self.cap
         self._t[i] = self._t[i + c] = t
-        v = self._v
-        for k, x in enumerate(values):
-            v[k, i] = v[k, i + c] = x
+        for col, x in zip(self._v, values, strict=False):
+            col[i] = col[i + c] = x
         self.version += 1
 
     def _span(self) -> tuple[int, int]:
@@ -245,22 +243,23 @@ class _Ring:
 
     def view(self, col: int = 0) -> tuple[np.ndarray, np.ndarray]:
         a, b = self._span()
-        return self._t[a:b], self._v[col, a:b]
+        return self._t[a:b], self._v[col][a:b]
 
     def add_back(self, k: int, dv: float) -> bool:
         """Add ``dv`` to the k-th newest value of column 0 (0 = newest); False if it has left the buffer."""
         if k >= self.n or k < 0:
             return False
         i = (self.head - 1 - k) % self.cap
-        self._v[0, i] += dv
-        self._v[0, i + self.cap] += dv
+        v = self._v[0]
+        v[i] += dv
+        v[i + self.cap] += dv
         self.version += 1
         return True
 
     def last(self, col: int = 0) -> float | None:
         if not self.n:
             return None
-        return float(self._v[col, self.head - 1 + (self.cap if self.head == 0 else 0)])
+        return float(self._v[col][self.head - 1 + (self.cap if self.head == 0 else 0)])
 
     def last_t(self) -> float | None:
         if not self.n:
@@ -1582,7 +1581,7 @@ class LiveView:
         tc.flags.writeable = False
         out = []
         for col, name in enumerate(_GAUGES):
-            vc = ring._v[col, a + i : a + j].copy()
+            vc = ring._v[col][a + i : a + j].copy()
             vc.flags.writeable = False
             last = ring.last(col)
             if last is not None and math.isnan(last):
