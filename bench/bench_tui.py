@@ -1,7 +1,9 @@
-"""TUI cost: CPU per refresh with a big history, and CPU of an idle monitor.
+"""TUI cost: CPU per refresh with a big history, CPU of an idle monitor, and the view's memory.
 
     python bench/bench_tui.py                                  # 160x48 and 80x24, 10 s per case
     python bench/bench_tui.py --size 160x48 --seconds 20 --idle-seconds 20
+    python bench/bench_tui.py --size 160x48 --engines 64       # a fleet: 64 engines scraped at 4 Hz
+    python bench/bench_tui.py --memory                         # the view's bytes per finished request
 
 Workload (the issue's target): 10,000 finished requests and one hour of 4 Hz engine scrapes already in the
 view (window 120 s and 3600 s), 200 requests in flight, then a new scrape and token progress every 250 ms
@@ -13,6 +15,10 @@ the process did over the wall time (Textual's own loop, the feeder, GC). The sum
 baselines, distribution; in a worker thread, at most about once a second) is timed on its own. Idle: the
 app with no new records, with and without history, for ``--idle-seconds``; CPU = process time / wall time.
 
+With ``--engines N`` every scrape is N scrapes, one per engine (tagged with its engine id, as a fleet
+session streams them), and the fleet table is on screen. ``--memory``: the view alone (no app) fed 10,000
+and 100,000 finished requests with their chunk gaps (tracemalloc): what it holds per finished request.
+
 Measured with the headless Textual driver (what ``app.run_test`` uses): terminal I/O is not included.
 Figures are noisy on a shared machine: the load average is printed with them.
 """
@@ -21,15 +27,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import heapq
 import os
 import statistics
 import time
-from collections.abc import Callable
+import tracemalloc
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from textual.screen import Screen
 
 from rllmtop.events import (
+    EngineInfo,
     MetricSample,
     Record,
     RequestEvent,
@@ -39,6 +49,7 @@ from rllmtop.events import (
     SessionInfo,
     SessionState,
     StateEvent,
+    encode_gaps,
 )
 from rllmtop.tui.app import build_app
 from rllmtop.view import LiveView
@@ -76,23 +87,37 @@ class BenchSession:
         self._stop.set()
 
 
-def scrape(t: float, i: int) -> Scrape:
+def engine_id(k: int) -> str:
+    return f"http://10.0.{k // 250}.{k % 250 + 1}:8000"
+
+
+def scrape(t: float, i: int, k: int = 0, engines: int = 1) -> Scrape:
+    """Engine k's scrape number i (its engine id only in a fleet: one engine streams untagged)."""
     return Scrape(
         t,
         0.002,
         True,
         samples=(
-            MetricSample(t, "kv_cache_usage", (i % 400) / 400),
-            MetricSample(t, "requests_running", float(i % 64)),
-            MetricSample(t, "requests_waiting", float(i % 17)),
+            MetricSample(t, "kv_cache_usage", ((i + 37 * k) % 400) / 400),
+            MetricSample(t, "requests_running", float((i + k) % 64)),
+            MetricSample(t, "requests_waiting", float((i + k) % 17)),
             MetricSample(t, "preemptions_total", float(i // 50)),
             MetricSample(t, "generation_tokens_total", float(i * 300)),
         ),
+        engine_id=engine_id(k) if engines > 1 else "",
     )
 
 
-def history(n_requests: int, seconds: float) -> list[Record]:
-    """n finished requests spread over ``seconds``, scrapes every 0.25 s, in time order."""
+def scrapes(seconds: float, engines: int) -> Iterator[tuple[float, int, Record]]:
+    for i in range(1, int(seconds * 4) + 1):
+        t = i * 0.25
+        for k in range(engines):
+            yield (t + k * 1e-5, -1, scrape(t + k * 1e-5, i, k, engines))
+
+
+def history(n_requests: int, seconds: float, engines: int = 1) -> Iterator[Record]:
+    """n finished requests spread over ``seconds`` and every engine's scrapes every 0.25 s, in time order
+    (generated as they are published: 64 engines x 1 h of scrapes would not fit in memory as a list)."""
     recs: list[tuple[float, int, Record]] = []
     seq = 0
     classes = ("math-easy", "math-hard", "mcq")
@@ -127,12 +152,9 @@ def history(n_requests: int, seconds: float) -> list[Record]:
             if ev.t < seconds:
                 recs.append((ev.t, seq, ev))
                 seq += 1
-    for i in range(1, int(seconds * 4) + 1):
-        t = i * 0.25
-        recs.append((t, seq, scrape(t, i)))
-        seq += 1
     recs.sort(key=lambda x: (x[0], x[1]))
-    return [r for _, _, r in recs]
+    for _, _, r in heapq.merge(recs, scrapes(seconds, engines), key=lambda x: (x[0], x[1])):
+        yield r
 
 
 class _Timed:
@@ -162,7 +184,9 @@ class _Timed:
         setattr(self.owner, self.name, self.orig)
 
 
-async def frames(size: tuple[int, int], seconds: float, window: float, n_requests: int) -> dict[str, float]:
+async def frames(
+    size: tuple[int, int], seconds: float, window: float, n_requests: int, engines: int = 1
+) -> dict[str, float]:
     """The app refreshing at its own 4 Hz while a feeder publishes a scrape (and token progress) every
     250 ms. Times each refresh (``_tick``: snapshot + widget updates) and each repaint (Textual's screen
     update: layout if needed, render the dirty widgets, write to the driver), and the process CPU."""
@@ -173,7 +197,7 @@ async def frames(size: tuple[int, int], seconds: float, window: float, n_request
     ticks = _Timed(app, "_tick")  # before mount: the refresh timer captures the wrapped method
     paints = _Timed(Screen, "_on_timer_update")
     try:
-        await _frames(app, session, view, size, seconds, window, n_requests, out, ticks, paints)
+        await _frames(app, session, view, size, seconds, window, n_requests, out, ticks, paints, engines)
     finally:
         paints.restore()
     return out
@@ -190,19 +214,31 @@ async def _frames(
     out: dict[str, float],
     ticks: _Timed,
     paints: _Timed,
+    engines: int = 1,
 ) -> None:
     async with app.run_test(size=size) as pilot:
-        records = history(n_requests, HOUR)
+        fleet = tuple(EngineInfo(engine_id(k), kind="sim") for k in range(engines)) if engines > 1 else ()
         session.publish(
-            SessionInfo("bench", time.time(), "live", scenario_name="bench", engine_kind="sim", model="m")
+            SessionInfo(
+                "bench",
+                time.time(),
+                "live",
+                scenario_name="bench",
+                engine_kind="sim",
+                model="m",
+                engines=fleet,
+            )
         )
         session.publish(StateEvent(0.0, SessionState.RUNNING))
-        t0 = time.perf_counter()
-        for r in records:
+        n = 0
+        feed = 0.0
+        for r in history(n_requests, HOUR, engines):
+            t0 = time.perf_counter()
             session.publish(r)
-        feed = time.perf_counter() - t0
-        out["records"] = len(records)
-        out["handle_us_per_record"] = feed / len(records) * 1e6
+            feed += time.perf_counter() - t0
+            n += 1
+        out["records"] = n
+        out["handle_us_per_record"] = feed / n * 1e6
         base = HOUR
         for k in range(200):  # 200 in flight, half thinking, half answering
             rid = 1_000_000 + k
@@ -230,7 +266,8 @@ async def _frames(
             i += 1
             f += 1
             session.t = i * 0.25
-            session.publish(scrape(session.t, i))
+            for k in range(engines):
+                session.publish(scrape(session.t + k * 1e-5, i, k, engines))
             for k in range(0, 200, 20):  # token progress on some in-flight requests
                 rid = 1_000_000 + k
                 session.publish(RequestEvent(K.PROGRESS, session.t, rid, "math-hard", 800 + f * 10, 5 + f))
@@ -280,12 +317,19 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--size", action="append", help="WxH (repeatable); default 160x48 and 80x24")
     ap.add_argument("--idle-seconds", type=float, default=10.0)
+    ap.add_argument("--engines", type=int, default=1, help="engines in the fleet (each scraped at 4 Hz)")
+    ap.add_argument("--memory", action="store_true", help="only the view's memory per finished request")
     args = ap.parse_args()
+    if args.memory:
+        memory()
+        return
     sizes = [tuple(int(x) for x in s.split("x")) for s in (args.size or ["160x48", "80x24"])]
     print(f"load average before: {os.getloadavg()[0]:.2f} (2-core machine shared with other work)")
+    if args.engines > 1:
+        print(f"{args.engines} engines, each scraped every 0.25 s")
     for w, h in sizes:
         for window in (120.0, 3600.0):
-            r = asyncio.run(frames((w, h), args.seconds, window, args.requests))
+            r = asyncio.run(frames((w, h), args.seconds, window, args.requests, args.engines))
             print(
                 f"{w}x{h} window {window:>6.0f}s: frame (refresh + repaint) median {r['frame_ms_median']:.2f} ms, "
                 f"p95 {r['frame_ms_p95']:.2f} ms [refresh {r['tick_ms_median']:.2f} + repaint "
@@ -293,12 +337,63 @@ def main() -> None:
                 f"per frame over {int(r['frames'])} frames; summary job {r['summary_job_ms']:.1f} ms "
                 f"(thread, <= 1/s); handle {r['handle_us_per_record']:.1f} us/record ({int(r['records']):,})"
             )
-    for w, h in sizes[:1]:
+    for w, h in sizes[:1] if args.idle_seconds > 0 else []:
         for hist in (False, True):
             cpu = asyncio.run(idle((w, h), args.idle_seconds, hist))
             what = "with 10 min of history" if hist else "empty"
             print(f"{w}x{h} idle ({what}): {cpu:.1f}% of one core")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+def memory() -> None:
+    """What the view keeps per finished request: 10k and 100k requests with ~2,000 chunk gaps each."""
+    for n in (10_000, 100_000):
+        gc.collect()
+        tracemalloc.start()
+        view = LiveView(summary_interval=0, auto_summary=False)
+        view.handle(SessionInfo("memory", 0.0, "live"))
+        base = tracemalloc.get_traced_memory()[0]
+        for rid in range(n):
+            t = rid * 0.05
+            cls = ("math-easy", "math-hard", "mcq")[rid % 3]
+            reasoning = 200 + (rid * 7919) % 4000
+            e2e = 2.0 + reasoning / 400
+            rec = RequestRecord(
+                rid=rid,
+                cls=cls,
+                difficulty=cls.split("-")[-1],
+                t_scheduled=t,
+                t_dispatch=t,
+                t_start=t,
+                t_sent=t,
+                t_first_token=t + 0.2,
+                t_first_visible=t + e2e - 0.5,
+                t_done=t + e2e,
+                reasoning_tokens=reasoning,
+                answer_tokens=40,
+                finish_reason="stop",
+                correct=rid % 4 != 0,
+                gaps=encode_gaps([20_000] * (reasoning + 39)),
+            )
+            view.handle(RequestEvent(K.SENT, t, rid, cls))
+            view.handle(RequestEvent(K.DONE, t + e2e, rid, cls, reasoning, 40, record=rec))
+            del rec
+        job = view.summary_job()
+        cost = 0.0
+        if job is not None:
+            t0 = time.perf_counter()
+            job.run()
+            cost = time.perf_counter() - t0
+            view.install(job)
+        view.snapshot(n * 0.05 + 100)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - base
+        tracemalloc.stop()
+        print(
+            f"{n:>7,} finished requests: the view holds {held / 1e6:.1f} MB = {held / n:,.0f} B per finished "
+            f"request; summary job {cost * 1e3:.0f} ms"
+        )
+        del view
 
 
 if __name__ == "__main__":

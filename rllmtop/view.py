@@ -1,35 +1,49 @@
 """The live view model: every record of a session in, immutable snapshots for a screen out.
 
 :class:`LiveView` is a session sink (``session.add_sink(view.handle)``). ``handle`` is O(1) amortised per
-record; ``snapshot(now)`` returns a :class:`ViewSnapshot` that the TUI draws and that the headless printer
-reads its progress line from (``snap.progress.line()``). Live, headless and replay feed the very same
-records, so the numbers are the same everywhere. A ``Reset`` record (replay seeking backwards) or a
-SessionInfo with a new ``session_id`` clears everything. Imports neither textual nor rich.
+record (a Scrape: O(its samples + engines)); ``snapshot(now)`` returns a :class:`ViewSnapshot` that the TUI
+draws and that the headless printer reads its progress line from (``snap.progress.line()``). Live, headless
+and replay feed the very same records, so the numbers are the same everywhere. A ``Reset`` record (replay
+seeking backwards) or a SessionInfo with a new ``session_id`` clears everything. Imports neither textual
+nor rich.
 
 What a snapshot holds:
 
-- chart series on one time axis ``[t - window, t]``: KV-cache usage (0..1) with preemption marks, engine
-  running vs waiting, output tokens/s split reasoning vs answer (client side, from token-count deltas, in
-  1 s bins) plus the engine's own generation rate, arrivals vs completions per second (1 s bins);
+- chart series on one time axis ``[t - window, t]`` (session seconds: simulated seconds in a time-lapse
+  run, see :func:`clock_note`): KV-cache usage (0..1) with preemption marks, engine running vs waiting, the
+  engine's own generation rate (for the fleet, or for the one engine in focus: :meth:`LiveView.set_focus`),
+  output tokens/s split reasoning vs answer (client side, from token-count deltas, in 1 s bins), arrivals vs
+  completions per second (1 s bins), and the client's own event-loop lateness (``ClientHealth``);
+- the fleet: one :class:`EngineRow` per engine (health, KV, queues, tok/s, preemptions, version) and the
+  spread across engines. Fleet values: KV usage is the mean over the engines that answered (each engine
+  weighs the same: capacity weighting is not done yet), queues and rates are summed;
 - the in-flight board (plus requests that ended in the last few seconds), stragglers with their reason and
   the rule's text, the ASU summary, the reasoning-length distribution per class/difficulty;
-- progress counts, state, session info, engine log lines and an event log of errors.
+- warnings in words (the client was late, the simulator drifted), progress counts, state, session info,
+  engine log lines and an event log of errors.
 
 Numbers come from :mod:`rllmtop.metrics.analysis`. The O(n) ones (ASU summary, straggler baselines,
 distribution) are computed by a :class:`SummaryJob` only when a request ended since the last one, at most
 about once a second; a UI may run the job in a thread (``auto_summary=False``, :meth:`LiveView.summary_job`,
 :meth:`LiveView.install`), everything else gets it inline.
 
+Memory is bounded however long the session runs: series live in fixed-size ring buffers; ended requests are
+not kept one object each: the board keeps the last few seconds of them, the summary a uniform sample
+(reservoir) of at most :data:`SAMPLE_PER_CLASS` per class plus exact running totals. Up to that many
+requests per class every number is exact (the same as ``asu_summary`` over all of them); past it the counts,
+token sums, spans and accuracy stay exact while percentiles and the distribution's shape come from the
+sample, and the snapshot says so (``ViewSnapshot.summary_sample``). The recording keeps every request.
+
 A metric the engine does not serve (``Scrape.missing``) is reported as missing (``Series.missing``), never
-as 0. Series live in fixed-size ring buffers: memory stays bounded however long the session runs.
+as 0; an engine that stopped answering shows as down or stale, not as zero.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import re
+import random
 import time
-import tomllib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +53,8 @@ import numpy as np
 
 from rllmtop.events import (
     TERMINAL_STATES,
+    ClientHealth,
+    EngineInfo,
     LogEvent,
     Phase,
     Record,
@@ -55,12 +71,12 @@ from rllmtop.events import (
 from rllmtop.metrics.analysis import (
     EMPTY_DIST,
     AsuSummary,
+    ClassSummary,
     DistGroup,
     Distribution,
     StragglerBaselines,
     StragglerRule,
     asu_summary,
-    counter_increase,
     reasoning_distribution,
 )
 
@@ -69,10 +85,14 @@ DIST_BINS = 64
 __all__ = [
     "CLIENT_BOTTLENECK_LAG_S",
     "LOG_LINES",
+    "SAMPLE_PER_CLASS",
     "WINDOWS",
+    "Alert",
     "BoardRow",
     "DistGroup",
     "Distribution",
+    "EngineRow",
+    "FleetSpread",
     "LiveView",
     "Progress",
     "ScrapeHealth",
@@ -81,6 +101,8 @@ __all__ = [
     "Summary",
     "SummaryJob",
     "ViewSnapshot",
+    "clock_note",
+    "engine_label",
     "format_elapsed",
 ]
 
@@ -96,59 +118,157 @@ MAX_ENDED_ROWS = 500  # ... but no more than this many of them
 ENGINE_RATE_SPAN = 1.0  # seconds the engine's generation rate is averaged over
 LOG_LINES = 500  # engine log / event log lines kept
 FINISHED_STRAGGLERS = 200  # finished stragglers kept for the list
+SAMPLE_PER_CLASS = 2048  # ended requests kept per class (and overall) for percentiles; counts stay exact
+ENGINE_POINT_BUDGET = 4  # per-engine series share this many fleet-series capacities (4 engines: a full hour)
+ENGINE_MIN_POINTS = 4 * 300  # ... but each engine keeps at least 5 min of 4 Hz scrapes
+STALE_AFTER_S = 10.0  # an engine with no scrape for this long (session seconds) shows as stale
+RESTART_SHOW_S = 30.0  # an engine shows as restarted this long after a counter went backwards
+HEALTH_POINTS = 4 * 3600  # client heartbeat intervals kept
+
+# ----------------------------------------------------------------------------------------- policies
+# Placeholders until metrics/analysis.py's verdict functions land (the analysis helper writes them): each is
+# one small function here, called from one place, so the merge replaces its body with the analysis call.
+
+CLIENT_LATE_S = 0.010  # placeholder threshold: a heartbeat interval whose worst lateness is above this
+
+
+def _client_late(lag_max: float) -> bool:
+    """PLACEHOLDER (replace with the analysis verdict): was the client's event loop late in an interval?"""
+    return lag_max > CLIENT_LATE_S
+
+
+def _client_delay_verdict(worst_lag: float, late_intervals: int, touched: int) -> str | None:
+    """PLACEHOLDER (replace with the analysis verdict): the warning, in words, when the client's own
+    lateness may be inside its latencies (worst heartbeat lateness > 10 ms), else None."""
+    if not late_intervals or not _client_late(worst_lag):
+        return None
+    return (
+        f"the client was late: latencies include up to {worst_lag * 1000:.0f} ms of client delay "
+        f"({touched} request(s) in flight during {late_intervals} late interval(s))"
+    )
+
+
+SIM_DRIFT_S = 0.1  # placeholder bound: simulated seconds the simulator may fall behind its model schedule
+
+
+def _sim_drift_verdict(drift_s: float, engine: str) -> str | None:
+    """PLACEHOLDER (replace with the analysis verdict): the warning, in words, when the simulator fell
+    behind its own schedule (``sim_drift_seconds`` increase this session > 0.1 s), else None."""
+    if not drift_s > SIM_DRIFT_S:
+        return None
+    who = f"the simulator {engine}" if engine else "the simulator"
+    return f"{who} fell {drift_s:.1f} s behind its model schedule: this run's latencies are inflated"
+
+
+def _fleet_kv(kv_sum: float, engines: int) -> float:
+    """PLACEHOLDER (replace with analysis' capacity-weighted fleet KV): the mean of the engines' KV usage
+    (``kv_sum`` over ``engines`` readings), each engine weighing the same. NaN when no engine has a
+    reading. (Capacity weighting keeps the same running form: sum of usage x capacity, sum of capacity.)"""
+    return kv_sum / engines if engines else math.nan
+
+
+class _Fleet:
+    """Running sums of the engines' current readings (KV, running, waiting, generation rate): O(1) per
+    scrape however many engines. Sums are kept in integer micro-units, so adding and taking back a reading
+    leaves no float error behind (a fleet of one shows its engine's value exactly, to 1e-6)."""
+
+    __slots__ = ("n", "sums")
+
+    SCALE = 1_000_000
+
+    def __init__(self) -> None:
+        self.sums = [0, 0, 0, 0]
+        self.n = [0, 0, 0, 0]
+
+    def change(self, old: tuple[float | None, ...], new: tuple[float | None, ...]) -> None:
+        sums, n, scale = self.sums, self.n, self.SCALE
+        for i in range(4):
+            a, b = old[i], new[i]
+            if a is not None:
+                sums[i] -= round(a * scale)
+                n[i] -= 1
+            if b is not None:
+                sums[i] += round(b * scale)
+                n[i] += 1
+
+    def total(self, i: int) -> float | None:
+        return self.sums[i] / self.SCALE if self.n[i] else None
 
 
 # ----------------------------------------------------------------------------------------- ring buffer
 
 
 class _Ring:
-    """(t, v) points in a fixed-size ring; the newest ``capacity`` are always one contiguous slice.
+    """Points (t, v0, v1, ...) in a fixed-size ring; the newest ``capacity`` are always one contiguous slice.
 
-    Each point is written twice (at i and i + capacity) so ``view()`` never copies or wraps.
+    ``width`` value columns share one time column. Each point is written twice (at i and i + capacity) so
+    ``view()`` never copies or wraps.
     """
 
     __slots__ = ("_t", "_v", "cap", "head", "n", "version")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, width: int = 1) -> None:
         self.cap = capacity
         self._t = np.zeros(2 * capacity)
-        self._v = np.zeros(2 * capacity)
+        self._v = [np.zeros(2 * capacity) for _ in range(width)]
         self.head = 0  # next write position, 0..cap-1
         self.n = 0
         self.version = 0  # bumps on every change
 
-    def append(self, t: float, v: float) -> None:
+    def append(self, t: float, *values: float) -> None:
         h = self.head
-        self._t[h] = self._t[h + self.cap] = t
-        self._v[h] = self._v[h + self.cap] = v
-        self.head = h + 1 if h + 1 < self.cap else 0
+        c = self.cap
+        self._t[h] = self._t[h + c] = t
+        for col, x in zip(self._v, values, strict=False):
+            col[h] = col[h + c] = x
+        self.head = h + 1 if h + 1 < c else 0
         self.version += 1
-        if self.n < self.cap:
+        if self.n < c:
             self.n += 1
 
-    def view(self) -> tuple[np.ndarray, np.ndarray]:
-        if self.n < self.cap:
-            return self._t[: self.n], self._v[: self.n]
-        return self._t[self.head : self.head + self.cap], self._v[self.head : self.head + self.cap]
+    def set_last(self, t: float, *values: float) -> None:
+        """Overwrite the newest point (its time too); append if the ring is empty."""
+        if not self.n:
+            self.append(t, *values)
+            return
+        i = self.head - 1 if self.head else self.cap - 1
+        c = self.cap
+        self._t[i] = self._t[i + c] = t
+        for col, x in zip(self._v, values, strict=False):
+            col[i] = col[i + c] = x
+        self.version += 1
+
+    def _span(self) -> tuple[int, int]:
+        return (0, self.n) if self.n < self.cap else (self.head, self.head + self.cap)
+
+    def view(self, col: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        a, b = self._span()
+        return self._t[a:b], self._v[col][a:b]
 
     def add_back(self, k: int, dv: float) -> bool:
-        """Add ``dv`` to the k-th newest value (0 = newest); False if it has left the buffer."""
+        """Add ``dv`` to the k-th newest value of column 0 (0 = newest); False if it has left the buffer."""
         if k >= self.n or k < 0:
             return False
         i = (self.head - 1 - k) % self.cap
-        self._v[i] += dv
-        self._v[i + self.cap] += dv
+        v = self._v[0]
+        v[i] += dv
+        v[i + self.cap] += dv
         self.version += 1
         return True
 
-    def last(self) -> float | None:
+    def last(self, col: int = 0) -> float | None:
         if not self.n:
             return None
-        return float(self._v[self.head - 1 + (self.cap if self.head == 0 else 0)])
+        return float(self._v[col][self.head - 1 + (self.cap if self.head == 0 else 0)])
 
-    def window(self, t0: float, t1: float) -> tuple[np.ndarray, np.ndarray]:
+    def last_t(self) -> float | None:
+        if not self.n:
+            return None
+        return float(self._t[self.head - 1 + (self.cap if self.head == 0 else 0)])
+
+    def window(self, t0: float, t1: float, col: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Read-only copies of the points with t0 <= t <= t1 (times are appended in order)."""
-        t, v = self.view()
+        t, v = self.view(col)
         i = int(np.searchsorted(t, t0, side="left"))
         j = int(np.searchsorted(t, t1, side="right"))
         tc, vc = t[i:j].copy(), v[i:j].copy()
@@ -178,7 +298,7 @@ class BoardRow(NamedTuple):
     rid: int
     cls: str
     phase: Phase
-    age: float  # since sent (since queued while queued); frozen at the end for ended ones
+    age: float  # since the request started (since queued while queued); frozen at the end for ended ones
     reasoning: int
     answer: int
     ttft: float | None
@@ -201,7 +321,7 @@ class Straggler:
 class Progress:
     """Counts for a one-line progress display (the headless printer uses :meth:`line`)."""
 
-    planned: int | None  # requests the scenario will send, when known
+    planned: int | None  # requests the run will send, when known
     sent: int
     done: int  # ended ok
     failed: int  # ended with an error or cancelled
@@ -223,11 +343,49 @@ class Progress:
 
 @dataclass(frozen=True, slots=True)
 class ScrapeHealth:
+    """Scrapes of every engine together."""
+
     ok: int  # successful scrapes
     failed: int
-    last_error: str  # "" when the last scrape was fine
+    last_error: str  # "" when no engine's last scrape failed
     last_latency: float | None  # seconds, last successful scrape
     counter_resets: int
+
+
+@dataclass(frozen=True, slots=True)
+class EngineRow:
+    """One engine of the fleet as the fleet table shows it. Values are the last scrape's; None: no current
+    reading (down, stale, not served)."""
+
+    id: str  # EngineInfo.id / Scrape.engine_id
+    name: str  # short form for display (the URL without its scheme)
+    health: str  # "up" | "stale" | "restarted" | "down" | "no data"
+    kv: float | None  # 0..1
+    running: float | None
+    waiting: float | None
+    tok_s: float | None  # the engine's generation rate
+    preemptions: float | None  # this session (counter increase since first seen); None: not served
+    version: str
+    kind: str
+    error: str  # the last failed scrape's message ("" when up)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSpread:
+    """Imbalance: the range across engines with a current reading (None: fewer than two)."""
+
+    kv: tuple[float, float] | None
+    running: tuple[float, float] | None
+    waiting: tuple[float, float] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A warning in words. ``key`` identifies the kind; ``short`` fits in a header."""
+
+    key: str  # "client-late" | "sim-drift"
+    short: str
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +398,7 @@ class Summary:
     baselines: StragglerBaselines | None
     distribution: Distribution
     cost_s: float  # wall seconds it took
+    sample: int = 0  # ended requests the percentiles came from (== ``finished`` when exact)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,10 +412,11 @@ class ViewSnapshot:
     state: SessionState
     state_detail: str
     progress: Progress
-    # charts
+    # charts (engine series: the fleet, or the engine in focus)
     series_version: int  # bumps whenever a chart point is added
     kv: Series  # 0..1
     preemptions: Series  # marks: t = scrape time, v = preemptions since the previous scrape
+    preemptions_run: float | None  # preemptions this session (fleet or focus); None: not served
     running: Series
     waiting: Series
     reasoning_tps: Series  # client side, 1 s bins
@@ -265,17 +425,26 @@ class ViewSnapshot:
     arrivals: Series  # requests sent per second, 1 s bins
     completions: Series  # requests ended ok per second
     failures: Series  # requests failed per second
-    missing: frozenset[str]  # neutral metric names the engine does not serve
+    missing: frozenset[str]  # neutral metric names not served (by any engine of the fleet / by the focus)
     scrape: ScrapeHealth
+    # the fleet
+    engines: tuple[EngineRow, ...]  # every engine seen or declared, in SessionInfo order then first seen
+    focus: str | None  # the engine whose charts are shown (None: the fleet)
+    spread: FleetSpread
+    # the client
+    client_lag: Series  # worst heartbeat lateness per interval, seconds (ClientHealth.lag_max)
+    client_lag_worst: float | None  # worst over the session
     # requests
     board: tuple[BoardRow, ...]  # in flight (by rid) then recently ended
     stragglers: tuple[Straggler, ...]  # in flight (oldest first), then finished (newest first)
     straggler_rule: str
     summary_version: int  # bumps when asu / distribution change
     asu: AsuSummary | None
+    summary_sample: tuple[int, int] | None  # (sampled, ended) when percentiles come from a sample, else None
     send_lag_p99: float | None
     client_bottleneck: bool  # send-lag p99 > CLIENT_BOTTLENECK_LAG_S
     distribution: Distribution
+    alerts: tuple[Alert, ...]  # warnings in words: the client was late, the simulator drifted
     # logs
     engine_log: tuple[LogEvent, ...]
     engine_log_total: int  # lines ever appended (this generation): draw only lines past what you drew
@@ -290,14 +459,153 @@ def format_elapsed(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def clock_note(info: SessionInfo | None) -> str:
+    """What session seconds are, when it is not plain wall time: ``simulated clock (x10)``; else ""."""
+    if info is None or info.clock != "simulated":
+        return ""
+    return f"simulated clock (x{info.speed:g})"
+
+
+def engine_label(engine_id: str) -> str:
+    """A short display name for an engine id: its URL without the scheme (``127.0.0.1:8001``)."""
+    if not engine_id:
+        return "engine"
+    for prefix in ("http://", "https://"):
+        if engine_id.startswith(prefix):
+            return engine_id[len(prefix) :].rstrip("/")
+    return engine_id
+
+
 # ----------------------------------------------------------------------------------------- summary job
+
+
+class _Totals:
+    """Exact running counts of ended requests of one class (or all), as ``analysis._summarise`` counts."""
+
+    __slots__ = (
+        "answer",
+        "cancelled",
+        "correct",
+        "errors",
+        "finish",
+        "first_sent",
+        "graded",
+        "last_end",
+        "no_visible",
+        "ok",
+        "reasoning",
+        "requests",
+        "truncated",
+    )
+
+    def __init__(self) -> None:
+        self.requests = self.ok = self.errors = self.cancelled = 0
+        self.truncated = self.no_visible = self.graded = self.correct = 0
+        self.reasoning = self.answer = 0
+        self.first_sent = math.inf
+        self.last_end = -math.inf
+        self.finish: dict[str, int] = {}
+
+    def add(self, r: RequestRecord) -> None:
+        self.requests += 1
+        st = r.status
+        if st is RequestStatus.OK:
+            self.ok += 1
+            if r.finish_reason == "length":
+                self.truncated += 1
+            if r.t_first_visible is None:
+                self.no_visible += 1
+        elif st is RequestStatus.ERROR:
+            self.errors += 1
+        elif st is RequestStatus.CANCELLED:
+            self.cancelled += 1
+        if r.correct is not None:
+            self.graded += 1
+            self.correct += bool(r.correct)
+        self.reasoning += r.reasoning_tokens
+        self.answer += r.answer_tokens
+        if r.t_sent is not None and r.t_sent < self.first_sent:
+            self.first_sent = r.t_sent
+        if r.t_done is not None and r.t_done > self.last_end:
+            self.last_end = r.t_done
+        key = r.finish_reason or st.value
+        self.finish[key] = self.finish.get(key, 0) + 1
+
+    def copy(self) -> _Totals:
+        c = _Totals()
+        for k in self.__slots__:
+            setattr(c, k, getattr(self, k))
+        c.finish = dict(self.finish)
+        return c
+
+    def exact(self, cs: ClassSummary) -> ClassSummary:
+        """``cs`` (computed from a sample) with this class's exact counts; its straggler count scaled."""
+        if cs.requests == self.requests:
+            return cs
+        span = self.last_end - self.first_sent if self.requests and math.isfinite(self.first_sent) else 0.0
+        strag = round(cs.stragglers * self.ok / cs.ok) if cs.ok else 0
+        return dataclasses.replace(
+            cs,
+            requests=self.requests,
+            ok=self.ok,
+            errors=self.errors,
+            cancelled=self.cancelled,
+            truncated=self.truncated,
+            no_visible=self.no_visible,
+            graded=self.graded,
+            correct=self.correct,
+            reasoning_tokens=self.reasoning,
+            answer_tokens=self.answer,
+            span_s=max(span, 0.0) if math.isfinite(span) else 0.0,
+            stragglers=strag,
+            finish_reasons=dict(self.finish),
+        )
+
+
+class _Sample:
+    """A uniform sample of the records offered (reservoir sampling, algorithm R)."""
+
+    __slots__ = ("cap", "items", "seen")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.items: list[RequestRecord] = []
+        self.seen = 0
+
+    def offer(self, r: RequestRecord, rng: random.Random) -> None:
+        self.seen += 1
+        if len(self.items) < self.cap:
+            self.items.append(r)
+            return
+        j = rng.randrange(self.seen)
+        if j < self.cap:
+            self.items[j] = r
+
+    @property
+    def complete(self) -> bool:
+        return self.seen == len(self.items)
 
 
 class SummaryJob:
     """The O(n) part of a snapshot, detached from the view: safe to :meth:`run` in another thread (it only
-    reads its own copy of the finished records, which are immutable)."""
+    reads its own copies: lists of immutable records and copies of the totals).
 
-    __slots__ = ("finished", "generation", "in_flight", "records", "result", "rule")
+    ``records``: the ended requests to compute from (every one, or each class's sample); ``overall``: a
+    uniform sample of all of them for the "all" row when ``records`` is per-class sampled (None: exact);
+    ``totals``/``total_all``/``dist_n``: the exact counts put back into sampled rows."""
+
+    __slots__ = (
+        "dist_n",
+        "finished",
+        "generation",
+        "in_flight",
+        "overall",
+        "records",
+        "result",
+        "rule",
+        "total_all",
+        "totals",
+    )
 
     def __init__(
         self,
@@ -306,12 +614,21 @@ class SummaryJob:
         generation: int,
         finished: int,
         in_flight: list[tuple[str, float, int]] | None = None,
+        *,
+        overall: list[RequestRecord] | None = None,
+        totals: dict[str, _Totals] | None = None,
+        total_all: _Totals | None = None,
+        dist_n: dict[tuple[str, str], int] | None = None,
     ) -> None:
         self.records = records
         self.in_flight = in_flight or []
         self.rule = rule
         self.generation = generation
         self.finished = finished
+        self.overall = overall
+        self.totals = totals or {}
+        self.total_all = total_all
+        self.dist_n = dist_n or {}
         self.result: Summary | None = None
 
     def run(self) -> Summary:
@@ -320,7 +637,22 @@ class SummaryJob:
         asu = asu_summary(recs, self.rule) if recs else None
         baselines = self.rule.baselines(recs, self.in_flight) if recs else None
         dist = reasoning_distribution(recs, DIST_BINS)
-        self.result = Summary(self.generation, self.finished, asu, baselines, dist, time.perf_counter() - t0)
+        sample = len(recs)
+        if asu is not None and self.overall is not None and self.total_all is not None:
+            # sampled: the "all" row from a uniform sample of all, every row with its exact counts
+            sample = len(self.overall)
+            overall = asu_summary(self.overall, self.rule).overall
+            classes = tuple(self.totals[c.name].exact(c) if c.name in self.totals else c for c in asu.classes)
+            asu = AsuSummary(self.total_all.exact(overall), classes, asu.straggler_rule)
+            dist = Distribution(
+                dist.edges,
+                tuple(
+                    dataclasses.replace(g, n=self.dist_n.get((g.cls, g.difficulty), g.n)) for g in dist.groups
+                ),
+            )
+        self.result = Summary(
+            self.generation, self.finished, asu, baselines, dist, time.perf_counter() - t0, sample
+        )
         return self.result
 
 
@@ -342,25 +674,31 @@ class _Req:
         "t_first_visible",
         "t_queued",
         "t_sent",
+        "t_start",
+        "touched",
+        "worker",
     )
 
-    def __init__(self, rid: int, cls: str, t: float) -> None:
+    def __init__(self, rid: int, cls: str, t: float, worker: int = 0) -> None:
         self.rid = rid
         self.cls = cls
+        self.worker = worker
         self.phase = Phase.QUEUED
         self.t_queued = t
         self.t_sent: float | None = None
+        self.t_start: float | None = None  # where its latencies start (RequestRecord.latency_start)
         self.t_first_token: float | None = None
         self.t_first_visible: float | None = None
         self.t_end: float | None = None
         self.reasoning = 0
         self.answer = 0
         self.straggler: str | None = None
+        self.touched = False  # in flight while the client was late
 
-    def row(self, now: float) -> BoardRow:
-        start = self.t_sent if self.t_sent is not None else self.t_queued
+    def row(self, now: float, straggler: str | None = None) -> BoardRow:
+        start = self.t_start if self.t_start is not None else self.t_queued
         end = self.t_end if self.t_end is not None else now
-        sent = self.t_sent
+        t0 = self.t_start
         return BoardRow(
             self.rid,
             self.cls,
@@ -368,9 +706,101 @@ class _Req:
             max(0.0, end - start),
             self.reasoning,
             self.answer,
-            None if sent is None or self.t_first_token is None else self.t_first_token - sent,
-            None if sent is None or self.t_first_visible is None else self.t_first_visible - sent,
-            self.straggler,
+            None if t0 is None or self.t_first_token is None else self.t_first_token - t0,
+            None if t0 is None or self.t_first_visible is None else self.t_first_visible - t0,
+            straggler or self.straggler,
+        )
+
+
+_GAUGES = ("kv_cache_usage", "requests_running", "requests_waiting")
+_COUNTERS = frozenset({"preemptions_total", "generation_tokens_total", "sim_drift_seconds"})
+
+
+class _Engine:
+    """One engine as the view tracks it (mutable, private): its own series and its latest readings."""
+
+    __slots__ = (
+        "counters",
+        "drift",
+        "error",
+        "g",
+        "gen",
+        "id",
+        "info",
+        "kv",
+        "last_t",
+        "marks",
+        "missing",
+        "n_ok",
+        "ok",
+        "preempt",
+        "preempt_seen",
+        "rate",
+        "reset_t",
+        "running",
+        "stale",
+        "tps",
+        "waiting",
+    )
+
+    def __init__(self, engine_id: str, capacity: int) -> None:
+        self.id = engine_id
+        self.info: EngineInfo | None = None
+        self.g = _Ring(capacity, 3)  # kv, running, waiting
+        self.marks = _Ring(capacity)  # preemptions per scrape (only scrapes with some)
+        self.tps = _Ring(capacity)  # generation rate
+        self.gen: deque[tuple[float, float]] = deque(maxlen=64)  # (t, tokens generated since first seen)
+        self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self.kv: float | None = None  # current readings (None: no current reading)
+        self.running: float | None = None
+        self.waiting: float | None = None
+        self.rate: float | None = None
+        self.missing: frozenset[str] = frozenset()
+        self.preempt = 0.0
+        self.preempt_seen = False
+        self.drift = 0.0  # sim_drift_seconds increase this session
+        self.last_t: float | None = None
+        self.ok = True
+        self.stale = False
+        self.error = ""
+        self.reset_t: float | None = None
+        self.n_ok = 0
+
+    @property
+    def readings(self) -> tuple[float | None, ...]:
+        return (self.kv, self.running, self.waiting, self.rate)
+
+    def health(self, now: float) -> str:
+        if self.last_t is None:
+            return "no data"
+        if not self.ok:
+            return "down"
+        if self.stale or now - self.last_t > STALE_AFTER_S:
+            return "stale"
+        if self.reset_t is not None and now - self.reset_t < RESTART_SHOW_S:
+            return "restarted"
+        return "up"
+
+    def row(self, now: float, info: SessionInfo | None) -> EngineRow:
+        ei = self.info
+        version = ei.version if ei is not None else ""
+        kind = ei.kind if ei is not None else "unknown"
+        if ei is None and info is not None and not info.engines:  # a schema-1 session: its one engine
+            version, kind = info.engine_version, info.engine_kind
+        health = self.health(now)
+        current = health in ("up", "restarted")
+        return EngineRow(
+            self.id,
+            engine_label(self.id),
+            health,
+            self.kv if current else None,
+            self.running if current else None,
+            self.waiting if current else None,
+            self.rate if current else None,
+            self.preempt if self.preempt_seen else None,
+            version,
+            kind,
+            self.error if not self.ok else "",
         )
 
 
@@ -378,12 +808,13 @@ class LiveView:
     """Consumes every record of a session (:meth:`handle`) and answers :meth:`snapshot`.
 
     ``rule``: the straggler rule (default :class:`StragglerRule`). ``window``: initial chart window in
-    seconds (change it with :meth:`set_window` / :meth:`zoom`). ``planned``: requests the run will send,
-    if the caller knows (otherwise read from the scenario text in SessionInfo, when it says). ``capacity``:
-    points kept per engine series (default: 1 h at 4 scrapes/s). ``auto_summary``: compute the O(n)
-    summary inside :meth:`snapshot` (set False when the caller runs :meth:`summary_job` itself).
-    ``summary_interval``: least wall seconds between two summary computations (it also waits ten times the
-    last computation's cost, so a huge run cannot eat the CPU); 0 computes whenever something ended.
+    seconds (change it with :meth:`set_window` / :meth:`zoom`). ``planned``: requests the run will send, if
+    the caller knows (otherwise ``SessionInfo.provenance.planned_requests``). ``capacity``: points kept per
+    fleet series (default: 1 h at 4 scrapes/s; each engine's own series keep a share of that). ``auto_summary``:
+    compute the O(n) summary inside :meth:`snapshot` (set False when the caller runs :meth:`summary_job`
+    itself). ``summary_interval``: least wall seconds between two summary computations (it also waits ten
+    times the last computation's cost, so a huge run cannot eat the CPU); 0 computes whenever something
+    ended. ``sample``: ended requests kept per class for percentiles (see the module doc).
     """
 
     def __init__(
@@ -395,6 +826,7 @@ class LiveView:
         capacity: int = 4 * 3600,
         auto_summary: bool = True,
         summary_interval: float = 1.0,
+        sample: int = SAMPLE_PER_CLASS,
         wall: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rule = rule or StragglerRule()
@@ -403,8 +835,10 @@ class LiveView:
         self.capacity = capacity
         self.auto_summary = auto_summary
         self.summary_interval = summary_interval
+        self.sample_cap = max(1, int(sample))
         self._wall = wall
         self.generation = 0
+        self.focus: str | None = None  # kept across a Reset (the same fleet comes back)
         self._reset()
 
     # ------------------------------------------------------------------ state
@@ -413,23 +847,26 @@ class LiveView:
         cap = self.capacity
         rate_cap = int(max(WINDOWS) / RATE_STEP) + 8
         self.info: SessionInfo | None = None
-        self.planned = self._planned_arg
+        self._planned_info: int | None = None
         self.state = SessionState.STARTING
         self.state_detail = ""
         self._t_last = 0.0
         self._t_end: float | None = None  # when the session reached a terminal state: the clock stops there
-        # engine series
-        self._kv = _Ring(cap)
-        self._running = _Ring(cap)
-        self._waiting = _Ring(cap)
-        self._preempt = _Ring(cap)
-        self._engine_tps = _Ring(cap)
-        self._counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-        self._gen: deque[tuple[float, float]] = deque(maxlen=64)  # (t, tokens generated since start)
-        self.missing: frozenset[str] = frozenset()
+        # engines and the fleet
+        self._engines: dict[str, _Engine] = {}
+        self._fleet = _Ring(cap, 3)  # kv, running, waiting
+        self._fleet_marks = _Ring(cap)
+        self._fleet_tps = _Ring(cap)
+        self._agg = _Fleet()
+        self._round: set[str] = set()  # engines that reported into the newest fleet point
+        self._tps_in_round = False
+        self._fleet_preempt = 0.0
+        self._preempt_seen = False
+        self.missing: frozenset[str] = frozenset()  # not served by any engine of the fleet
         self._scrape_ok = 0
         self._scrape_failed = 0
         self._scrape_error = ""
+        self._failing: set[str] = set()  # engines whose last scrape failed
         self._scrape_latency: float | None = None
         self._counter_resets = 0
         # client-side rate bins
@@ -437,11 +874,24 @@ class LiveView:
         self._acc = [0.0, 0.0, 0.0, 0.0, 0.0]  # reasoning tok, answer tok, arrivals, completions, failures
         self._rates = [_Ring(rate_cap) for _ in range(5)]
         self.series_version = 0
+        # the client's heartbeat
+        self._lag = _Ring(HEALTH_POINTS)
+        self._lag_worst: float | None = None
+        self._late_intervals = 0
+        self._touched = 0
+        self._alerted: set[str] = set()
         # requests
         self._reqs: dict[int, _Req] = {}
         self._t_seen = 0.0  # latest request-event time (ages of in-flight requests for the summary job)
         self._ended: deque[tuple[float, _Req]] = deque()
-        self._finished: list[RequestRecord] = []
+        self._ended_rids: dict[int, int] = {}  # rid -> how many entries of _ended hold it
+        self._n_finished = 0
+        self._rng = random.Random(0x5EED)  # the sample is the same for the same stream
+        self._samples: dict[str, _Sample] = {}
+        self._sample_all = _Sample(self.sample_cap)
+        self._totals: dict[str, _Totals] = {}
+        self._totals_all = _Totals()
+        self._dist_n: dict[tuple[str, str], int] = {}
         self._sent = 0
         self._done = 0
         self._failed = 0
@@ -457,14 +907,21 @@ class LiveView:
         self._events: deque[LogEvent] = deque(maxlen=LOG_LINES)
         self._events_total = 0
 
+    @property
+    def planned(self) -> int | None:
+        """Requests the run will send: the caller's count, else the scenario provenance's; None: unknown."""
+        return self._planned_arg if self._planned_arg is not None else self._planned_info
+
     # ------------------------------------------------------------------ input
 
     def handle(self, rec: Record) -> None:
-        """Consume one record (any type). O(1) amortised; a Scrape costs O(its samples)."""
+        """Consume one record (any type). O(1) amortised; a Scrape costs O(its samples + engines)."""
         if isinstance(rec, RequestEvent):
             self._on_request(rec)
         elif isinstance(rec, Scrape):
             self._on_scrape(rec)
+        elif isinstance(rec, ClientHealth):
+            self._on_health(rec)
         elif isinstance(rec, LogEvent):
             self._on_log(rec)
         elif isinstance(rec, StateEvent):
@@ -487,8 +944,10 @@ class LiveView:
             if self.info is not None and rec.session_id != self.info.session_id:
                 self._start_over()  # a different session: start over
             self.info = rec  # the same one again: facts learned later (engine version, model)
-            if self.planned is None:
-                self.planned = _planned_from(rec.scenario_text)
+            prov = rec.provenance
+            self._planned_info = prov.planned_requests if prov is not None else None
+            for ei in rec.engines:
+                self._engine(ei.id).info = ei
         elif isinstance(rec, Reset):
             self._start_over()
 
@@ -527,6 +986,8 @@ class LiveView:
         elif self._rates[i].add_back(self._bin - 1 - b, amount / RATE_STEP):
             self.series_version += 1
 
+    # ------------------------------------------------------------------ requests
+
     def _on_request(self, ev: RequestEvent) -> None:
         self._advance(ev.t)
         if ev.t > self._t_seen:
@@ -534,9 +995,9 @@ class LiveView:
         kind = ev.kind
         req = self._reqs.get(ev.rid)
         if req is None:
-            if kind not in (RequestKind.QUEUED, RequestKind.SENT) and self._recently_ended(ev.rid):
+            if kind not in (RequestKind.QUEUED, RequestKind.SENT) and ev.rid in self._ended_rids:
                 return  # a straggling event for a request that already ended
-            req = _Req(ev.rid, ev.cls, ev.t)
+            req = _Req(ev.rid, ev.cls, ev.t, ev.worker)
             self._reqs[ev.rid] = req
         elif ev.cls and not req.cls:
             req.cls = ev.cls
@@ -546,7 +1007,8 @@ class LiveView:
             self._on_end(req, ev)
             return
         if req.t_sent is None:  # SENT, or a stream whose SENT we did not see
-            self._mark_sent(req, ev.t)
+            rec = ev.record if kind is RequestKind.SENT else None
+            self._mark_sent(req, ev.t, rec)
         if kind is RequestKind.SENT:
             return
         self._tokens(req, ev.t, ev.reasoning_tokens, ev.answer_tokens)
@@ -561,11 +1023,13 @@ class LiveView:
         elif req.t_first_token is not None or req.reasoning > 0:
             req.phase = Phase.THINKING
 
-    def _mark_sent(self, req: _Req, t: float) -> None:
-        req.t_sent = t
+    def _mark_sent(self, req: _Req, t: float, rec: RequestRecord | None = None) -> None:
+        req.t_sent = rec.t_sent if rec is not None and rec.t_sent is not None else t
+        start = rec.latency_start if rec is not None else None
+        req.t_start = start if start is not None else req.t_sent
         req.phase = Phase.WAITING
         self._sent += 1
-        self._count(2, t, 1)
+        self._count(2, req.t_sent, 1)
 
     def _tokens(self, req: _Req, t: float, reasoning: int, answer: int) -> None:
         """Cumulative counts in; the increase goes to the tokens/s bins (counts never go down)."""
@@ -582,10 +1046,12 @@ class LiveView:
         rec = ev.record
         if rec is not None:
             if req.t_sent is None and rec.t_sent is not None:
-                self._mark_sent(req, rec.t_sent)
+                self._mark_sent(req, rec.t_sent, rec)
             self._tokens(req, ev.t, rec.reasoning_tokens, rec.answer_tokens)
             req.reasoning, req.answer = rec.reasoning_tokens, rec.answer_tokens  # final (maybe reconciled)
             req.t_sent = rec.t_sent if rec.t_sent is not None else req.t_sent
+            start = rec.latency_start
+            req.t_start = start if start is not None else req.t_start
             req.t_first_token = rec.t_first_token if rec.t_first_token is not None else req.t_first_token
             if rec.t_first_visible is not None:
                 req.t_first_visible = rec.t_first_visible
@@ -604,7 +1070,7 @@ class LiveView:
             detail = ev.detail or (rec.error if rec is not None and rec.error else "") or "failed"
             self._event(ev.t, "client", "warning", f"request {req.rid} ({req.cls or '?'}) failed: {detail}")
         if rec is not None:
-            self._finished.append(rec)
+            self._keep(rec)
         # judged once, against the baselines known now
         base = self._summary.baselines if self._summary is not None else None
         if ok and base is not None:
@@ -617,84 +1083,249 @@ class LiveView:
                     Straggler(req.rid, req.cls, req.phase, age, req.reasoning, why, True)
                 )
         self._ended.append((ev.t, req))
+        self._ended_rids[req.rid] = self._ended_rids.get(req.rid, 0) + 1
         if len(self._ended) > MAX_ENDED_ROWS:  # a replay catching up ends thousands at once
             self._trim_ended(ev.t)
 
+    def _keep(self, rec: RequestRecord) -> None:
+        """An ended request into the exact totals and the bounded samples (without its chunk gaps and
+        answer text, which no live number needs)."""
+        self._n_finished += 1
+        if rec.t_done is None and rec.status is RequestStatus.OK:
+            return  # not ended as asu_summary counts it
+        if rec.gaps or rec.answer_text is not None:
+            rec = dataclasses.replace(rec, gaps=b"", answer_text=None)
+        cls = rec.cls
+        tot = self._totals.get(cls)
+        if tot is None:
+            tot = self._totals[cls] = _Totals()
+            self._samples[cls] = _Sample(self.sample_cap)
+        tot.add(rec)
+        self._totals_all.add(rec)
+        if rec.status is RequestStatus.OK:
+            key = (cls, rec.difficulty)
+            self._dist_n[key] = self._dist_n.get(key, 0) + 1
+        self._samples[cls].offer(rec, self._rng)
+        self._sample_all.offer(rec, self._rng)
+
     def _trim_ended(self, now: float) -> None:
         ended = self._ended
+        rids = self._ended_rids
         while ended and (ended[0][0] < now - BOARD_LINGER_S or len(ended) > MAX_ENDED_ROWS):
-            ended.popleft()
+            _, req = ended.popleft()
+            n = rids.get(req.rid, 0) - 1
+            if n > 0:
+                rids[req.rid] = n
+            else:
+                rids.pop(req.rid, None)
 
-    def _recently_ended(self, rid: int) -> bool:
-        return any(r.rid == rid for _, r in self._ended)
+    # ------------------------------------------------------------------ engines
+
+    def _engine(self, engine_id: str) -> _Engine:
+        e = self._engines.get(engine_id)
+        if e is None:
+            share = ENGINE_POINT_BUDGET * self.capacity // max(1, len(self._engines) + 1)
+            e = _Engine(engine_id, max(ENGINE_MIN_POINTS, min(self.capacity, share)))
+            self._engines[engine_id] = e
+        return e
+
+    def _engine_for(self, s: Scrape) -> _Engine:
+        eid = s.engine_id
+        if not eid and eid not in self._engines:
+            info = self.info
+            if info is not None and len(info.engines) == 1:
+                eid = info.engines[0].id  # a source that does not tag its scrapes: the session's one engine
+        return self._engine(eid)
 
     def _on_scrape(self, s: Scrape) -> None:
         self._advance(s.t)
         self.series_version += 1
+        e = self._engine_for(s)
+        e.last_t = s.t
+        before = e.readings
         if not s.ok:
             self._scrape_failed += 1
-            if not self._scrape_error:  # log the transition, not every failed poll
-                self._event(s.t, "scrape", "error", s.error or "metrics scrape failed")
-            self._scrape_error = s.error or "metrics scrape failed"
-            for ring in (self._kv, self._running, self._waiting):
-                ring.append(s.t, math.nan)  # a gap in the chart, not a 0
+            err = s.error or "metrics scrape failed"
+            if e.ok:  # log the transition, not every failed poll
+                self._event(s.t, "scrape", "error", err)
+            e.ok = False
+            e.error = self._scrape_error = err
+            self._failing.add(e.id)
+            e.kv = e.running = e.waiting = e.rate = None
+            e.g.append(s.t, math.nan, math.nan, math.nan)  # a gap in the chart, not a 0
+            self._fleet_point(e, before, s.t)
             return
-        if self._scrape_error:
+        if not e.ok:
             self._event(s.t, "scrape", "info", "metrics scrape recovered")
+            self._failing.discard(e.id)
+            if not self._failing:
+                self._scrape_error = ""
+        e.ok = True
+        e.error = ""
+        e.n_ok += 1
+        e.stale = s.stale
         self._scrape_ok += 1
-        self._scrape_error = ""
         self._scrape_latency = s.latency_s
         if s.counter_reset:
             self._counter_resets += 1
+            e.reset_t = s.t
         kv_sum = 0.0
         kv_n = 0
         running: float | None = None
         waiting: float | None = None
         preempt = 0.0
+        preempt_seen = False
         gen_seen = False
         gen_delta: float | None = None
-        counters = self._counters
+        counters = e.counters
+        isfinite = math.isfinite
         for m in s.samples:
             name = m.name
-            if name == "kv_cache_usage":  # several engines: the mean; running/waiting: the sum
-                kv_sum += m.value
+            value = m.value
+            if not isfinite(value):
+                continue  # a value the edge should have refused: one sample lost, nothing else
+            if name == "kv_cache_usage":  # several DP ranks of one engine: the mean; queues: the sum
+                kv_sum += value
                 kv_n += 1
             elif name == "requests_running":
-                running = (running or 0.0) + m.value
+                running = (running or 0.0) + value
             elif name == "requests_waiting":
-                waiting = (waiting or 0.0) + m.value
-            elif name == "preemptions_total" or name == "generation_tokens_total":
+                waiting = (waiting or 0.0) + value
+            elif name in _COUNTERS:
                 key = (name, m.labels)
                 prev = counters.get(key)
-                counters[key] = m.value
-                inc = None if prev is None else counter_increase((prev, m.value))
+                counters[key] = value
+                inc = None if prev is None else (value - prev if value >= prev else value)
                 if name == "preemptions_total":
+                    preempt_seen = True
                     preempt += inc or 0.0
-                else:
+                elif name == "generation_tokens_total":
                     gen_seen = True
                     if inc is not None:
                         gen_delta = (gen_delta or 0.0) + inc
-        self.missing = frozenset(s.missing)
-        self._kv.append(s.t, kv_sum / kv_n if kv_n else math.nan)
-        self._running.append(s.t, math.nan if running is None else running)
-        self._waiting.append(s.t, math.nan if waiting is None else waiting)
+                else:
+                    e.drift += inc or 0.0
+        missing = frozenset(s.missing)
+        if missing != e.missing:
+            e.missing = missing
+            self._update_missing()
+        elif e.n_ok == 1:
+            self._update_missing()
+        if s.stale:  # the source's data for this engine is old: not a current reading
+            e.kv = e.running = e.waiting = e.rate = None
+            e.g.append(s.t, math.nan, math.nan, math.nan)
+        else:
+            e.kv = kv_sum / kv_n if kv_n else None
+            e.running, e.waiting = running, waiting
+            e.g.append(
+                s.t,
+                math.nan if e.kv is None else e.kv,
+                math.nan if running is None else running,
+                math.nan if waiting is None else waiting,
+            )
+        if preempt_seen:
+            e.preempt_seen = self._preempt_seen = True
         if preempt > 0:
-            self._preempt.append(s.t, preempt)
-        if gen_seen:
-            self._engine_rate(s.t, gen_delta)
+            e.preempt += preempt
+            self._fleet_preempt += preempt
+            e.marks.append(s.t, preempt)
+            self._fleet_marks.append(s.t, preempt)
+        if gen_seen and not s.stale:
+            self._engine_rate(e, s.t, gen_delta)
+        self._fleet_point(e, before, s.t)
 
-    def _engine_rate(self, t: float, delta: float | None) -> None:
-        """The engine's generation rate over the last second or more (one scrape interval is too noisy:
+    def _update_missing(self) -> None:
+        sets = [e.missing for e in self._engines.values() if e.n_ok]
+        self.missing = frozenset.intersection(*sets) if sets else frozenset()
+
+    def _engine_rate(self, e: _Engine, t: float, delta: float | None) -> None:
+        """An engine's generation rate over the last second or more (one scrape interval is too noisy:
         engines bump the counter in steps)."""
-        gen = self._gen
+        gen = e.gen
         total = (gen[-1][1] if gen else 0.0) + (delta or 0.0)
         if gen and delta is not None:
             while len(gen) > 1 and t - gen[1][0] >= ENGINE_RATE_SPAN:
                 gen.popleft()
             t0, v0 = gen[0]
             if t > t0:
-                self._engine_tps.append(t, (total - v0) / (t - t0))
+                e.rate = (total - v0) / (t - t0)
+                e.tps.append(t, e.rate)
         gen.append((t, total))
+
+    def _fleet_point(self, e: _Engine, before: tuple[float | None, ...], t: float) -> None:
+        """The fleet series: one point per round of scrapes (a round ends when an engine reports again), so
+        64 engines at 4 Hz make 4 points a second, not 256. KV: :func:`_fleet_kv`; queues and rates: sums
+        over the engines with a current reading. O(1) per scrape (running sums)."""
+        agg = self._agg
+        agg.change(before, e.readings)
+        running, waiting, tps = agg.total(1), agg.total(2), agg.total(3)
+        point = (
+            _fleet_kv(agg.total(0) or 0.0, agg.n[0]),
+            math.nan if running is None else running,
+            math.nan if waiting is None else waiting,
+        )
+        engine_id = e.id
+        new_round = engine_id in self._round or not self._fleet.n
+        if new_round:
+            self._round = {engine_id}
+            self._fleet.append(t, *point)
+            self._tps_in_round = False
+        else:
+            self._round.add(engine_id)
+            self._fleet.set_last(t, *point)
+        if tps is not None:
+            if self._tps_in_round:
+                self._fleet_tps.set_last(t, tps)
+            else:
+                self._fleet_tps.append(t, tps)
+                self._tps_in_round = True
+
+    # ------------------------------------------------------------------ the client
+
+    def _on_health(self, h: ClientHealth) -> None:
+        lag = h.lag_max
+        if not math.isfinite(lag) or lag < 0:
+            return
+        self._advance(h.t)
+        last = self._lag.last_t()
+        self._lag.append(h.t if last is None else max(h.t, last), lag)  # workers' intervals interleave
+        self.series_version += 1
+        if self._lag_worst is None or lag > self._lag_worst:
+            self._lag_worst = lag
+        if not _client_late(lag):
+            return
+        self._late_intervals += 1
+        t0 = h.t - max(h.interval, 0.0)
+        for req in self._reqs.values():
+            if req.t_sent is not None and not req.touched and req.worker == h.worker:
+                req.touched = True
+                self._touched += 1
+        for t_end, req in self._ended:
+            if t_end >= t0 and not req.touched and req.worker == h.worker:
+                req.touched = True
+                self._touched += 1
+
+    def _alerts(self, now: float) -> tuple[Alert, ...]:
+        out: list[Alert] = []
+        if self._lag_worst is not None:
+            text = _client_delay_verdict(self._lag_worst, self._late_intervals, self._touched)
+            if text is not None:
+                out.append(Alert("client-late", "client late", text))
+        drift, who = 0.0, ""
+        for e in self._engines.values():
+            if e.drift > drift:
+                drift, who = e.drift, e.id
+        if drift:
+            text = _sim_drift_verdict(drift, engine_label(who) if len(self._engines) > 1 else "")
+            if text is not None:
+                out.append(Alert("sim-drift", "sim drift", text))
+        for a in out:
+            if a.key not in self._alerted:  # said once in the event log too
+                self._alerted.add(a.key)
+                self._event(now, "rllmtop", "warning", a.text)
+        return tuple(out)
+
+    # ------------------------------------------------------------------ logs
 
     def _on_log(self, ev: LogEvent) -> None:
         self._advance(ev.t)
@@ -713,9 +1344,8 @@ class LiveView:
     # ------------------------------------------------------------------ controls
 
     def set_planned(self, n: int | None) -> None:
-        """How many requests the run will send (kept across a Reset); None: unknown (or from SessionInfo)."""
+        """How many requests the run will send (kept across a Reset); None: from SessionInfo's provenance."""
         self._planned_arg = n
-        self.planned = n if n is not None else self.planned
 
     def set_window(self, seconds: float) -> None:
         self.window = float(min(max(seconds, 1.0), max(WINDOWS)))
@@ -726,12 +1356,29 @@ class LiveView:
         self.window = WINDOWS[min(max(i + step, 0), len(WINDOWS) - 1)]
         return self.window
 
+    def set_focus(self, engine_id: str | None) -> None:
+        """Show this engine's own series in the engine charts (None: the fleet's)."""
+        self.focus = engine_id
+
+    def cycle_focus(self, step: int = 1) -> str | None:
+        """Fleet -> first engine -> ... -> last engine -> fleet (``step`` -1 goes backwards). Only with two
+        or more engines (with one, the fleet is that engine). Returns the new focus."""
+        ids = list(self._engines)
+        if len(ids) < 2:
+            self.focus = None
+            return None
+        order: list[str | None] = [None, *ids]
+        i = order.index(self.focus) if self.focus in order else 0
+        self.focus = order[(i + step) % len(order)]
+        return self.focus
+
     # ------------------------------------------------------------------ summary
 
     def summary_job(self) -> SummaryJob | None:
         """A job computing the O(n) summary if a request ended since the last one and enough wall time has
-        passed; None otherwise (or while a job is out). Run it (any thread), then :meth:`install` it."""
-        n = len(self._finished)
+        passed; None otherwise (or while a job is out). Run it (any thread), then :meth:`install` it.
+        Cost: O(the samples), bounded by (classes + 1) x ``sample``."""
+        n = self._n_finished
         if self._summary_pending:
             return None
         if self._summary is not None and self._summary.finished == n:
@@ -744,8 +1391,25 @@ class LiveView:
                 return None
         self._summary_pending = True
         t = self._t_seen
-        open_now = [(r.cls, t - r.t_sent, r.reasoning) for r in self._reqs.values() if r.t_sent is not None]
-        return SummaryJob(list(self._finished), self.rule, self.generation, n, open_now)
+        open_now = [
+            (r.cls, t - (r.t_start if r.t_start is not None else r.t_sent), r.reasoning)
+            for r in self._reqs.values()
+            if r.t_sent is not None
+        ]
+        records = [r for s in self._samples.values() for r in s.items]
+        if all(s.complete for s in self._samples.values()):
+            return SummaryJob(records, self.rule, self.generation, n, open_now)
+        return SummaryJob(
+            records,
+            self.rule,
+            self.generation,
+            n,
+            open_now,
+            overall=list(self._sample_all.items),
+            totals={c: tot.copy() for c, tot in self._totals.items()},
+            total_all=self._totals_all.copy(),
+            dist_n=dict(self._dist_n),
+        )
 
     def install(self, job: SummaryJob) -> None:
         """Adopt a finished job's result (ignored if a new session started meanwhile)."""
@@ -769,8 +1433,8 @@ class LiveView:
     # ------------------------------------------------------------------ output
 
     def snapshot(self, now: float) -> ViewSnapshot:
-        """The view at session time ``now`` (cost: O(in flight + points in the window)). Once the session
-        ended (a terminal state), time stands still at its end."""
+        """The view at session time ``now`` (cost: O(in flight + engines + points in the window)). Once
+        the session ended (a terminal state), time stands still at its end."""
         now = self._clamp_now(now)
         self._advance(now)  # close finished bins (a record arriving late is added to its own bin)
         if self.auto_summary:
@@ -783,25 +1447,16 @@ class LiveView:
         base = summary.baselines if summary is not None else None
         rows: list[BoardRow] = []
         in_flight_strag: list[Straggler] = []
-        # per class: the run time and reasoning length above which the rule may flag (None: never); only
-        # requests past a limit pay for the rule's wording (base.why)
-        limits: dict[str, tuple[float, float]] = {}
-        f = self.rule.factor
-        inf = math.inf
         for req in self._reqs.values():
-            row = req.row(now)
+            why = None
             if base is not None and req.t_sent is not None:
-                lim = limits.get(req.cls)
-                if lim is None:
-                    med_t, med_r = base.medians(req.cls)
-                    lim = limits[req.cls] = (f * med_t if med_t else inf, f * med_r if med_r else inf)
-                if row.age > lim[0] or req.reasoning > lim[1]:
-                    why = base.why(req.cls, row.age, req.reasoning)
-                    if why is not None:
-                        row = row._replace(straggler=why)
-                        in_flight_strag.append(
-                            Straggler(req.rid, req.cls, req.phase, row.age, req.reasoning, why, False)
-                        )
+                start = req.t_start if req.t_start is not None else req.t_sent
+                why = base.why(req.cls, max(0.0, now - start), req.reasoning)
+            row = req.row(now, why)
+            if why is not None:
+                in_flight_strag.append(
+                    Straggler(req.rid, req.cls, req.phase, row.age, req.reasoning, why, False)
+                )
             rows.append(row)
         self._trim_ended(now)
         rows.extend(r.row(now) for _, r in self._ended)
@@ -809,26 +1464,43 @@ class LiveView:
         stragglers = (*in_flight_strag, *reversed(self._fin_stragglers))
         asu = summary.asu if summary is not None else None
         lag = asu.overall.send_lag.get(99) if asu is not None else None
+        sampled = (
+            (summary.sample, asu.overall.requests)
+            if summary is not None and asu is not None and summary.sample < asu.overall.requests
+            else None
+        )
+        # the engine charts: the fleet, or the engine in focus
+        focus = self._engines.get(self.focus) if self.focus is not None else None
+        if focus is not None:
+            gauges, marks, tps, missing = focus.g, focus.marks, focus.tps, focus.missing
+            preempt_run = focus.preempt if focus.preempt_seen else None
+        else:
+            gauges, marks, tps, missing = self._fleet, self._fleet_marks, self._fleet_tps, self.missing
+            preempt_run = self._fleet_preempt if self._preempt_seen else None
+        kv, running, waiting = self._gauge_series(gauges, t0, now, missing)
+        info = self.info
+        engines = tuple(e.row(now, info) for e in self._engines.values())
         return ViewSnapshot(
             generation=self.generation,
             t=now,
             window=self.window,
-            info=self.info,
+            info=info,
             state=self.state,
             state_detail=self.state_detail,
             progress=self.progress(now),
             series_version=self.series_version,
-            kv=self._series("kv_cache_usage", self._kv, t0, now),
-            preemptions=self._series("preemptions_total", self._preempt, t0, now),
-            running=self._series("requests_running", self._running, t0, now),
-            waiting=self._series("requests_waiting", self._waiting, t0, now),
+            kv=kv,
+            preemptions=self._series("preemptions_total", marks, t0, now, missing),
+            preemptions_run=None if "preemptions_total" in missing else preempt_run,
+            running=running,
+            waiting=waiting,
             reasoning_tps=self._series("reasoning_tps", self._rates[0], t0, now),
             answer_tps=self._series("answer_tps", self._rates[1], t0, now),
-            engine_tps=self._series("generation_tokens_total", self._engine_tps, t0, now),
+            engine_tps=self._series("generation_tokens_total", tps, t0, now, missing),
             arrivals=self._series("arrivals", self._rates[2], t0, now),
             completions=self._series("completions", self._rates[3], t0, now),
             failures=self._series("failures", self._rates[4], t0, now),
-            missing=self.missing,
+            missing=missing,
             scrape=ScrapeHealth(
                 self._scrape_ok,
                 self._scrape_failed,
@@ -836,14 +1508,21 @@ class LiveView:
                 self._scrape_latency,
                 self._counter_resets,
             ),
+            engines=engines,
+            focus=focus.id if focus is not None else None,
+            spread=_spread(engines),
+            client_lag=self._series("client_lag_max", self._lag, t0, now),
+            client_lag_worst=self._lag_worst,
             board=tuple(rows),
             stragglers=stragglers,
             straggler_rule=self.rule.describe(),
             summary_version=self._summary_version,
             asu=asu,
+            summary_sample=sampled,
             send_lag_p99=lag,
             client_bottleneck=lag is not None and lag > CLIENT_BOTTLENECK_LAG_S,
             distribution=summary.distribution if summary is not None else EMPTY_DIST,
+            alerts=self._alerts(now),
             engine_log=tuple(self._engine_log),
             engine_log_total=self._engine_total,
             events=tuple(self._events),
@@ -874,13 +1553,42 @@ class LiveView:
         """``self.progress(now).line()``, with the state in front (``running · sent 12/40 · ...``)."""
         return f"{self.state.value} · {self.progress(now).line()}"
 
-    def _series(self, name: str, ring: _Ring, t0: float, t1: float) -> Series:
-        t, v = ring.window(t0, t1)
-        last = ring.last()
+    def _series(
+        self,
+        name: str,
+        ring: _Ring,
+        t0: float,
+        t1: float,
+        missing: frozenset[str] = frozenset(),
+        col: int = 0,
+    ) -> Series:
+        t, v = ring.window(t0, t1, col)
+        last = ring.last(col)
         if last is not None and math.isnan(last):
             last = None
-        missing = name in self.missing
-        return Series(name, t, v, None if missing else last, missing, ring.version)
+        gone = name in missing
+        return Series(name, t, v, None if gone else last, gone, ring.version)
+
+    def _gauge_series(
+        self, ring: _Ring, t0: float, t1: float, missing: frozenset[str]
+    ) -> tuple[Series, Series, Series]:
+        """KV, running, waiting: three columns of one ring, sharing one copy of the times."""
+        t, _ = ring.view(0)
+        i = int(np.searchsorted(t, t0, side="left"))
+        j = int(np.searchsorted(t, t1, side="right"))
+        a, _ = ring._span()
+        tc = t[i:j].copy()
+        tc.flags.writeable = False
+        out = []
+        for col, name in enumerate(_GAUGES):
+            vc = ring._v[col][a + i : a + j].copy()
+            vc.flags.writeable = False
+            last = ring.last(col)
+            if last is not None and math.isnan(last):
+                last = None
+            gone = name in missing
+            out.append(Series(name, tc, vc, None if gone else last, gone, ring.version))
+        return out[0], out[1], out[2]
 
     def _tok_s(self) -> float:
         """Client-side output tokens/s over the last (up to) 5 closed bins."""
@@ -892,23 +1600,15 @@ class LiveView:
     @property
     def finished(self) -> int:
         """Requests that ended (ok or not) this session."""
-        return len(self._finished)
+        return self._n_finished
 
 
-_OVERRIDE_NUM = re.compile(r"^# rllmtop: overrides:.*--num-prompts (\d+)", re.MULTILINE)
+def _spread(engines: tuple[EngineRow, ...]) -> FleetSpread:
+    def rng(vals: list[float]) -> tuple[float, float] | None:
+        return (min(vals), max(vals)) if len(vals) >= 2 else None
 
-
-def _planned_from(scenario_text: str) -> int | None:
-    """``[load] num_prompts`` of the scenario as recorded (a ``--num-prompts`` override in its header wins),
-    if it says."""
-    if not scenario_text:
-        return None
-    m = _OVERRIDE_NUM.search(scenario_text)
-    if m:
-        return int(m.group(1))
-    try:
-        doc = tomllib.loads(scenario_text)
-    except tomllib.TOMLDecodeError:
-        return None
-    n = doc.get("load", {}).get("num_prompts") if isinstance(doc.get("load"), dict) else None
-    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
+    return FleetSpread(
+        rng([e.kv for e in engines if e.kv is not None]),
+        rng([e.running for e in engines if e.running is not None]),
+        rng([e.waiting for e in engines if e.waiting is not None]),
+    )

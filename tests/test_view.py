@@ -12,9 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rllmtop.events import (
+    ClientHealth,
+    EngineInfo,
     LogEvent,
     MetricSample,
     Phase,
+    Provenance,
     RequestEvent,
     RequestKind,
     RequestRecord,
@@ -24,9 +27,10 @@ from rllmtop.events import (
     SessionInfo,
     SessionState,
     StateEvent,
+    encode_gaps,
 )
 from rllmtop.metrics.analysis import StragglerRule, asu_summary
-from rllmtop.view import CLIENT_BOTTLENECK_LAG_S, WINDOWS, LiveView
+from rllmtop.view import CLIENT_BOTTLENECK_LAG_S, WINDOWS, LiveView, clock_note
 
 K = RequestKind
 
@@ -453,9 +457,11 @@ def test_no_stragglers_before_enough_requests_finished() -> None:
 # ------------------------------------------------------------------------------------------------ session
 
 
-def test_a_new_session_starts_over_and_reads_planned_from_the_scenario() -> None:
+def test_a_new_session_starts_over_and_reads_planned_from_the_provenance() -> None:
     v = view()
-    info = SessionInfo("s1", 0.0, "live", scenario_name="burst", scenario_text="[load]\nnum_prompts = 40\n")
+    info = SessionInfo(
+        "s1", 0.0, "live", scenario_name="burst", provenance=Provenance(source="burst", planned_requests=40)
+    )
     v.handle(info)
     finish(v, record(1))
     v.handle(gauge_scrape(1.0, 0.3, 1, 0))
@@ -469,16 +475,26 @@ def test_a_new_session_starts_over_and_reads_planned_from_the_scenario() -> None
     assert snap.generation == g + 1
     assert snap.board == () and snap.kv.t.size == 0 and snap.progress.sent == 0
     assert snap.engine_log == () and snap.engine_log_total == 0 and snap.asu is None
-    assert snap.progress.planned is None  # that scenario text did not say
+    assert snap.progress.planned is None  # that session has no provenance
 
 
-def test_explicit_planned_wins_and_bad_scenario_text_is_ignored() -> None:
-    v = view(planned=12)
-    v.handle(SessionInfo("s", 0.0, "live", scenario_text="[load\nnot toml"))
-    assert v.snapshot(0).progress.planned == 12
+def test_planned_comes_from_provenance_not_from_scenario_text() -> None:
+    # the text says 500 and carries a legacy override header; only the provenance (resolved once by the
+    # scenario loader) counts, so a view never re-parses what another module wrote
+    text = "# rllmtop: overrides: --request-rate 4 --num-prompts 12\n[load]\nnum_prompts = 500\n"
     v = view()
-    v.handle(SessionInfo("s", 0.0, "live", scenario_text="[load\nnot toml"))
+    v.handle(SessionInfo("s", 0.0, "replay", scenario_text=text))
     assert v.snapshot(0).progress.planned is None
+    v.handle(SessionInfo("s", 0.0, "replay", scenario_text=text, provenance=Provenance(planned_requests=12)))
+    assert v.snapshot(0).progress.planned == 12
+
+
+def test_explicit_planned_wins_over_the_provenance() -> None:
+    v = view(planned=12)
+    v.handle(SessionInfo("s", 0.0, "live", provenance=Provenance(planned_requests=99)))
+    assert v.snapshot(0).progress.planned == 12
+    v.set_planned(None)  # the caller no longer knows: the provenance's count
+    assert v.snapshot(0).progress.planned == 99
 
 
 def test_state_and_logs() -> None:
@@ -559,13 +575,6 @@ def test_reset_record_starts_over_but_a_repeated_session_info_only_updates() -> 
     assert v.snapshot(3.0).progress.done == 0 and v.snapshot(3.0).generation == g + 2
 
 
-def test_planned_count_honours_a_num_prompts_override_in_the_scenario_header() -> None:
-    text = "# rllmtop: overrides: --request-rate 4 --num-prompts 12\n[load]\nnum_prompts = 500\n"
-    v = view()
-    v.handle(SessionInfo("s", 0.0, "replay", scenario_text=text))
-    assert v.snapshot(0).progress.planned == 12
-
-
 def test_time_stands_still_once_the_session_ended() -> None:
     v = view()
     v.handle(StateEvent(0.0, SessionState.RUNNING))
@@ -585,3 +594,260 @@ def test_a_failure_already_logged_is_not_logged_twice() -> None:
     snap = v.snapshot(1.0)
     assert [e.text for e in snap.events] == [why + " (is the server running?)"]
     assert snap.state_detail == why
+
+
+# ------------------------------------------------------------------------------------------------ fleet
+
+
+def engine_scrape(
+    t: float,
+    eid: str,
+    kv: float,
+    running: float = 0,
+    waiting: float = 0,
+    *,
+    preempt: float | None = None,
+    gen: float | None = None,
+    drift: float | None = None,
+    ok: bool = True,
+    stale: bool = False,
+    reset: bool = False,
+) -> Scrape:
+    if not ok:
+        return Scrape(t, 1.0, False, error=f"{eid}/metrics: connection refused", engine_id=eid)
+    samples = [
+        MetricSample(t, "kv_cache_usage", kv),
+        MetricSample(t, "requests_running", running),
+        MetricSample(t, "requests_waiting", waiting),
+    ]
+    for name, value in (("preemptions_total", preempt), ("generation_tokens_total", gen),
+                        ("sim_drift_seconds", drift)):  # fmt: skip
+        if value is not None:
+            samples.append(MetricSample(t, name, value))
+    return Scrape(t, 0.002, True, samples=tuple(samples), engine_id=eid, stale=stale, counter_reset=reset)
+
+
+A, B = "http://127.0.0.1:8001", "http://127.0.0.1:8002"
+
+
+def fleet_info(*ids: str) -> SessionInfo:
+    engines = tuple(EngineInfo(i, url=i, kind="sim", version=f"0.{k}") for k, i in enumerate(ids))
+    return SessionInfo("fleet", 0.0, "live", engine_kind="sim", engines=engines)
+
+
+def test_fleet_rows_and_aggregates_kv_mean_queues_and_rates_summed() -> None:
+    v = view()
+    v.handle(fleet_info(A, B))
+    for i in range(1, 9):  # 2 s of 4 Hz scrapes of both engines
+        t = 0.25 * i
+        v.handle(engine_scrape(t, A, 0.2, 3, 1, gen=1000.0 * i))
+        v.handle(engine_scrape(t + 0.01, B, 0.8, 5, 7, gen=500.0 * i))
+    snap = v.snapshot(2.1)
+    rows = {e.id: e for e in snap.engines}
+    assert [e.id for e in snap.engines] == [A, B]  # SessionInfo order
+    assert rows[A].name == "127.0.0.1:8001" and rows[A].version == "0.0" and rows[B].version == "0.1"
+    assert rows[A].health == rows[B].health == "up"
+    assert (rows[A].kv, rows[A].running, rows[A].waiting) == (0.2, 3, 1)
+    assert rows[A].tok_s == pytest.approx(4000) and rows[B].tok_s == pytest.approx(2000)
+    assert snap.kv.last == pytest.approx(0.5)  # each engine weighs the same
+    assert snap.running.last == 8 and snap.waiting.last == 8
+    assert snap.engine_tps.last == pytest.approx(6000)
+    assert snap.kv.t.size == 8  # one fleet point per round of scrapes, not one per scrape
+    assert snap.spread.kv == (0.2, 0.8) and snap.spread.waiting == (1, 7)
+
+
+def test_fleet_health_up_down_stale_restarted_and_a_down_engine_is_not_zero() -> None:
+    v = view()
+    v.handle(fleet_info(A, B))
+    v.handle(engine_scrape(1.0, A, 0.5, 2, 0, preempt=10))
+    v.handle(engine_scrape(1.0, B, 0.9, 4, 6))
+    v.handle(engine_scrape(1.25, A, 0.5, 2, 0, preempt=3, reset=True))  # restarted: counter went back
+    v.handle(engine_scrape(1.25, B, 0.0, ok=False))
+    snap = v.snapshot(1.3)
+    rows = {e.id: e for e in snap.engines}
+    assert rows[A].health == "restarted" and rows[A].preemptions == 3
+    assert rows[B].health == "down" and rows[B].kv is None and "connection refused" in rows[B].error
+    assert snap.kv.last == 0.5 and snap.waiting.last == 0  # the down engine is left out, not counted as 0
+    assert snap.scrape.last_error and snap.scrape.failed == 1
+    v.handle(engine_scrape(1.5, B, 0.7, 1, 1, stale=True))  # Prometheus: the target's data is old
+    assert {e.id: e.health for e in v.snapshot(1.5).engines}[B] == "stale"
+    v.handle(engine_scrape(40.0, B, 0.7, 1, 1))
+    snap = v.snapshot(40.0)
+    rows = {e.id: e for e in snap.engines}
+    assert rows[B].health == "up" and snap.scrape.last_error == ""
+    assert rows[A].health == "stale" and rows[A].kv is None  # no scrape for 38 s (and the restart is old)
+    assert "recovered" in snap.events[-1].text
+
+
+def test_focus_shows_one_engines_own_series_and_cycles_back_to_the_fleet() -> None:
+    v = view()
+    v.handle(fleet_info(A, B))
+    for i in range(1, 5):
+        t = 0.25 * i
+        v.handle(engine_scrape(t, A, 0.1 * i, 1, 0, preempt=float(i)))
+        v.handle(engine_scrape(t, B, 0.9, 9, 9, preempt=0.0))
+    assert v.snapshot(1.0).focus is None
+    assert v.cycle_focus() == A
+    snap = v.snapshot(1.0)
+    assert snap.focus == A and snap.kv.v.tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert snap.running.last == 1 and snap.preemptions_run == 3
+    assert v.cycle_focus() == B and v.snapshot(1.0).waiting.last == 9
+    assert v.cycle_focus() is None and v.snapshot(1.0).waiting.last == 9  # the fleet: 0 + 9
+    assert v.cycle_focus(-1) == B
+
+
+def test_an_untagged_scrape_is_the_sessions_one_engine() -> None:
+    v = view()
+    v.handle(fleet_info(A))
+    v.handle(gauge_scrape(0.25, 0.4, 1, 0))  # engine_id "": a source that does not tag its scrapes
+    (row,) = v.snapshot(0.25).engines
+    assert row.id == A and row.kv == 0.4 and row.health == "up"
+    assert v.cycle_focus() is None  # one engine: the fleet is that engine
+
+
+def test_64_engines_one_fleet_point_per_round_and_bounded_memory() -> None:
+    ids = [f"http://10.0.0.{k}:8000" for k in range(64)]
+    v = view(capacity=400)
+    v.handle(fleet_info(*ids))
+    for i in range(1, 1001):  # 250 s: more than the per-engine buffers hold
+        for k, eid in enumerate(ids):
+            v.handle(engine_scrape(0.25 * i + k * 1e-4, eid, k / 64, 1, k % 3))
+    snap = v.snapshot(250.1)
+    assert len(snap.engines) == 64 and all(e.health == "up" for e in snap.engines)
+    assert snap.running.last == 64 and snap.waiting.last == sum(k % 3 for k in range(64))
+    v.set_window(3600)
+    assert v.snapshot(250.1).kv.t.size == 400  # the fleet ring: its capacity, one point per round
+    v.set_focus(ids[5])
+    assert v.snapshot(250.1).kv.t.size <= max(400, 4 * 300)
+
+
+# ------------------------------------------------------------------------------------------------ preemptions
+
+
+def test_preemption_count_says_window_and_run() -> None:
+    v = view(window=30.0)
+    v.handle(gauge_scrape(1.0, 0.5, 1, 0, preempt=0))
+    v.handle(gauge_scrape(2.0, 1.0, 1, 0, preempt=100))  # 100 early in the run
+    v.handle(gauge_scrape(60.0, 1.0, 1, 0, preempt=118))  # 18 late
+    snap = v.snapshot(60.0)
+    assert snap.preemptions.v.sum() == 18 and snap.preemptions_run == 118  # window vs run
+    missing = Scrape(1.0, 0.0, True, samples=(), missing=("preemptions_total",))
+    v2 = view()
+    v2.handle(missing)
+    assert v2.snapshot(1.0).preemptions_run is None  # not served: no count at all
+
+
+# ------------------------------------------------------------------------------------------------ the client
+
+
+def test_client_heartbeat_series_and_the_late_client_warning() -> None:
+    v = view()
+    v.handle(ev(K.SENT, 0.5, 1))
+    for i in range(1, 11):
+        v.handle(ClientHealth(float(i), 1.0, 0.002, 0.001))
+    snap = v.snapshot(10.0)
+    assert snap.client_lag.t.size == 10 and snap.client_lag.last == 0.002
+    assert snap.alerts == () and snap.client_lag_worst == 0.002  # an idle client: no warning
+    v.handle(ClientHealth(11.0, 1.0, 0.045, 0.01))  # 45 ms late while request 1 was in flight
+    v.handle(ev(K.SENT, 11.5, 2))  # sent after: not touched
+    snap = v.snapshot(12.0)
+    (alert,) = snap.alerts
+    assert alert.key == "client-late" and "up to 45 ms of client delay" in alert.text
+    assert "1 request(s) in flight during 1 late interval(s)" in alert.text
+    assert any(alert.text == e.text for e in snap.events)  # said once in the event log
+    v.snapshot(13.0)
+    assert sum(1 for e in v.snapshot(13.0).events if e.text == alert.text) == 1
+
+
+def test_client_heartbeat_series_is_bounded() -> None:
+    v = view()
+    for i in range(20_000):
+        v.handle(ClientHealth(0.25 * i, 0.25, 0.001, 0.0005))
+    v.set_window(3600)
+    assert v.snapshot(5000.0).client_lag.t.size <= 4 * 3600
+
+
+def test_simulator_drift_warning() -> None:
+    v = view()
+    v.handle(gauge_scrape(1.0, 0.5, 1, 0))
+    for i, drift in enumerate((0.0, 0.02, 0.05)):
+        v.handle(engine_scrape(2.0 + i, "", 0.5, drift=drift))
+    assert v.snapshot(5.0).alerts == ()  # 50 ms behind: within the bound
+    v.handle(engine_scrape(6.0, "", 0.5, drift=2.35))
+    (alert,) = v.snapshot(6.0).alerts
+    assert alert.key == "sim-drift" and "fell 2.4 s behind" in alert.text and "inflated" in alert.text
+
+
+def test_clock_note() -> None:
+    assert clock_note(None) == "" and clock_note(SessionInfo("s", 0.0, "live")) == ""
+    sim = SessionInfo("s", 0.0, "live", clock="simulated", speed=10.0)
+    assert clock_note(sim) == "simulated clock (x10)"
+
+
+# ------------------------------------------------------------------------------------------------ memory
+
+
+_GAPS = encode_gaps([20_000] * 2000)  # 8 KB of chunk gaps: what a 2,000-token request carries
+
+
+def _long_record(rid: int, t: float) -> RequestRecord:
+    cls = ("easy", "hard", "mcq")[rid % 3]
+    reasoning = 100 + (rid * 7919) % 3000
+    return RequestRecord(
+        rid=rid, cls=cls, difficulty=cls, t_scheduled=t, t_dispatch=t, t_start=t, t_sent=t,
+        t_first_token=t + 0.1, t_first_visible=t + 1.0 + reasoning / 1000, t_done=t + 2.0 + reasoning / 1000,
+        reasoning_tokens=reasoning, answer_tokens=20, finish_reason="length" if rid % 7 == 0 else "stop",
+        correct=rid % 4 != 0, gaps=_GAPS, answer_text="x" * 200,
+    )  # fmt: skip
+
+
+def test_summary_is_exact_below_the_sample_and_keeps_exact_counts_past_it() -> None:
+    recs = [_long_record(i, i * 0.01) for i in range(600)]
+    small = view(sample=1000)
+    sampled = view(sample=50)
+    for r in recs:
+        finish(small, r)
+        finish(sampled, r)
+    want = asu_summary(recs)
+    exact = small.snapshot(100.0)
+    assert exact.summary_sample is None
+    assert exact.asu is not None and exact.asu.overall.as_dict() == want.overall.as_dict()
+    snap = sampled.snapshot(100.0)
+    assert snap.summary_sample == (50, 600)  # the note the ASU panel shows
+    got = snap.asu
+    assert got is not None
+    for name in ("all", "easy", "hard", "mcq"):
+        g, w = got.by_name()[name], want.by_name()[name]
+        for key in ("requests", "ok", "errors", "truncated", "no_visible", "graded", "correct",
+                    "reasoning_tokens", "answer_tokens", "finish_reasons"):  # fmt: skip
+            assert getattr(g, key) == getattr(w, key), (name, key)
+        assert g.span_s == pytest.approx(w.span_s) and g.accuracy == w.accuracy
+        assert g.e2e[50] == pytest.approx(w.e2e[50], rel=0.25)  # from the sample
+    dist = {g.label: g.n for g in snap.distribution.groups}
+    assert dist == {g.label: g.n for g in exact.distribution.groups}  # exact counts, sampled shape
+    assert sampled.finished == 600
+
+
+def test_memory_stays_flat_per_finished_request() -> None:
+    """Issue 11.8: the view held every finished RequestRecord (with its chunk gaps: ~9.5 KB each)."""
+    import gc
+    import tracemalloc
+
+    def held(n: int) -> int:
+        gc.collect()
+        tracemalloc.start()
+        v = view(auto_summary=False, sample=256)
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(n):
+            finish(v, _long_record(i, i * 0.01))
+        v.snapshot(n * 0.01 + 100)  # the board has let them all go
+        gc.collect()
+        out = tracemalloc.get_traced_memory()[0] - base
+        tracemalloc.stop()
+        del v
+        return out
+
+    a, b = held(1000), held(4000)
+    # bytes held per extra finished request: the records themselves were kept before (~0.8 KB each here,
+    # with the gaps blob shared; ~9.5 KB each with their own, see bench/bench_tui.py --memory)
+    assert (b - a) / 3000 < 150

@@ -2,10 +2,15 @@
 
 Wiring: on mount the app adds ``LiveView.handle`` as a session sink and runs ``session.run()`` as a
 worker. A 4 Hz timer (a Textual timer never overlaps itself) takes ``view.snapshot(session.now())`` and
-hands the immutable snapshot to every widget inside ``batch_update()``; widgets only store it and redraw
-lazily, so hidden panels cost nothing. The O(n) summary (ASU, straggler baselines, distribution) runs in a
-thread when a request ended. Replay sessions drive these very same widgets; they only add the replay keys
-and the progress bar.
+hands the immutable snapshot to every widget inside ``batch_update()``; widgets store it and repaint only
+what changed (hidden panels cost nothing). The O(n) summary (ASU, straggler baselines, distribution) runs
+in a thread when a request ended. Replay sessions drive these very same widgets; they only add the replay
+keys and the progress bar. With two or more engines a fleet table shows one row per engine, and ``e``
+puts one engine's own series in the engine charts.
+
+Stopping: the first ``q`` (or ctrl+c) is ``session.stop()`` whatever the state (no new requests; in-flight
+ones may finish within the grace period), the second ``session.stop(force=True)`` (cancel them now). The
+session owns the policy (grace period, what a replay does); the app only says which press it was.
 """
 
 from __future__ import annotations
@@ -30,26 +35,33 @@ from rllmtop.tui.widgets.board import RequestBoard
 from rllmtop.tui.widgets.chart import BrailleChart, ChartData, Line, human
 from rllmtop.tui.widgets.distribution import ReasoningDist
 from rllmtop.tui.widgets.filter import FilterInput
+from rllmtop.tui.widgets.fleet import FleetTable, spread_text
 from rllmtop.tui.widgets.header import HeaderBar
 from rllmtop.tui.widgets.help import HelpScreen
 from rllmtop.tui.widgets.logpane import LogPane
 from rllmtop.tui.widgets.replaybar import ReplayBar, ReplayControls
 from rllmtop.tui.widgets.stragglers import StragglerList
-from rllmtop.view import WINDOWS, LiveView, Series, SummaryJob, ViewSnapshot
+from rllmtop.view import WINDOWS, LiveView, Series, SummaryJob, ViewSnapshot, engine_label
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from rllmtop.events import SessionInfo
 
-__all__ = ["RllmtopApp", "SessionLike", "build_app"]
+__all__ = ["RllmtopApp", "SessionLike", "build_app", "stop_session"]
 
 REFRESH_S = 0.25
 SPEEDS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+FLEET_ROWS = 8  # fleet table rows shown at most (more engines scroll) ...
+SHORT_SCREEN_ROWS = 22  # ... and on a short terminal, what is left above the board's 5 rows (80x24: 2)
 
 
 class SessionLike(Protocol):
-    """The part of :class:`rllmtop.session.Session` the app uses."""
+    """The part of :class:`rllmtop.session.Session` the app uses.
+
+    Also used when present: ``stop(force: bool = False)`` (thread-safe; first call: stop sending and let
+    in-flight requests finish within the grace period; ``force``: cancel them now) and
+    ``planned_requests: int | None`` (the live runner's schedule length). See :func:`stop_session`."""
 
     info: SessionInfo | None
     state: SessionState
@@ -58,8 +70,21 @@ class SessionLike(Protocol):
 
     def add_sink(self, sink: Callable[[Record], None]) -> None: ...
     async def run(self) -> Any: ...
-    def request_stop(self) -> None: ...
     def now(self) -> float: ...
+
+
+def stop_session(session: SessionLike, *, force: bool = False) -> None:
+    """``session.stop(force=force)``.
+
+    Until Session.stop lands (the lead's change), a session that has only the old ``request_stop()`` gets
+    it once per call: its own first call is the gentle stop and its second the forced one, which is what
+    the app means by the first and the second press. Remove this fallback (and declare ``stop`` in
+    :class:`SessionLike`) at the merge."""
+    stop = getattr(session, "stop", None)
+    if stop is not None:
+        stop(force=force)
+    else:
+        session.request_stop()  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------------------------------ chart data
@@ -83,6 +108,14 @@ def _chart(s: ViewSnapshot, lines: tuple[Line, ...], **kw: Any) -> ChartData:
     return ChartData(lines, s.t, chart_window(s), version, **kw)
 
 
+def _scope(s: ViewSnapshot, fleet: str) -> str:
+    """What an engine chart covers: the focused engine, or how the fleet's values are formed."""
+    if s.focus is not None:
+        return engine_label(s.focus)
+    n = len(s.engines)
+    return f"{fleet} of {n}" if n >= 2 else ""
+
+
 def kv_chart(s: ViewSnapshot) -> ChartData:
     return _chart(
         s,
@@ -91,12 +124,18 @@ def kv_chart(s: ViewSnapshot) -> ChartData:
         ref_line=1.0,
         marks=s.preemptions,
         mark_label="preempted",
+        mark_total=s.preemptions_run,
         y_fmt=_pct,
+        scope=_scope(s, "mean"),
     )
 
 
 def queue_chart(s: ViewSnapshot) -> ChartData:
-    return _chart(s, (Line(s.running, "running", "cyan"), Line(s.waiting, "waiting", "yellow")))
+    return _chart(
+        s,
+        (Line(s.running, "running", "cyan"), Line(s.waiting, "waiting", "yellow")),
+        scope=_scope(s, "sum"),
+    )
 
 
 def tps_chart(s: ViewSnapshot) -> ChartData:
@@ -107,6 +146,7 @@ def tps_chart(s: ViewSnapshot) -> ChartData:
             Line(s.answer_tps, "answer", "green", fill=True, stack_on=s.reasoning_tps),
             Line(s.engine_tps, "engine", "grey62"),
         ),
+        scope=engine_label(s.focus) if s.focus is not None else "",
     )
 
 
@@ -144,6 +184,9 @@ class RllmtopApp(App[Any]):
         Binding("S", "reverse_sort", "reverse", show=False),
         Binding("f", "filter_phase", "filter"),
         Binding("slash", "filter_text", "find", key_display="/"),
+        # fleets only (hidden with one engine, see check_action)
+        Binding("e", "focus_engine(1)", "engine"),
+        Binding("E", "focus_engine(-1)", "prev engine", show=False),
         # pages: small terminals only (hidden when everything fits, see check_action)
         Binding("1", "page(1)", "main"),
         Binding("2", "page(2)", "ASU"),
@@ -163,8 +206,8 @@ class RllmtopApp(App[Any]):
     KEY_HELP: ClassVar[list[tuple[str, str]]] = [
         (
             "q, ctrl+c",
-            "quit: stop sending, let in-flight requests finish (again, or if already draining: cancel them), "
-            "then exit once the recording is closed",
+            "quit: the first press stops sending and lets in-flight requests finish within the grace period "
+            "(also while draining); the second cancels them; the app exits once the recording is closed",
         ),
         ("?", "this help"),
         ("+ / -", "widen / narrow the chart window (30 s ... 1 h)"),
@@ -172,6 +215,10 @@ class RllmtopApp(App[Any]):
         ("f", "filter the board by phase (all, active, thinking, answering, waiting, stragglers, ended)"),
         ("/", "filter the board by class, id or phase (enter applies, esc cancels, empty clears)"),
         ("up / down", "move in the request board"),
+        (
+            "e / E",
+            "fleets: show the next / previous engine's own series in the engine charts (then the fleet)",
+        ),
         ("1 2 3", "small terminals: overview / analysis (ASU, stragglers) / logs"),
         ("space", "replay: pause / resume"),
         (". / ,", "replay: step 1 s forward / back"),
@@ -201,8 +248,6 @@ class RllmtopApp(App[Any]):
         self._inbox: deque[Record] = deque()
         self._switch_interval = sys.getswitchinterval()
         self.view = view or LiveView(auto_summary=False)
-        if self.view.planned is None:
-            self.view.set_planned(_planned(session))
         self.refresh_interval = refresh
         self.snapshot: ViewSnapshot | None = None  # the last snapshot handed to the widgets
         self.outcome: Any = None
@@ -215,6 +260,8 @@ class RllmtopApp(App[Any]):
         self._worker: Worker[Any] | None = None
         self._consumers: list[Any] = []
         self._engine_box: Widget | None = None
+        self._fleet_box: Widget | None = None
+        self._fleet_title = ""
         self._replay_bar: ReplayBar | None = None
         self._board: RequestBoard  # set in on_mount
         self._filter: FilterInput
@@ -240,6 +287,8 @@ class RllmtopApp(App[Any]):
                     yield BrailleChart("queue", queue_chart, id="chart-queue")
                     yield BrailleChart("tok/s", tps_chart, id="chart-tps", show_axis=True)
                     yield BrailleChart("req/s", rps_chart, id="chart-rps", show_axis=True)
+                with Vertical(id="fleet-box", classes="box"):
+                    yield FleetTable(id="fleet")
                 with Vertical(id="board-box", classes="box"):
                     yield RequestBoard(id="board")
             with Vertical(id="side"):
@@ -277,6 +326,7 @@ class RllmtopApp(App[Any]):
         self._consumers = [
             self.query_one(HeaderBar),
             *self.query(BrailleChart),
+            self.query_one(FleetTable),
             self.query_one(RequestBoard),
             self.query_one(AsuPanel),
             self.query_one(ReasoningDist),
@@ -284,6 +334,8 @@ class RllmtopApp(App[Any]):
             *self.query(LogPane),
         ]
         self._engine_box = self.query_one("#engine-box")
+        self._fleet_box = self.query_one("#fleet-box")
+        self._fleet_box.display = False
         self._replay_bar = self.query_one(ReplayBar) if self.replay is not None else None
         self._board = self.query_one(RequestBoard)
         self._filter = self.query_one(FilterInput)
@@ -317,8 +369,8 @@ class RllmtopApp(App[Any]):
         if self.session_thread and not self.ended.is_set():
             # the app is going away without a quit (an exception, a test harness): end the session
             # thread too, or the process would wait for it forever; it still tears down and records
-            self.session.request_stop()
-            self.session.request_stop()
+            stop_session(self.session)
+            stop_session(self.session, force=True)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker is not self._worker:
@@ -360,6 +412,9 @@ class RllmtopApp(App[Any]):
         inbox = self._inbox
         while inbox:
             self.view.handle(inbox.popleft())
+        planned = getattr(self.session, "planned_requests", None)  # the live runner's count, once known
+        if isinstance(planned, int) and planned != self.view.planned:
+            self.view.set_planned(planned)
         snap = self.view.snapshot(self.session.now())
         self.snapshot = snap
         self.ticks += 1
@@ -392,30 +447,52 @@ class RllmtopApp(App[Any]):
         show = snap.engine_log_total > 0
         if engine_box is not None and engine_box.display != show:
             engine_box.display = show
+        fleet_box = self._fleet_box
+        n = len(snap.engines)
+        if fleet_box is not None:
+            show = n >= 2
+            if fleet_box.display != show:
+                fleet_box.display = show
+                self.refresh_bindings()  # the engine key comes or goes
+            if show:
+                rows = FLEET_ROWS if self._main.has_class("-tall") else self.size.height - SHORT_SCREEN_ROWS
+                height = min(n, max(2, min(FLEET_ROWS, rows))) + FleetTable.HEADER_LINES + 2
+                if fleet_box.styles.height is None or fleet_box.styles.height.value != height:
+                    fleet_box.styles.height = height
+                title = "fleet · " + spread_text(n, snap.spread)
+                if snap.focus is not None:
+                    title += f" · charts: {engine_label(snap.focus)}"
+                if title != self._fleet_title:
+                    self._fleet_title = title
+                    fleet_box.border_title = title
 
     # ------------------------------------------------------------------ actions
 
     async def action_quit(self) -> None:
-        """First: stop sending and drain; second: cancel in-flight; then exit once the session ended.
-        A session already draining (it finished sending) is told both at once: quitting means now."""
+        """First press: ``stop()`` (stop sending, let in-flight requests finish), in any state; second:
+        ``stop(force=True)`` (cancel them); then exit once the session ended."""
         if self.ended.is_set():
             self.exit(self.outcome)
             return
         self._quitting = True
-        if self._stops == 0 and self.session.state is SessionState.DRAINING:
-            self._stops = 1
-            self.session.request_stop()
         self._stops += 1
-        if self._stops <= 2:
-            self.session.request_stop()
         if self._stops == 1:
-            self.notify("stopping: waiting for in-flight requests (q again cancels them)", timeout=10)
+            stop_session(self.session)
+            self.notify(
+                "stopping: no new requests; in-flight ones may finish (q again cancels them)", timeout=10
+            )
         elif self._stops == 2:
+            stop_session(self.session, force=True)
             self.notify("cancelling in-flight requests", timeout=10)
         elif self.session_thread:  # the session tears down on its own thread, bounded: say what it waits for
             self.notify("stopping the engine and closing the recording...", timeout=10)
         elif self._worker is not None:
             self._worker.cancel()
+
+    def action_focus_engine(self, step: int) -> None:
+        focus = self.view.cycle_focus(step)
+        self.notify(f"engine charts: {engine_label(focus) if focus else 'the fleet'}", timeout=2)
+        self._tick()
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.KEY_HELP, self.view.rule.describe()))
@@ -495,6 +572,8 @@ class RllmtopApp(App[Any]):
             return self.replay is not None
         if action == "page":
             return not self.everything_fits
+        if action == "focus_engine":
+            return self.snapshot is not None and len(self.snapshot.engines) >= 2
         return True
 
     @property
@@ -510,20 +589,6 @@ def _span(seconds: float) -> str:
     if seconds >= 60:
         return f"{seconds / 60:g} min"
     return f"{seconds:g} s"
-
-
-def _planned(session: SessionLike) -> int | None:
-    """Requests the session's scenario will send, when it says: ``num_prompts``, or a single burst's size."""
-    scenario = getattr(getattr(session, "plan", None), "scenario", None)
-    n = getattr(getattr(scenario, "load", None), "num_prompts", None)
-    arrival = getattr(scenario, "arrival", None)
-    if (
-        n is None
-        and getattr(arrival, "process", None) == "burst"
-        and getattr(arrival, "burst_interval", 1) is None
-    ):
-        n = getattr(arrival, "burst_size", None)
-    return n if isinstance(n, int) else None
 
 
 def build_app(

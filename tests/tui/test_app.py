@@ -145,9 +145,9 @@ async def test_quit_drains_then_cancels_and_returns_the_outcome() -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         await play(pilot, s, 2.0)
         await pilot.press("q")
-        assert s.stops == 1 and app.is_running  # draining: still up
+        assert s.stops == [False] and app.is_running  # the gentle stop: in-flight ones may finish
         await pilot.press("q")
-        assert s.stops == 2
+        assert s.stops == [False, True]  # the hard one
         await until(pilot, lambda: not app.is_running, what="the app to exit")
     assert app.return_value == "outcome"
     assert app.ended.is_set()
@@ -163,7 +163,7 @@ async def test_ctrl_c_quits_and_a_finished_session_quits_at_once() -> None:
         assert app.snapshot is not None and app.snapshot.state is SessionState.DONE
         await pilot.press("ctrl+c")
         await until(pilot, lambda: not app.is_running, what="the app to exit")
-    assert s.stops == 0 and app.return_value == "outcome"
+    assert s.stops == [] and app.return_value == "outcome"
 
 
 async def test_replay_keys_drive_the_replay_source() -> None:
@@ -243,7 +243,7 @@ async def test_refresh_and_ctrl_c_keep_working_under_the_help_screen() -> None:
         assert app.snapshot is not None and app.snapshot.progress.sent > 0
         assert app._board.rows
         await pilot.press("ctrl+c")
-        assert s.stops == 1
+        assert s.stops == [False]
         s.finish()
         await until(pilot, lambda: not app.is_running, what="the app to exit")
 
@@ -295,12 +295,122 @@ async def test_page_keys_only_on_small_terminals() -> None:
         s.finish()
 
 
-async def test_quit_while_draining_cancels_at_once() -> None:
+async def test_the_first_quit_while_draining_is_the_gentle_stop() -> None:
+    # issue 11.9: one q while DRAINING used to cancel every in-flight request at once
     s = ScriptedSession([*script(), StateEvent(2.0, SessionState.DRAINING)])
     app = app_for(s)
     async with app.run_test(size=(80, 24)) as pilot:
         await play(pilot, s, 2.5)
         assert s.state is SessionState.DRAINING
         await pilot.press("q")
-        assert s.stops == 2  # stop sending (already so) + cancel the in-flight ones
+        assert s.stops == [False] and app.is_running  # in-flight requests keep running
+        await play(pilot, s, 3.0)
+        assert app.snapshot is not None and app.snapshot.progress.in_flight > 0
+        await pilot.press("q")
+        assert s.stops == [False, True]  # now cancel them
         await until(pilot, lambda: not app.is_running, what="the app to exit")
+
+
+async def test_header_says_the_clock_the_matrix_cell_and_the_overrides() -> None:
+    from rllmtop.events import Provenance
+
+    prov = Provenance(
+        source="default",
+        overrides=(("request_rate", "4.0"), ("num_prompts", "12")),
+        override_flags=(("request_rate", "--request-rate"), ("num_prompts", "--num-prompts")),
+        cell=(("engine.profile", '"rllm-7b"'),),
+        cell_label="engine.profile=rllm-7b",
+        planned_requests=12,
+    )
+    s = ScriptedSession(
+        [
+            info(scenario_name="default", provenance=prov, clock="simulated", speed=10.0),
+            StateEvent(0.0, SessionState.RUNNING),
+            *scrapes(3.0),
+        ]
+    )
+    app = app_for(s)
+    async with app.run_test(size=(160, 30)) as pilot:
+        await play(pilot, s, 2.0)
+        header = app.query_one("#header").text  # type: ignore[attr-defined]
+        assert "default [engine.profile=rllm-7b] --request-rate 4.0 --num-prompts 12" in header
+        assert "simulated clock (x10)" in header
+        assert app.snapshot is not None and app.snapshot.progress.planned == 12  # from the provenance
+        await pilot.resize_terminal(80, 24)
+        await play(pilot, s, 3.0)
+        header = app.query_one("#header").text  # type: ignore[attr-defined]
+        assert "RUNNING" in header and "sim x10" in header  # the clock stays on screen when narrow
+        s.finish()
+
+
+async def test_the_live_runners_planned_count_wins() -> None:
+    from rllmtop.events import Provenance
+
+    recs = script()
+    recs[0] = info(provenance=Provenance(planned_requests=500))
+    s = ScriptedSession(recs)
+    app = app_for(s)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await play(pilot, s, 1.0)
+        assert app.snapshot is not None and app.snapshot.progress.planned == 500
+        s.planned_requests = 480  # the schedule, built: a duration ended it before num_prompts
+        await play(pilot, s, 2.0)
+        assert app.snapshot.progress.planned == 480
+        assert "sent" in screen_text(app) and "/480" in screen_text(app)
+        s.finish()
+
+
+async def test_asu_panel_shows_cut_and_warnings_in_words() -> None:
+    from rllmtop.events import ClientHealth, RequestEvent, RequestKind, RequestRecord
+
+    recs = script(8)
+    cut = RequestRecord(
+        rid=50, cls="math", t_scheduled=1.0, t_dispatch=1.0, t_sent=1.0, t_first_token=1.1, t_done=3.0,
+        reasoning_tokens=4096, finish_reason="length", correct=False,
+    )  # fmt: skip
+    recs += [
+        RequestEvent(RequestKind.SENT, 1.0, 50, "math"),
+        RequestEvent(RequestKind.DONE, 3.0, 50, "math", 4096, 0, record=cut),
+        *(ClientHealth(float(t), 1.0, 0.002, 0.001) for t in range(1, 6)),
+        ClientHealth(6.0, 1.0, 0.120, 0.03),  # the client's loop was 120 ms late
+    ]
+    s = ScriptedSession(recs)
+    app = app_for(s)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await play(pilot, s, 8.0)
+        await until(pilot, lambda: app.snapshot is not None and app.snapshot.asu is not None, what="ASU")
+        await pilot.press("2")
+        panel = app.query_one(AsuPanel)
+        await until(pilot, lambda: bool(panel.alerts), what="the warning")
+        assert "cut" in panel.columns and "acc" in panel.columns
+        text = screen_text(app)
+        assert "up to 120 ms of client delay" in text
+        assert "client loop lateness" in text
+        header = app.query_one("#header").text  # type: ignore[attr-defined]
+        assert "⚠ client late" in header
+        rows = {c.name: c for c in app.snapshot.asu.classes}  # type: ignore[union-attr]
+        assert rows["math"].truncated == 1
+        s.finish()
+
+
+async def test_kv_chart_counts_preemptions_in_the_window_and_the_run() -> None:
+    from rllmtop.events import MetricSample, Scrape
+
+    def pre(t: float, total: float) -> Scrape:
+        return Scrape(
+            t, 0.0, True, samples=(MetricSample(t, "kv_cache_usage", 0.9), MetricSample(t, "preemptions_total", total))
+        )  # fmt: skip
+
+    s = ScriptedSession(
+        [info(), StateEvent(0.0, SessionState.RUNNING), pre(0.5, 0), pre(1.0, 100), pre(59.0, 100), pre(60.0, 118)]
+    )  # fmt: skip
+    app = app_for(s)
+    async with app.run_test(size=(220, 50)) as pilot:
+        await play(pilot, s, 60.0, step=5.0)
+        app.view.set_window(30.0)
+        app._tick()
+        await pilot.pause()
+        assert "preempted 18 in window / 118 run" in screen_text(app)  # issue 10.8: which count is which
+        await pilot.resize_terminal(160, 48)
+        await until(pilot, lambda: "preempted 18 win / 118 run" in screen_text(app), what="the short form")
+        s.finish()

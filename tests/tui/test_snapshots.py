@@ -1,13 +1,14 @@
 """Snapshot tests: a small recording replayed into the monitor, paused at a fixed position, at 80x24 and
-160x48. Update after an intended visual change with ``pytest tests/tui/test_snapshots.py --snapshot-update``
-and look at the SVGs (``tests/tui/__snapshots__``) before committing them."""
+160x48; and a fleet of two engines at 80x24 (a scripted stream, stopped at a fixed time). Update after an
+intended visual change with ``pytest tests/tui/test_snapshots.py --snapshot-update`` and look at the SVGs
+(``tests/tui/__snapshots__``) before committing them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from tui_fakes import write_recording
+from tui_fakes import ScriptedSession, fleet_script, write_recording
 
 from rllmtop.session import Session, SessionPlan
 from rllmtop.tui.app import RllmtopApp, build_app
@@ -50,3 +51,17 @@ def test_replay_snapshot(snap_compare, recording: Path, size: tuple[int, int]) -
 
 def test_replay_snapshot_analysis_page(snap_compare, recording: Path) -> None:  # type: ignore[no-untyped-def]
     assert snap_compare(replay_app(recording), terminal_size=(80, 24), run_before=at(24.0, "2"))
+
+
+def test_fleet_snapshot_two_engines(snap_compare) -> None:  # type: ignore[no-untyped-def]
+    session = ScriptedSession(fleet_script(2, 20.0))
+    app = build_app(session, view=LiveView(summary_interval=0))
+
+    async def run_before(pilot) -> None:  # type: ignore[no-untyped-def]
+        session.advance(12.0)
+        app._tick()
+        await pilot.pause()
+        app._tick()
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)

@@ -24,7 +24,8 @@ K = RequestKind
 
 class ScriptedSession:
     """Publishes ``records`` (sorted by t) as the test calls :meth:`advance`; ``run()`` returns when the
-    script is exhausted and :meth:`finish` was called, or when a stop was requested twice."""
+    script is exhausted and :meth:`finish` was called, or when a forced stop was requested. ``stops``
+    holds the ``force`` argument of every :meth:`stop` call (the API of ``Session.stop``)."""
 
     def __init__(self, records: Iterable[Record] = (), *, record_path: str | None = None) -> None:
         self.records = sorted(records, key=lambda r: getattr(r, "t", -1.0))
@@ -34,7 +35,8 @@ class ScriptedSession:
         self.record_path = record_path
         self.sinks: list[Callable[[Record], None]] = []
         self.t = 0.0
-        self.stops = 0
+        self.stops: list[bool] = []
+        self.planned_requests: int | None = None
         self.started = asyncio.Event()
         self._done = asyncio.Event()
         self._i = 0
@@ -69,9 +71,9 @@ class ScriptedSession:
         self.publish(StateEvent(self.t, SessionState.INTERRUPTED if self.stops else SessionState.DONE))
         return "outcome"
 
-    def request_stop(self) -> None:
-        self.stops += 1
-        if self.stops >= 2:
+    def stop(self, force: bool = False) -> None:
+        self.stops.append(force)
+        if force:
             self._done.set()
 
 
@@ -255,3 +257,44 @@ def write_recording(path: str, records: list[Record] | None = None) -> None:
     for r in recs[1:]:
         rec.handle(r)
     rec.close(SessionState.DONE)
+
+
+def engine_url(k: int) -> str:
+    return f"http://10.0.0.{k + 1}:8000"
+
+
+def fleet_script(n_engines: int, seconds: float = 20.0, *, n_requests: int = 12) -> list[Record]:
+    """A fleet of ``n_engines`` simulated engines scraped at 4 Hz (each tagged with its engine id, the last
+    one pinned near a full KV cache and preempting), a few requests, the way a fleet session streams."""
+    from rllmtop.events import EngineInfo
+
+    ids = [engine_url(k) for k in range(n_engines)]
+    engines = tuple(EngineInfo(i, url=i, kind="sim", version="0.1.0") for i in ids)
+    recs: list[Record] = [
+        info(session_id=f"fleet{n_engines}", scenario_name="fleet", engines=engines),
+        StateEvent(0.0, SessionState.RUNNING),
+    ]
+    steps = int(seconds / 0.25)
+    for i in range(1, steps + 1):
+        t = i * 0.25
+        for k, eid in enumerate(ids):
+            hot = k == n_engines - 1
+            kv = min(1.0, 0.3 + t / 10) if hot else 0.1 + 0.3 * k / max(1, n_engines)
+            recs.append(
+                Scrape(
+                    t + k * 1e-4,
+                    0.002,
+                    True,
+                    samples=(
+                        MetricSample(t, "kv_cache_usage", kv),
+                        MetricSample(t, "requests_running", float(2 + k % 3)),
+                        MetricSample(t, "requests_waiting", float(6 if hot else k % 2)),
+                        MetricSample(t, "preemptions_total", float(i // 8 if hot else 0)),
+                        MetricSample(t, "generation_tokens_total", float(i * (100 + k))),
+                    ),
+                    engine_id=eid,
+                )
+            )
+    for r in range(n_requests):
+        recs += request_life(r, "math" if r % 2 else "mcq", 0.5 + r, think=2.0, reasoning=200)
+    return sorted(recs, key=lambda x: getattr(x, "t", -1.0))

@@ -1,7 +1,10 @@
 """The ASU panel: Accuracy, Service (tok/s) and User (TTFVT, E2E) numbers, one row per class.
 
-Columns that do not fit are dropped, least important first; the client send-lag p99 line below turns red
-when the client itself is the bottleneck."""
+Columns that do not fit are dropped, least important first. ``cut`` next to the accuracy counts the ok
+requests the engine cut at ``max_tokens`` (finish_reason ``length``): they explain a low accuracy. Below
+the table: where the percentiles come from (all ended requests, or a sample of them), the client's send-lag
+p99 and event-loop lateness (red when the client itself is the bottleneck), and every warning in words (the
+client was late, the simulator drifted)."""
 
 from __future__ import annotations
 
@@ -55,7 +58,8 @@ _COLS = (
     _Col("class", lambda c: c.name, 0, 8),
     _Col("ok/n", lambda c: f"{c.ok}/{c.requests}", 2, 9),
     _Col("acc", lambda c: _pct(c.accuracy), 1, 6),
-    _Col("tok/s", lambda c: "-" if c.output_tps is None else f"{c.output_tps:,.0f}", 1, 8),
+    _Col("cut", lambda c: str(c.truncated), 1, 4),
+    _Col("tok/s", lambda c: "-" if c.output_tps is None else f"{c.output_tps:,.0f}", 1, 7),
     _Col("TTFVT", lambda c: latency_triple(c.ttfvt), 0, 12),
     _Col("E2E", lambda c: latency_triple(c.e2e), 1, 12),
     _Col("err", lambda c: _pct(c.error_rate), 1, 6),
@@ -78,10 +82,12 @@ class AsuPanel(Widget):
         self._snap: ViewSnapshot | None = None
         self._key: object = None
         self.warning = False  # the client-bottleneck warning is showing
+        self.alerts: list[str] = []  # the warnings drawn last (tests)
         self.columns: list[str] = []  # titles of the columns drawn last (tests)
 
     def update_snapshot(self, snap: ViewSnapshot) -> None:
-        key = (snap.generation, snap.summary_version)
+        lag = snap.client_lag
+        key = (snap.generation, snap.summary_version, lag.version, tuple(a.text for a in snap.alerts))
         self._snap = snap
         if key != self._key:
             self._key = key
@@ -89,8 +95,12 @@ class AsuPanel(Widget):
 
     def render(self) -> RenderableType:
         snap = self._snap
-        if snap is None or snap.asu is None:
+        if snap is None:
             return Text("no request has ended yet", style="dim")
+        self.alerts = [a.text for a in snap.alerts]
+        warnings = [Text("⚠ " + a.text, style="bold red") for a in snap.alerts]
+        if snap.asu is None:
+            return Group(Text("no request has ended yet", style="dim"), *warnings)
         asu = snap.asu
         rows = [asu.overall, *asu.classes] if len(asu.classes) > 1 else [asu.overall]
         cols = list(_COLS)
@@ -114,5 +124,18 @@ class AsuPanel(Widget):
                 f"  ⚠ the client is the bottleneck (> {CLIENT_BOTTLENECK_LAG_S * 1000:.0f} ms): sends are late",
                 style="bold red",
             )
-        note = Text("TTFVT, E2E: p50/p90/p99 of ok requests", style="dim", no_wrap=True, overflow="ellipsis")
-        return Group(table, note, lag_line)
+        lines: list[RenderableType] = [lag_line]
+        if snap.client_lag_worst is not None:  # the client's heartbeat (ClientHealth)
+            loop = Text(no_wrap=True, overflow="ellipsis")
+            loop.append("client loop lateness ", style="dim")
+            loop.append(_s(snap.client_lag.last))
+            loop.append(" now, ", style="dim")
+            loop.append(_s(snap.client_lag_worst), style="bold red" if snap.alerts else "")
+            loop.append(" worst this session", style="dim")
+            lines.append(loop)
+        what = "TTFVT, E2E: p50/p90/p99 of ok requests"
+        if snap.summary_sample is not None:
+            k, n = snap.summary_sample
+            what += f", from a uniform sample of {k:,} of {n:,} (counts exact)"
+        note = Text(what, style="dim", no_wrap=True, overflow="ellipsis")
+        return Group(table, note, *lines, *warnings)

@@ -1,7 +1,8 @@
 """The request board: requests in flight (and those that just ended), sortable and filterable.
 
 Only the visible rows are drawn (``render_line``); sorting and filtering touch the snapshot's rows once per
-refresh, O(rows log rows).
+refresh, O(rows log rows). A new snapshot repaints only the lines whose text changed; ages past 10 s are
+whole seconds, so a long request's line changes once a second rather than at every refresh.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ from typing import ClassVar
 from rich.segment import Segment
 from rich.style import Style
 from textual.binding import Binding, BindingType
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from rllmtop.events import Phase
-from rllmtop.tui.widgets.styles import BOLD, DIM, HEADING, RED_BOLD, REVERSE
+from rllmtop.tui.widgets.styles import BOLD, DIM, HEADING, RED_BOLD, REVERSE, CachedStyle
 from rllmtop.view import BoardRow, ViewSnapshot
 
-__all__ = ["FILTERS", "SORTS", "RequestBoard"]
+__all__ = ["FILTERS", "SORTS", "ReasonCache", "RequestBoard"]
 
 PHASE_STYLES: dict[Phase, str] = {
     Phase.QUEUED: "grey50",
@@ -90,12 +91,40 @@ def _secs(x: float | None) -> str:
     return f"{x:.1f}s" if x < 100 else f"{x:.0f}s"
 
 
+def _age(x: float) -> str:
+    return _secs(x) if x < 10 else f"{x:.0f}s"
+
+
+class ReasonCache:
+    """The straggler reason each request shows, renewed when its shown age changes (whole seconds past
+    10 s), not at every refresh: the reason's own run time would otherwise repaint the line 4 times a
+    second. Keeps only the requests asked about since the last :meth:`prune`."""
+
+    __slots__ = ("_now", "_old")
+
+    def __init__(self) -> None:
+        self._old: dict[int, tuple[str, str]] = {}
+        self._now: dict[int, tuple[str, str]] = {}
+
+    def get(self, rid: int, age: str, reason: str | None) -> str | None:
+        if reason is None:
+            return None
+        got = self._now.get(rid) or self._old.get(rid)
+        if got is None or got[0] != age:
+            got = (age, reason)
+        self._now[rid] = got
+        return got[1]
+
+    def prune(self) -> None:
+        self._old, self._now = self._now, {}
+
+
 def _cells(r: BoardRow) -> tuple[str, ...]:
     return (
         str(r.rid),
         r.cls,
         r.phase.value,
-        _secs(r.age),
+        _age(r.age),
         str(r.reasoning),
         str(r.answer),
         _secs(r.ttft),
@@ -103,7 +132,7 @@ def _cells(r: BoardRow) -> tuple[str, ...]:
     )
 
 
-class RequestBoard(ScrollView, can_focus=True, inherit_bindings=False):
+class RequestBoard(CachedStyle, ScrollView, can_focus=True, inherit_bindings=False):
     """Rows of :class:`BoardRow`. Keys (when focused): up/down/page keys move the cursor. It does not take
     ScrollView's home/end/left/right: those seek in a replay."""
 
@@ -138,7 +167,8 @@ class RequestBoard(ScrollView, can_focus=True, inherit_bindings=False):
         self._snap: ViewSnapshot | None = None
         self._dirty = True
         self._cols_cache: tuple[int, list[tuple[_Col, int]], int] | None = None
-        self._base: Style | None = None
+        self._keys: list[object] = []  # what each visible line showed at the last refresh
+        self._reasons = ReasonCache()
 
     @property
     def rows(self) -> tuple[BoardRow, ...]:
@@ -149,10 +179,46 @@ class RequestBoard(ScrollView, can_focus=True, inherit_bindings=False):
     # ------------------------------------------------------------------ controls
 
     def update_snapshot(self, snap: ViewSnapshot) -> None:
+        """Take a snapshot; repaint the lines whose text changed (all of them if the rows moved)."""
         self._snap = snap
         self._dirty = True
-        self._base = None  # the widget's style, looked up once per refresh (it walks the DOM)
-        self.refresh()
+        width, height = self.size
+        if not width or not height or not self.region:  # hidden
+            self._keys = []
+            self.refresh()
+            return
+        self._prepare()
+        old, new = self._keys, self._line_keys(height)
+        self._keys = new
+        if len(old) != len(new):
+            self.refresh()
+            return
+        for y, (a, b) in enumerate(zip(old, new, strict=True)):
+            if a != b:
+                self.refresh(Region(0, y, width, 1))
+
+    def _line_keys(self, height: int) -> list[object]:
+        """What each visible line shows (compared between snapshots to repaint only what changed)."""
+        snap = self._snap
+        status = (
+            (snap.progress.line(), sum(1 for s in snap.stragglers if not s.finished), self.describe())
+            if snap is not None
+            else None
+        )
+        keys: list[object] = [status, (self.sort_key, self.sort_reverse)]
+        top = int(self.scroll_y)
+        rows = self._rows
+        focus = self.has_focus
+        reasons = self._reasons
+        reasons.prune()
+        for i in range(top, top + max(0, height - self.HEADER_LINES)):
+            if i < len(rows):
+                r = rows[i]
+                cells = _cells(r)
+                keys.append((cells, reasons.get(r.rid, cells[3], r.straggler), i == self.cursor and focus))
+            else:
+                keys.append(None if rows else self.total)
+        return keys
 
     def cycle_sort(self) -> str:
         keys = list(SORTS)
@@ -187,11 +253,11 @@ class RequestBoard(ScrollView, can_focus=True, inherit_bindings=False):
         return " · ".join(parts)
 
     def on_focus(self) -> None:
-        self._base = None
+        self._keys = []
         self.refresh()
 
     def on_blur(self) -> None:
-        self._base = None
+        self._keys = []
         self.refresh()
 
     def action_cursor(self, delta: int) -> None:
@@ -202,11 +268,12 @@ class RequestBoard(ScrollView, can_focus=True, inherit_bindings=False):
             self.scroll_to(y=self.cursor, animate=False)
         elif self.cursor >= self.scroll_y + body:
             self.scroll_to(y=self.cursor - body + 1, animate=False)
+        self._keys = []
         self.refresh()
 
     def _changed(self) -> None:
         self._dirty = True
-        self._base = None
+        self._keys = []
         self.cursor = 0
         self.scroll_to(y=0, animate=False)
         self._prepare()
@@ -254,9 +321,7 @@ class RequestBoard(ScrollView, can_focus=True, inherit_bindings=False):
     def render_line(self, y: int) -> Strip:
         self._prepare()
         width = self.scrollable_content_region.width  # without the scrollbar
-        base = self._base
-        if base is None:
-            base = self._base = self.rich_style
+        base = self.base_style
         cols, used = self._layout(width)
         if y == 0:
             return self._status_line(width, base)
@@ -287,9 +352,10 @@ class RequestBoard(ScrollView, can_focus=True, inherit_bindings=False):
         if len(fmt) > 2:
             segs.append(Segment(fmt[2] + " ", row_style + self._phase_styles[r.phase]))
             segs.append(Segment(" ".join(fmt[3:]) + " " if len(fmt) > 3 else "", row_style))
-        if r.straggler is not None:
+        reason = self._reasons.get(r.rid, cells[3], r.straggler)
+        if reason is not None:
             rest = width - used
-            flag = ("⚠ " + r.straggler)[: max(0, rest)] if rest > 8 else "⚠"
+            flag = ("⚠ " + reason)[: max(0, rest)] if rest > 8 else "⚠"
             segs.append(Segment(flag, row_style + RED_BOLD))
         return Strip(segs).crop_extend(0, width, row_style)
 

@@ -1,9 +1,11 @@
 """A braille time-series chart: min/max per column, several series, cached render.
 
 Each character cell holds 2x4 braille dots. Points are reduced to their min and max per dot column (numpy,
-O(points)); the strips are rebuilt only when the data, the time column or the size changed, and only when
-the widget is drawn (so a hidden chart costs nothing). The right edge of the time axis is snapped to a
-whole dot column so points do not jitter between columns as time moves.
+O(points)); the strips are rebuilt only when the data, the time column or the size changed, and only while
+the chart is on screen (a hidden chart costs nothing: it rebuilds when drawn). A rebuild repaints only the
+lines that changed (usually the title and the right edge), so Textual re-renders a few lines, not the
+chart. The right edge of the time axis is snapped to a whole dot column so points do not jitter between
+columns as time moves.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 from rich.segment import Segment
 from rich.style import Style
+from textual.geometry import Region
 from textual.strip import Strip
-from textual.widget import Widget
 
-from rllmtop.tui.widgets.styles import BOLD, DIM, RED, RED_BOLD, color
+from rllmtop.tui.widgets.styles import BOLD, DIM, RED, RED_BOLD, CachedStyle, color
 from rllmtop.view import Series, ViewSnapshot
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "braille_codes",
     "column_minmax",
     "hold_forward",
+    "mark_texts",
     "nice_ceiling",
 ]
 
@@ -62,7 +65,24 @@ class ChartData:
     ref_line: float | None = None  # a dotted horizontal line (e.g. KV 100%)
     marks: Series | None = None  # instants to flag on the top row (preemptions)
     mark_label: str = ""
+    mark_total: float | None = None  # the marks' total over the run (the window's is counted from marks)
     y_fmt: Callable[[float], str] | None = None
+    scope: str = ""  # what the chart covers, after its title (e.g. "fleet: mean of 2", an engine's name)
+
+
+def mark_texts(label: str, in_window: int, run: int | None) -> list[str]:
+    """The marks' legend, longest first, saying whether it counts the window or the run:
+    ``▼ preempted 25 in window / 118 run``, ``▼ preempted 118 run (all in window)``."""
+    if run is None:
+        return [f"▼ {label} {in_window} in window", f"▼ {in_window} in window", f"▼{in_window} win"]
+    if in_window == run:
+        return [f"▼ {label} {run} run (all in window)", f"▼ {label} {run} run", f"▼ {run} run"]
+    return [
+        f"▼ {label} {in_window} in window / {run} run",
+        f"▼ {label} {in_window} win / {run} run",
+        f"▼ {in_window} win / {run} run",
+        f"▼{in_window}/{run} run",
+    ]
 
 
 def nice_ceiling(x: float) -> float:
@@ -138,6 +158,11 @@ def hold_forward(
     return lo, hi, last
 
 
+def _zero_nan(x: np.ndarray) -> np.ndarray:
+    """NaN -> 0 (cheaper than np.nan_to_num, which also maps infinities)."""
+    return np.where(np.isnan(x), 0.0, x)
+
+
 def braille_codes(
     lo: np.ndarray,
     hi: np.ndarray,
@@ -158,18 +183,22 @@ def braille_codes(
     valid = ~np.isnan(hi)
     if fill:
         top = hi
-        bottom = np.zeros(ncols) if base is None else np.where(np.isnan(base), 0.0, base)
+        bottom = np.zeros(ncols) if base is None else _zero_nan(base)
     else:
-        prev_last = np.concatenate(([np.nan], last[:-1]))
+        prev_last = np.empty_like(last)
+        prev_last[0] = np.nan
+        prev_last[1:] = last[:-1]
         joined = valid & ~np.isnan(prev_last)
         bottom = np.where(joined, np.fmin(lo, prev_last), lo)
         top = np.where(joined, np.fmax(hi, prev_last), hi)
-    with np.errstate(invalid="ignore"):
-        y_top = np.clip(np.rint(np.nan_to_num(top) * scale), 0, dots - 1)
-        y_bot = np.clip(np.rint(np.nan_to_num(bottom) * scale), 0, dots - 1)
+    top0 = _zero_nan(top)
+    bottom0 = _zero_nan(bottom)
+    with np.errstate(invalid="ignore", over="ignore"):
+        y_top = np.minimum(np.maximum(np.rint(top0 * scale), 0), dots - 1)
+        y_bot = np.minimum(np.maximum(np.rint(bottom0 * scale), 0), dots - 1)
     if fill and base is not None:
         # a stacked area starts above the one below it; at zero height it draws nothing
-        valid = valid & (np.nan_to_num(top) > np.nan_to_num(bottom))
+        valid = valid & (top0 > bottom0)
         y_bot = np.where(y_bot < y_top, y_bot + 1, y_bot)
     r = np.arange(dots)[::-1][:, None]  # row 0 is the top: its dot height is dots-1
     grid = (r >= y_bot[None, :]) & (r <= y_top[None, :]) & valid[None, :]
@@ -179,7 +208,7 @@ def braille_codes(
     return np.einsum("rhcw,hw->rc", cells.astype(np.uint16), _WEIGHTS).astype(np.uint8)
 
 
-class BrailleChart(Widget):
+class BrailleChart(CachedStyle):
     """A titled braille chart. Feed it with :meth:`update_snapshot` (it picks its data with ``select``)."""
 
     DEFAULT_CSS = """
@@ -208,13 +237,33 @@ class BrailleChart(Widget):
         self._data: ChartData | None = None
         self._key: object = None
         self._strips: list[Strip] = []
+        self._row_cache: dict[tuple[str, str, bytes], Strip] = {}
+        self._row_base: object = None
+        self._title_key: object = None
+        self._title_strip = Strip([])
         self.renders = 0  # how many times the strips were rebuilt (tests and bench)
 
     def update_snapshot(self, snap: ViewSnapshot) -> None:
-        """Take a snapshot; repaint only if it changes the picture (a new point, a new time column)."""
+        """Take a snapshot; if it changes the picture (a new point, a new time column) and the chart is on
+        screen, rebuild now and repaint only the lines that differ."""
         self._snap = snap
-        if self._key_for(self.select(snap), *self.size)[0] != self._key:
+        data = self.select(snap)
+        width, height = self.size
+        key, t1q = self._key_for(data, width, height)
+        if key == self._key:
+            return
+        if not width or not height or not self.region:  # hidden: rebuilt when drawn (render_line)
             self.refresh()
+            return
+        old = self._strips
+        self._rebuild(data, key, t1q, width, height)
+        new = self._strips
+        if len(old) != len(new):
+            self.refresh()
+            return
+        for y, (a, b) in enumerate(zip(old, new, strict=True)):
+            if a != b:
+                self.refresh(Region(0, y, width, 1))
 
     @property
     def data(self) -> ChartData | None:
@@ -225,7 +274,13 @@ class BrailleChart(Widget):
         """(cache key, right edge snapped to a whole dot column)."""
         dt = data.window / max(1, 2 * (width - GUTTER))
         t1q = math.ceil(data.t1 / dt) * dt
-        return (data.version, round(t1q / dt), data.window, width, height), t1q
+        return (data.version, round(t1q / dt), data.window, width, height, data.scope), t1q
+
+    def _rebuild(self, data: ChartData, key: object, t1q: float, width: int, height: int) -> None:
+        self._key = key
+        self._data = data
+        self._strips = self._build(data, t1q, width, height)
+        self.renders += 1
 
     def render_line(self, y: int) -> Strip:
         width, height = self.size
@@ -233,18 +288,15 @@ class BrailleChart(Widget):
             data = self.select(self._snap)
             key, t1q = self._key_for(data, width, height)
             if key != self._key:
-                self._key = key
-                self._data = data
-                self._strips = self._build(data, t1q, width, height)
-                self.renders += 1
+                self._rebuild(data, key, t1q, width, height)
         if y < len(self._strips):
             return self._strips[y]
-        return Strip.blank(width, self.rich_style)
+        return Strip.blank(width, self.base_style)
 
     # ------------------------------------------------------------------ rendering
 
     def _build(self, data: ChartData, t1: float, width: int, height: int) -> list[Strip]:
-        base_style = self.rich_style
+        base_style = self.base_style
         muted = base_style + DIM
         strips = [self._title(data, width, base_style)]
         plot_rows = height - 1 - (1 if self.show_axis else 0)
@@ -267,20 +319,57 @@ class BrailleChart(Widget):
         return [s.crop_extend(0, width, base_style) for s in strips]
 
     def _title(self, data: ChartData, width: int, base: Style) -> Strip:
-        segs = [Segment(self.title, base + BOLD)]
+        """Title, scope, one legend entry per line and the marks' count; the longest wording that fits."""
+        head = self.title + (f" · {data.scope}" if data.scope else "")
+        values = []
         for ln in data.lines:
             if ln.series.missing:
-                val = "n/a"
+                values.append("n/a")
             elif ln.series.last is None:
-                val = "-"
+                values.append("-")
             else:
-                val = (ln.fmt or human)(ln.series.last)
-            segs.append(Segment("  ■ ", base + color(ln.color)))
-            segs.append(Segment(f"{ln.label} {val}", base))
+                values.append((ln.fmt or human)(ln.series.last))
+        n: int | None = None
+        run: int | None = None
         if data.marks is not None and not data.marks.missing:
             n = int(np.nansum(data.marks.v)) if data.marks.v.size else 0
-            segs.append(Segment(f"  ▼ {data.mark_label} {n}", (base + RED if n else base)))
-        return Strip(segs).crop_extend(0, width, base)
+            run = None if data.mark_total is None else round(data.mark_total)
+        key = (head, tuple(values), n, run, width, base)
+        if key == self._title_key:
+            return self._title_strip
+        marks: list[str] = [""]
+        red = False
+        if n is not None:
+            marks = mark_texts(data.mark_label, n, run)
+            red = bool(n or run)
+        legends = [
+            [f"  ■ {ln.label} {v}" for ln, v in zip(data.lines, values, strict=True)],
+            [f" ■ {ln.label} {v}" for ln, v in zip(data.lines, values, strict=True)],
+        ]
+        if marks != [""]:  # labels give way to the marks' count (it says window or run); else: cropped
+            legends.append([f" ■{v}" for v in values])
+        pick = None
+        for m in marks:
+            for legend in legends:
+                used = len(head) + sum(len(x) for x in legend) + (len(m) + 2 if m else 0)
+                if used <= width:
+                    pick = (legend, m)
+                    break
+            if pick is not None:
+                break
+        if pick is None:
+            pick = (legends[-1], marks[-1])
+        legend, mark = pick
+        segs = [Segment(head, base + BOLD)]
+        for ln, text in zip(data.lines, legend, strict=True):
+            cut = text.index("■")
+            segs.append(Segment(text[: cut + 1], base + color(ln.color)))
+            segs.append(Segment(text[cut + 1 :], base))
+        if mark:
+            segs.append(Segment("  " + mark, base + RED if red else base))
+        self._title_key = key
+        self._title_strip = Strip(segs).crop_extend(0, width, base)
+        return self._title_strip
 
     def _plot(
         self,
@@ -299,7 +388,7 @@ class BrailleChart(Widget):
             s = ln.series
             v = s.v
             if ln.stack_on is not None and ln.stack_on.v.size == v.size and v.size:
-                v = np.nan_to_num(ln.stack_on.v) + np.nan_to_num(v)
+                v = _zero_nan(ln.stack_on.v) + _zero_nan(v)
             lo, hi, last = hold_forward(*column_minmax(s.t, v, t0, dt, ncols), int(ln.hold / dt))
             reduced.append((ln, lo, hi, last))
         if top is None:
@@ -319,20 +408,19 @@ class BrailleChart(Widget):
         ref_row = -1
         if data.ref_line is not None and data.ref_line <= top:
             ref_row = int((1 - data.ref_line / top) * (rows * 4 - 1)) // 4
-        mark_cols: set[int] = set()
+        mark_cols = np.empty(0, dtype=np.int64)
         if data.marks is not None and data.marks.t.size:
-            mc = ((data.marks.t - t0) / dt).astype(int) // 2
-            mark_cols = {int(x) for x in mc if 0 <= x < plot_w}
+            mc = ((data.marks.t - t0) / dt).astype(np.int64) // 2
+            mark_cols = np.unique(mc[(mc >= 0) & (mc < plot_w)])
         y_fmt = data.y_fmt or human
         styles = [base + color(ln.color) for ln, *_ in reduced]
         mark_style = base + RED_BOLD
         chars = _BRAILLE_NP[codes]  # (rows, plot_w) single characters
         if ref_row >= 0:
             chars[ref_row][codes[ref_row] == 0] = "┄"
-        if mark_cols:
-            cols = sorted(mark_cols)
-            chars[0, cols] = "▼"
-            owner[0, cols] = -2
+        if mark_cols.size:
+            chars[0, mark_cols] = "▼"
+            owner[0, mark_cols] = -2
         row_text = np.ascontiguousarray(chars).view(f"<U{plot_w}")[:, 0]  # one string per row, no loop
         # blank cells take the colour of the run before them: fewer segments for the terminal to style
         blank = owner == -1
@@ -343,17 +431,28 @@ class BrailleChart(Widget):
         filled_from = np.maximum.accumulate(idx, axis=1)
         owner = np.where(blank & (filled_from > 0), np.take_along_axis(owner, filled_from, axis=1), owner)
         strips = []
+        # a row whose text and colours did not change since the last build reuses its strip (most rows:
+        # a new point usually moves only the right edge)
+        old = self._row_cache if self._row_base == (base, muted, tuple(styles)) else {}
+        cache: dict[tuple[str, str, bytes], Strip] = {}
         for r in range(rows):
             label = y_fmt(top) if r == 0 else (y_fmt(0.0) if r == rows - 1 else "")
-            segs = [Segment(label.rjust(GUTTER - 1)[: GUTTER - 1] + " ", muted)]
             text = str(row_text[r])
             own = owner[r]
-            cuts = [0, *(np.flatnonzero(own[1:] != own[:-1]) + 1).tolist(), plot_w]
-            for a, b in itertools.pairwise(cuts):
-                o = int(own[a])
-                style = mark_style if o == -2 else (styles[o] if o >= 0 else muted)
-                segs.append(Segment(text[a:b], style))
-            strips.append(Strip(segs, GUTTER + plot_w))
+            key = (label, text, own.tobytes())
+            strip = old.get(key)
+            if strip is None:
+                segs = [Segment(label.rjust(GUTTER - 1)[: GUTTER - 1] + " ", muted)]
+                cuts = [0, *(np.flatnonzero(own[1:] != own[:-1]) + 1).tolist(), plot_w]
+                for a, b in itertools.pairwise(cuts):
+                    o = int(own[a])
+                    style = mark_style if o == -2 else (styles[o] if o >= 0 else muted)
+                    segs.append(Segment(text[a:b], style))
+                strip = Strip(segs, GUTTER + plot_w)
+            cache[key] = strip
+            strips.append(strip)
+        self._row_cache = cache
+        self._row_base = (base, muted, tuple(styles))
         return strips
 
     def _axis(self, window: float, plot_w: int, muted: Style) -> Strip:

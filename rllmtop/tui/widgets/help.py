@@ -15,19 +15,39 @@ from textual.widgets import Static
 __all__ = ["HelpScreen"]
 
 PANELS = (
-    ("KV cache", "engine KV-cache usage (0-100%), the dotted line is 100%; ▼ marks preemptions"),
+    (
+        "header",
+        "engine (or fleet), model, scenario with its matrix cell and overrides; ⚠ warnings; state; the clock "
+        'every figure is on ("simulated clock (xK)" in a time-lapse run of the simulator, else wall '
+        "time); elapsed time; recording",
+    ),
+    (
+        "KV cache",
+        "engine KV-cache usage (0-100%), the dotted line is 100%; ▼ marks preemptions, counted in the window "
+        "and over the run",
+    ),
     ("queue", "requests the engine is running vs queueing (from its /metrics)"),
     (
         "tok/s",
         "client-side output tokens/s: reasoning (magenta) under answer (green); the engine's own rate grey",
     ),
     ("req/s", "requests sent vs finished per second; failures in red"),
+    (
+        "fleet",
+        "two or more engines: one row per engine (health up / stale / restarted / down, KV %, running, "
+        "waiting, tok/s, preemptions this session, version) and the spread across engines. The engine "
+        "charts show the fleet: KV is the mean over the engines that answered (each weighs the same), "
+        "queues and rates are summed; e shows one engine's own series instead",
+    ),
     ("requests", "in flight (and just ended): phase, age, reasoning and answer tokens, TTFT, TTFVT"),
     ("stragglers", "requests the stated rule flags, with the reason; ● in flight, ✓ finished"),
     (
         "ASU",
-        "Accuracy, Service (tok/s), User (TTFVT, E2E p50/p90/p99) and error rate per class, over requests that"
-        " ended; client send-lag p99 turns red when the client itself is late (the load is not what was asked)",
+        "Accuracy (and cut: ok requests stopped at max_tokens), Service (tok/s), User (TTFVT, E2E "
+        "p50/p90/p99) and error rate per class, over requests that ended (past 2,048 per class the "
+        "percentiles come from a uniform sample, the counts stay exact: the note says so); client send-lag "
+        "p99 turns red when the client itself is late (the load is not what was asked); the client's event-"
+        "loop lateness; warnings in words when the client was late or the simulator fell behind",
     ),
     ("reasoning length", "distribution of finished requests' reasoning tokens per class/difficulty"),
     ("logs", "events (errors and warnings) and the engine's own log when rllmtop launched it"),
