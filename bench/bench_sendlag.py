@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE.parent))
 from rllmtop._loop import loop_name, new_event_loop  # noqa: E402
 from rllmtop._loop import run as run_loop  # noqa: E402
 from rllmtop.clock import Clock  # noqa: E402
-from rllmtop.events import RequestEvent  # noqa: E402
+from rllmtop.events import ENDED, RequestEvent  # noqa: E402
 from rllmtop.scenario import load_scenario  # noqa: E402
 from rllmtop.workload.runner import Runner  # noqa: E402
 
@@ -89,7 +89,7 @@ async def _run(sc: Any, url: str, use_timerfd: bool) -> tuple[list[Any], float, 
     records: list[Any] = []
 
     def publish(rec: Any) -> None:
-        if isinstance(rec, RequestEvent) and rec.record is not None:
+        if isinstance(rec, RequestEvent) and rec.kind in ENDED and rec.record is not None:
             records.append(rec.record)
 
     runner = Runner(
