@@ -143,6 +143,7 @@ class ChatStream:
         "_silent_a",
         "_silent_r",
         "_split",
+        "_t_text",
         "_thinking",
         "answer_tokens",
         "chunks",
@@ -197,6 +198,7 @@ class ChatStream:
         self._blank_r = 0  # reasoning tokens of deltas with ids but no text (their phase is the field's)
         self._blank_a = 0  # answer tokens of deltas with ids but no text
         self._last = 0.0
+        self._t_text: float | None = None  # first content text read while no reasoning field was seen
         self.on_first_token: Callable[[float], None] | None = None
         self.on_first_visible: Callable[[float], None] | None = None
         self.t_first_token: float | None = None
@@ -464,6 +466,8 @@ class ChatStream:
 
     def _inline(self, now: float, k: int, text: str) -> None:
         """Content while no reasoning field was seen: find <think> ... </think> in the text."""
+        if self._t_text is None:
+            self._t_text = now  # where the answer starts if this turns out to be no think block
         if self._mode != _START:
             self._think_text(now, k, text)
             return
@@ -524,8 +528,8 @@ class ChatStream:
             self._answer_parts = [*self._implicit_parts, *texts, *self._answer_parts]
         self._implicit_parts = []
         self._implicit = False
-        if self.t_first_visible is None and self.t_first_token is not None:
-            self._first_visible(self.t_first_token)
+        if self.t_first_visible is None and self._t_text is not None:
+            self._first_visible(self._t_text)
 
     # ------------------------------------------------------------------------------------------ end
 
