@@ -352,6 +352,7 @@ class Runner:
             if self.heartbeat is not None:
                 self.heartbeat.stop()
             self._chunks = iter(())
+            self._dl, self._ts, self._rid, self._cls, self._items = [], [], [], [], []
             self.sending_done.set()
 
     def stop_sending(self) -> None:

@@ -13,9 +13,9 @@ its body's ``seed`` (rllmtop sends ``request_seed(seed, rid)``):
 - ``reasoning`` / ``answer``: tokens of each phase (a chunk's phase is the field that carries it; inline,
   the tags belong to the think block).
 
-Use it in-process (``with TruthServer() as srv:``, its own thread and event loop) or as a process
-(``python tests/workload/truth_server.py --port 0 [--cpu N]`` prints ``listening on URL``; ``GET /truths``
-returns every truth as JSON).
+Run it as its own process (so its timing does not share a GIL or a loop with the client):
+``python tests/workload/truth_server.py --port 0 [--gap S] [--cpu N]`` prints ``listening on URL``;
+``GET /truths`` returns every truth as JSON.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -144,37 +143,14 @@ class TruthServer:
         self.port = port
         self.url = ""
         self.truths: dict[int, Truth] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
 
-    # ------------------------------------------------------------------------------------ in a thread
-
-    def __enter__(self) -> TruthServer:
-        self._thread = threading.Thread(target=self._run_thread, name="truth-server", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10) or not self.url:
-            raise RuntimeError("truth server did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def _run_thread(self) -> None:
-        asyncio.run(self.serve())
-
     async def serve(self, announce: bool = False) -> None:
-        self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         server = await asyncio.start_server(self._conn, "127.0.0.1", self.port)
         self.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
         if announce:
             print(f"listening on {self.url}", flush=True)
-        self._ready.set()
         async with server:
             await self._stop.wait()
 
