@@ -54,6 +54,7 @@ _START, _THINK, _ANSWER = 0, 1, 2
 _OPEN, _CLOSE = "<think>", "</think>"
 _NOKEY: Any = object()
 _MAX_COUNT = 1 << 31  # a token count above this is not a count
+_PER_CHUNK = 256  # tokens one chunk may stand for (speculative decoding, batched streaming) at most
 _MAX_EVENT = 8 << 20
 
 
@@ -546,7 +547,11 @@ class ChatStream:
             self.prompt_tokens = pt
         ct = usage.get("completion_tokens")
         if ct is not None:
-            why = _count_problem(ct, self._max_tokens, "max_tokens")
+            why = _count_problem(ct)
+            # more than asked for *and* far more than the stream could have carried: not a count
+            bound = _PER_CHUNK * (self.chunks + self._silent_r + self._silent_a + 1)
+            if why is None and self._max_tokens is not None and ct > max(self._max_tokens, bound):
+                why = f"is {ct}, more than max_tokens={self._max_tokens} and {_PER_CHUNK} per chunk streamed"
             if why:
                 self._bad(f"usage.completion_tokens {why}")
                 return
