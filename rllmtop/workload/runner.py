@@ -54,7 +54,7 @@ PROGRESS_INTERVAL = 0.25
 """Wall seconds between coalesced PROGRESS ticks."""
 
 _SETUP = 0.005  # wall seconds between run() and the schedule's t = 0
-_LOG_EVERY = 5.0  # at most one log line per kind of failure every this many session seconds
+_LOG_EVERY = 5.0  # at most one log line per kind of failure every this many wall seconds
 _LOG_KEYS = 256  # distinct failure kinds remembered for rate limiting
 _QUEUE_MAX = 4096  # requests held by the concurrency cap, at most; the schedule waits beyond that
 
