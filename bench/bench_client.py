@@ -7,7 +7,7 @@ A minimal vLLM-shaped SSE server (bench/sse_server.py) runs in its own process p
 (client, mode, repeat) runs in a fresh worker process pinned to CPU 0, so imports and allocator state do not
 leak between runs. Figures are medians over repeats. Clients:
 
-- ``rllmtop``: rllmtop.workload.client (asyncio BufferedProtocol, chunked + SSE + orjson in the read callback)
+- ``rllmtop``: rllmtop.workload.http + .sse (asyncio BufferedProtocol, chunked + SSE + orjson in the read callback)
 - ``vllm-aiohttp``: aiohttp streamed the way ``vllm bench serve`` does (line iteration, strip, json.loads)
 - ``httpx``: plain httpx.AsyncClient, ``aiter_lines`` + json.loads
 - ``httpx-lean``: httpx with a custom transport over asyncio streams, raw bytes fed to rllmtop's SSE parser
@@ -53,7 +53,8 @@ def _lags(stamps: list[float], recv: list[float]) -> list[float]:
 async def run_rllmtop(url: str, spec: dict[str, Any]) -> tuple[int, list[float], int]:
     import orjson
 
-    from rllmtop.workload.client import ChatStream, HttpClient
+    from rllmtop.workload.http import HttpClient
+    from rllmtop.workload.sse import ChatStream
 
     client = HttpClient(url)
     body = orjson.dumps({"model": "bench", "stream": True, "bench": spec})
@@ -236,7 +237,7 @@ def _request_bytes(url: str, body: bytes) -> bytes:
 async def run_asyncio_streams(url: str, spec: dict[str, Any]) -> tuple[int, list[float], int]:
     import orjson
 
-    from rllmtop.workload.client import ChatStream
+    from rllmtop.workload.sse import ChatStream
 
     body = orjson.dumps({"model": "bench", "stream": True, "bench": spec})
     lags: list[float] = []
@@ -272,7 +273,7 @@ async def run_httpx_lean(url: str, spec: dict[str, Any]) -> tuple[int, list[floa
     import httpx
     import orjson
 
-    from rllmtop.workload.client import ChatStream
+    from rllmtop.workload.sse import ChatStream
 
     class _Body(httpx.AsyncByteStream):
         def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

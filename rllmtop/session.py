@@ -27,6 +27,7 @@ from rllmtop import __version__
 from rllmtop.clock import Clock
 from rllmtop.errors import UserError
 from rllmtop.events import (
+    ENDED,
     TERMINAL_STATES,
     LogEvent,
     Record,
@@ -153,7 +154,7 @@ class Session:
         return self.replay.now() if self.replay is not None else self.clock.now()
 
     def publish(self, rec: Record) -> None:
-        if isinstance(rec, RequestEvent) and rec.record is not None:
+        if isinstance(rec, RequestEvent) and rec.kind in ENDED and rec.record is not None:
             self._records.append(rec.record)
         elif isinstance(rec, Reset):
             self._records.clear()

@@ -51,6 +51,7 @@ import numpy as np
 from rllmtop import __version__
 from rllmtop.errors import UserError
 from rllmtop.events import (
+    ENDED,
     HistogramSample,
     Labels,
     LogEvent,
@@ -304,7 +305,7 @@ class Recorder:
 
     def handle(self, rec: Record) -> None:
         """Queue one record (DONE/FAILED request events, scrapes, states, logs, session info)."""
-        if rec.__class__ is RequestEvent and rec.record is None:  # type: ignore[union-attr]
+        if rec.__class__ is RequestEvent and rec.kind not in ENDED:  # type: ignore[union-attr]
             return  # the final RequestRecord carries everything; replay rebuilds the steps
         if rec.__class__ is Reset or self._closed:
             return

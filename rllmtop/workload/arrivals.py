@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import orjson
 from rllmtop.errors import UserError
 from rllmtop.scenario import ArrivalSpec, PhaseSpec
 
-__all__ = ["load_trace", "schedule"]
+__all__ = ["CHUNK", "load_trace", "schedule", "schedule_chunks", "schedule_count"]
 
 _ARRIVAL_STREAM = 0x41525256  # separates the arrival RNG stream from the prompt-mix stream
 
@@ -28,28 +29,77 @@ def _rng(seed: int, *salt: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), _ARRIVAL_STREAM, *salt]))
 
 
+CHUNK = 65536
+"""Send times generated per step: memory for the schedule is O(CHUNK), whatever its length."""
+
+
 def schedule(spec: ArrivalSpec, n: int | None, duration: float | None, seed: int) -> np.ndarray:
     """Send times in seconds from the start of sending, ascending (float64).
 
     ``n`` caps the number of requests, ``duration`` keeps only sends before that time (either may be
-    None, not both for an endless process). Same arguments, same array.
+    None, not both for an endless process). Same arguments, same array: the concatenation of
+    :func:`schedule_chunks`. The whole array is built here: a long run iterates the chunks instead.
     """
+    parts = list(schedule_chunks(spec, n, duration, seed))
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def schedule_count(spec: ArrivalSpec, n: int | None, duration: float | None, seed: int) -> int:
+    """``len(schedule(...))`` without holding the times (one generating pass when it is not known up
+    front)."""
     if n is not None and n <= 0:
-        return np.empty(0)
+        return 0
+    p = spec.process
+    if duration is None and n is not None:
+        if p in ("gamma", "poisson", "constant") and not spec.rescale:
+            return n
+        if p == "burst" and spec.burst_interval is not None:
+            return n
+    if p == "burst" and spec.burst_interval is None:
+        size = spec.burst_size if spec.burst_size is not None else n
+        if size is not None:
+            return size if n is None else min(size, n)
+    return sum(t.size for t in schedule_chunks(spec, n, duration, seed))
+
+
+def schedule_chunks(
+    spec: ArrivalSpec, n: int | None, duration: float | None, seed: int, chunk: int = CHUNK
+) -> Iterator[np.ndarray]:
+    """The send times of :func:`schedule`, in consecutive non-empty arrays of at most ``chunk`` values,
+    drawn lazily from the same random streams in the same order (so their concatenation is identical to
+    drawing them all at once, which the tests prove)."""
+    if n is not None and n <= 0:
+        return
     p = spec.process
     if p in ("gamma", "poisson", "constant"):
         b = 1.0 if p == "poisson" else spec.burstiness
-        out = _renewal(p, spec.rate, b, n, duration, _rng(seed))
-        if spec.rescale and n is not None and out.size and out[-1] > 0 and math.isfinite(spec.rate):
-            out = out * ((out.size / spec.rate) / out[-1])
-            if duration is not None:
-                out = out[out < duration]
-        return out
-    if p == "burst":
-        return _bursts(spec, n, duration)
-    if p == "phases":
-        return _phases(spec.phases, spec.repeat_phases, n, duration, seed)
-    if p == "trace":
+
+        def times() -> Iterator[np.ndarray]:
+            return _renewal(p, spec.rate, b, n, duration, _rng(seed), 0.0, chunk)
+
+        if spec.rescale and n is not None and math.isfinite(spec.rate):
+            size, last = 0, 0.0
+            for t in times():
+                size += t.size
+                last = float(t[-1])
+            if size and last > 0:
+                factor = (size / spec.rate) / last
+                for t in times():
+                    t = t * factor
+                    if duration is not None:
+                        k = int(np.searchsorted(t, duration, side="left"))
+                        if k < t.size:
+                            if k:
+                                yield t[:k]
+                            return
+                    yield t
+                return
+        yield from times()
+    elif p == "burst":
+        yield from _bursts(spec, n, duration, chunk)
+    elif p == "phases":
+        yield from _phases(spec.phases, spec.repeat_phases, n, duration, seed, chunk)
+    elif p == "trace":
         if spec.trace_file is None:
             raise UserError(
                 "arrival.process = 'trace' needs arrival.trace_file", "set trace_file = 'times.csv'"
@@ -57,8 +107,12 @@ def schedule(spec: ArrivalSpec, n: int | None, duration: float | None, seed: int
         t = load_trace(spec.trace_file, spec.trace_column) * spec.time_scale
         if duration is not None:
             t = t[t < duration]
-        return t[:n] if n is not None else t
-    raise ValueError(f"unknown arrival process {p!r}")
+        if n is not None:
+            t = t[:n]
+        for i in range(0, t.size, chunk):
+            yield t[i : i + chunk]
+    else:
+        raise ValueError(f"unknown arrival process {p!r}")
 
 
 def _gaps(process: str, rate: float, b: float, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -69,6 +123,30 @@ def _gaps(process: str, rate: float, b: float, k: int, rng: np.random.Generator)
     return rng.gamma(shape=b, scale=1.0 / (rate * b), size=k)
 
 
+def _cut(t: np.ndarray, end: float | None) -> tuple[np.ndarray, bool]:
+    """The values of ascending ``t`` before ``end``, and whether some were not (the stream is over)."""
+    if end is None:
+        return t, False
+    k = int(np.searchsorted(t, end, side="left"))
+    return (t, False) if k == t.size else (t[:k], True)
+
+
+def _sums(
+    process: str, rate: float, b: float, k: int, rng: np.random.Generator, chunk: int
+) -> Iterator[np.ndarray]:
+    """Running sums of ``k`` gaps, in chunks: exactly ``np.cumsum(_gaps(..., k, rng))`` (a chunk's sums
+    start from the previous one's last value, added in the same order)."""
+    carry = 0.0
+    left = k
+    while left > 0:
+        m = min(chunk, left)
+        g = _gaps(process, rate, b, m, rng)
+        s = np.cumsum(np.concatenate(([carry], g)))[1:]
+        carry = float(s[-1])
+        left -= m
+        yield s
+
+
 def _renewal(
     process: str,
     rate: float,
@@ -77,63 +155,88 @@ def _renewal(
     duration: float | None,
     rng: np.random.Generator,
     start: float = 0.0,
-) -> np.ndarray:
+    chunk: int = CHUNK,
+) -> Iterator[np.ndarray]:
     """Arrivals of one renewal process from ``start``: the first after one gap (constant: at ``start``)."""
+    end = start + duration if duration is not None else None
     if process == "constant" and math.isfinite(rate) and rate > 0:
         k = n if n is not None else math.ceil((duration or 0.0) * rate) + 1
-        t = start + np.arange(k) / rate
-        return t[t < start + duration] if duration is not None else t
+        for i in range(0, k, chunk):
+            t, over = _cut(start + np.arange(i, min(i + chunk, k)) / rate, end)
+            if t.size:
+                yield t
+            if over:
+                return
+        return
     if n is not None:
-        t = start + np.cumsum(_gaps(process, rate, b, n, rng))
-        return t[t < start + duration] if duration is not None else t
-    if duration is None:
+        for s in _sums(process, rate, b, n, rng, chunk):
+            t, over = _cut(start + s, end)
+            if t.size:
+                yield t
+            if over:
+                return
+        return
+    if duration is None or end is None:
         raise ValueError("an endless arrival process needs n or duration")
     if rate <= 0:
-        return np.empty(0)
+        return
     if math.isinf(rate):
         raise ValueError("rate = inf needs n")
-    parts: list[np.ndarray] = []
     t0 = start
-    end = start + duration
     while True:  # draw in blocks of ~ expected count + 6 sigma, so one block nearly always suffices
         expect = rate * (end - t0)
         k = int(expect + 6 * math.sqrt(expect / b + 1) + 16)
-        t = t0 + np.cumsum(_gaps(process, rate, b, k, rng))
-        if t[-1] >= end:
-            parts.append(t[t < end])
-            break
-        parts.append(t)
-        t0 = float(t[-1])
-    return np.concatenate(parts)
+        last = t0
+        for s in _sums(process, rate, b, k, rng, chunk):
+            t, over = _cut(t0 + s, end)
+            if t.size:
+                yield t
+            if over:
+                return
+            last = t0 + float(s[-1])
+        t0 = last
 
 
-def _bursts(spec: ArrivalSpec, n: int | None, duration: float | None) -> np.ndarray:
+def _bursts(
+    spec: ArrivalSpec, n: int | None, duration: float | None, chunk: int = CHUNK
+) -> Iterator[np.ndarray]:
     size = spec.burst_size if spec.burst_size is not None else n
     if size is None:
         raise ValueError("burst needs burst_size or n")
     if spec.burst_interval is None:
         k = size if n is None else min(size, n)
-        return np.zeros(k)
+        for i in range(0, k, chunk):
+            yield np.zeros(min(chunk, k - i))
+        return
     if n is None and duration is None:
         raise ValueError("repeated bursts need n or duration")
     count = n if n is not None else math.inf
     if duration is not None:
         count = min(count, math.ceil(duration / spec.burst_interval) * size)
     k = int(count)
-    t = (np.arange(k) // size) * spec.burst_interval
-    return t.astype(float) if duration is None else t[t < duration].astype(float)
+    for i in range(0, k, chunk):
+        t = (np.arange(i, min(i + chunk, k)) // size) * spec.burst_interval
+        t, over = _cut(t, duration)
+        if t.size:
+            yield t.astype(float)
+        if over:
+            return
 
 
 def _phases(
-    phases: tuple[PhaseSpec, ...], repeat: bool, n: int | None, duration: float | None, seed: int
-) -> np.ndarray:
+    phases: tuple[PhaseSpec, ...],
+    repeat: bool,
+    n: int | None,
+    duration: float | None,
+    seed: int,
+    chunk: int = CHUNK,
+) -> Iterator[np.ndarray]:
     cycle = sum(p.duration for p in phases)
     if repeat and n is None and duration is None:
         raise ValueError("repeated phases need n or duration")
     if repeat and all(p.rate == 0 for p in phases):
-        return np.empty(0)
+        return
     end = duration if duration is not None else (math.inf if repeat else cycle)
-    parts: list[np.ndarray] = []
     got = 0
     start = 0.0
     i = 0
@@ -144,17 +247,15 @@ def _phases(
         seg = min(ph.duration, end - start)
         b = 1.0 if ph.process == "poisson" else ph.burstiness
         # each segment restarts its own renewal process, seeded by (seed, segment index)
-        t = (
-            _renewal(ph.process, ph.rate, b, None, seg, _rng(seed, 1, i), start)
-            if ph.rate > 0
-            else np.empty(0)
-        )
-        parts.append(t)
-        got += t.size
+        if ph.rate > 0:
+            for t in _renewal(ph.process, ph.rate, b, None, seg, _rng(seed, 1, i), start, chunk):
+                if n is not None and got + t.size >= n:
+                    yield t[: n - got]
+                    return
+                got += t.size
+                yield t
         start += ph.duration
         i += 1
-    out = np.concatenate(parts) if parts else np.empty(0)
-    return out[:n] if n is not None else out
 
 
 def load_trace(path: str | Path, column: str = "timestamp") -> np.ndarray:

@@ -28,6 +28,7 @@ from rllmtop.scenario import BUILTIN_PROMPT_SETS, PromptSource, RequestClass, Sc
 
 __all__ = [
     "DEFAULT_SET_SIZE",
+    "MixDraws",
     "PromptItem",
     "PromptMix",
     "count_operators",
@@ -402,6 +403,7 @@ class PromptMix:
                 raise UserError(f"class {c.name!r} has no prompts", "check its prompts source")
         self.classes = tuple(classes)
         self.items = [tuple(x) for x in items]
+        self.seed = seed
         w = np.array([c.weight for c in classes], dtype=float)
         self._p = w / w.sum()
         self._rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x4D4958]))
@@ -419,3 +421,45 @@ class PromptMix:
             out.append((c, self.items[c][int(self._orders[c][self._pos[c]])]))
             self._pos[c] += 1
         return out
+
+    def draws(self, total: int) -> MixDraws:
+        """The picks of a fresh ``draw(total)``, taken a few at a time (``MixDraws.take``) without holding
+        them: the same classes and items in the same order, whatever the steps."""
+        return MixDraws(self, total)
+
+
+class MixDraws:
+    """Lazy ``PromptMix.draw(total)``: its class draws come first from the mix's random stream and its
+    reshuffles after them, so two generators stand in for the one: one for the classes, one advanced past
+    the ``total`` doubles the class draws consume (PCG64 ``advance``), for the permutations."""
+
+    def __init__(self, mix: PromptMix, total: int) -> None:
+        self._mix = mix
+        seq = np.random.SeedSequence([int(mix.seed), 0x4D4958])
+        self._classes = np.random.default_rng(seq)
+        perm = np.random.PCG64(seq)
+        if total:
+            perm.advance(total)  # Generator.choice(p=...) draws one double (one 64-bit step) per pick
+        self._perm = np.random.Generator(perm)
+        cdf = mix._p.cumsum()
+        cdf /= cdf[-1]
+        self._cdf = cdf
+        self._left = total
+        self._orders: list[np.ndarray] = [np.empty(0, dtype=np.int64) for _ in mix.classes]
+        self._pos = [0] * len(mix.classes)
+
+    def take(self, m: int) -> tuple[np.ndarray, list[PromptItem]]:
+        """The next ``m`` picks: class indices and items."""
+        if m > self._left:
+            raise ValueError(f"only {self._left} picks left, not {m}")
+        self._left -= m
+        cls = self._cdf.searchsorted(self._classes.random(m), side="right")
+        items: list[PromptItem] = []
+        orders, pos, sets = self._orders, self._pos, self._mix.items
+        for c in cls.tolist():
+            if pos[c] >= len(orders[c]):
+                orders[c] = self._perm.permutation(len(sets[c]))
+                pos[c] = 0
+            items.append(sets[c][int(orders[c][pos[c]])])
+            pos[c] += 1
+        return cls, items

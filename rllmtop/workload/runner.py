@@ -1,11 +1,16 @@
 """The open-loop runner: sends each request at its scheduled time whatever the server is doing.
 
-The schedule (arrival times and the class/prompt of every request) is precomputed from the scenario seed.
-A pacer wakes the event loop at each send time: on Linux a ``timerfd`` armed with the absolute deadline
-(event-loop timers round their sleeps up to whole milliseconds), elsewhere a loop timer a little early
-followed by a short spin through the loop. A concurrency cap, when set, queues requests on the client
-and that wait is recorded apart (``t_dispatch`` -> ``t_sent``). Token progress is published coalesced,
-once per tick for every request whose counts moved, never per chunk.
+The schedule (``rllmtop.workload.schedule``) is walked a chunk at a time: nothing is held for a request
+before it is due, and nothing after it ended. A pacer wakes the event loop at each send time (a
+``timerfd`` on Linux, see ``timers``). A concurrency cap, when set, holds due requests on the client; that
+wait is recorded apart (``t_dispatch`` -> ``t_start``), and so is the time to open a connection
+(``connect_s``); ``t_sent`` is the write that succeeded. Token progress is published coalesced, once per
+tick for every request whose counts moved, never per chunk. A heartbeat measures the loop's own lateness
+all run long (``heartbeat``).
+
+Clock: everything is on the session clock, which in a time-lapse run of the simulator runs at speed K
+(session seconds = wall seconds x K): schedule times, the per-request timeout, every time in a record and
+the token-gap blobs are session seconds, so speed 1 and speed K are the same experiment.
 """
 
 from __future__ import annotations
@@ -13,18 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import ctypes
-import ctypes.util
 import gc
 import math
-import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from rllmtop.clock import Clock, Publish
 from rllmtop.events import (
@@ -35,127 +35,33 @@ from rllmtop.events import (
     RequestStatus,
     encode_gaps,
 )
-from rllmtop.scenario import Scenario
-from rllmtop.workload.arrivals import schedule
-from rllmtop.workload.client import ChatStream, HttpClient, build_request_body, endpoint_path
+from rllmtop.scenario import RequestClass, Scenario
 from rllmtop.workload.grading import grade
-from rllmtop.workload.prompts import PromptItem, PromptMix, load_scenario_prompts
+from rllmtop.workload.heartbeat import Heartbeat
+from rllmtop.workload.http import HttpClient
+from rllmtop.workload.prompts import PromptItem
+from rllmtop.workload.request import build_request_body, difficulty_header, endpoint_path
+from rllmtop.workload.schedule import Schedule, ScheduleChunk, request_seed
+from rllmtop.workload.sse import ChatStream
+from rllmtop.workload.timers import SPIN, Pacer
 
 if TYPE_CHECKING:
-    from rllmtop.workload.client import _Exchange
+    from rllmtop.workload.http import Exchange
 
-__all__ = ["PROGRESS_INTERVAL", "Runner", "request_seed"]
+__all__ = ["PROGRESS_INTERVAL", "Runner"]
 
 PROGRESS_INTERVAL = 0.25
-"""Seconds between coalesced PROGRESS ticks."""
+"""Wall seconds between coalesced PROGRESS ticks."""
 
-_SPIN = 0.0002  # dispatch deadlines closer than this by spinning instead of sleeping
-_LOG_EVERY = 5.0  # at most one log line per kind of failure every this many seconds
-
-
-def request_seed(scenario_seed: int, rid: int) -> int:
-    """The OpenAI ``seed`` sent with request ``rid``: stable across processes (splitmix64, 31 bits)."""
-    z = ((scenario_seed & 0xFFFFFFFF) << 32 | (rid & 0xFFFFFFFF)) + 0x9E3779B97F4A7C15
-    z &= 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return (z ^ (z >> 31)) & 0x7FFFFFFF
-
-
-# ---------------------------------------------------------------------------------------------- pacer
-
-
-class _Timespec(ctypes.Structure):
-    _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
-
-
-class _Itimerspec(ctypes.Structure):
-    _fields_ = (("it_interval", _Timespec), ("it_value", _Timespec))
-
-
-class _TimerFd:
-    """A Linux timerfd on CLOCK_MONOTONIC (the clock of ``time.monotonic``), armed at absolute times."""
-
-    def __init__(self) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        self._settime = libc.timerfd_settime
-        fd = libc.timerfd_create(1, os.O_NONBLOCK | os.O_CLOEXEC)  # CLOCK_MONOTONIC
-        if fd < 0:
-            raise OSError(ctypes.get_errno(), "timerfd_create failed")
-        self.fd: int = fd
-        self._spec = _Itimerspec()
-
-    def arm(self, deadline: float) -> None:
-        sec = int(deadline)
-        nsec = max(int((deadline - sec) * 1e9), 1 if sec == 0 else 0)
-        self._spec.it_value.tv_sec = sec
-        self._spec.it_value.tv_nsec = min(nsec, 999_999_999)
-        if self._settime(self.fd, 1, ctypes.byref(self._spec), None) != 0:  # TFD_TIMER_ABSTIME
-            raise OSError(ctypes.get_errno(), "timerfd_settime failed")
-
-    def drain(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.read(self.fd, 8)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-class _Pacer:
-    """Calls ``fire()`` at or just after each armed monotonic deadline, from the event loop."""
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, fire: Callable[[], None], *, use_timerfd: bool = True
-    ):
-        self._loop = loop
-        self._fire = fire
-        self._tfd: _TimerFd | None = None
-        self._handle: asyncio.Handle | None = None
-        if use_timerfd:
-            try:
-                self._tfd = _TimerFd()
-                loop.add_reader(self._tfd.fd, self._on_fd)
-            except (OSError, AttributeError, NotImplementedError, RuntimeError):
-                if self._tfd is not None:
-                    self._tfd.close()
-                self._tfd = None
-        self.kind = "timerfd" if self._tfd is not None else "loop timer + spin"
-
-    def _on_fd(self) -> None:
-        assert self._tfd is not None
-        self._tfd.drain()
-        self._fire()
-
-    def arm(self, deadline: float) -> None:
-        if self._tfd is not None:
-            self._tfd.arm(deadline)
-            return
-        if self._handle is not None:
-            self._handle.cancel()
-        # loop timers wake up to ~1 ms late: wake early, then spin through the loop (I/O keeps flowing)
-        self._handle = self._loop.call_at(deadline - 0.0015, self._spin, deadline)
-
-    def _spin(self, deadline: float) -> None:
-        if time.monotonic() >= deadline - _SPIN:
-            self._handle = None
-            self._fire()
-        else:
-            self._handle = self._loop.call_soon(self._spin, deadline)
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        if self._tfd is not None:
-            with contextlib.suppress(Exception):
-                self._loop.remove_reader(self._tfd.fd)
-            self._tfd.close()
-            self._tfd = None
+_SETUP = 0.005  # wall seconds between run() and the schedule's t = 0
+_LOG_EVERY = 5.0  # at most one log line per kind of failure every this many wall seconds
+_LOG_KEYS = 256  # distinct failure kinds remembered for rate limiting
+_QUEUE_MAX = 4096  # requests held by the concurrency cap, at most; the schedule waits beyond that
 
 
 # ------------------------------------------------------------------------------------------ GC policy
 
-_FULL_GC_EVERY = 300.0  # seconds between full collections while a run holds the old generation back
+_FULL_GC_EVERY = 300.0  # wall seconds between full collections while a run holds the old generation back
 
 
 def _quiet_gc(thresholds: tuple[int, int, int]) -> None:
@@ -174,13 +80,29 @@ def _quiet_gc(thresholds: tuple[int, int, int]) -> None:
 # --------------------------------------------------------------------------------------------- runner
 
 
+class _Class:
+    """What the runner derives once per request class (the body's fixed parts, the stream's options)."""
+
+    __slots__ = ("c", "keep_answer", "thinking")
+
+    def __init__(self, c: RequestClass, scenario: Scenario) -> None:
+        self.c = c
+        kw = c.chat_template_kwargs or {}
+        self.thinking = (
+            bool(kw.get("enable_thinking", c.thinking)) if scenario.load.api == "chat" else c.thinking
+        )
+        self.keep_answer = scenario.load.record_answers
+
+
 class _Req:
     """One request's state in the runner (few objects per request: the GC scans every live one)."""
 
     __slots__ = (
         "abort",
         "cls",
+        "connect_s",
         "deadline",
+        "difficulty",
         "ended",
         "http_status",
         "item",
@@ -200,12 +122,15 @@ class _Req:
         self.runner = runner
         self.rid = rid
         self.cls = cls
-        self.name = runner.scenario.classes[cls].name
+        c = runner.scenario.classes[cls]
+        self.name = c.name
+        self.difficulty = c.difficulty or item.difficulty or ""
         self.item = item
         self.t_scheduled = t_scheduled
         self.t_dispatch: float | None = None
-        self.t_sent: float | None = None
         self.t_start: float | None = None
+        self.connect_s: float | None = None
+        self.t_sent: float | None = None
         self.stream: ChatStream | None = None
         self.task: asyncio.Task[None] | None = None
         self.abort: tuple[RequestStatus, str] | None = None
@@ -214,42 +139,87 @@ class _Req:
         self.deadline = math.inf  # monotonic time of the per-request timeout
         self.ended = False
 
-    def first_token(self, t: float) -> None:
+    def first_token(self, mono: float) -> None:
         r = self.runner
-        r._publish(RequestEvent(RequestKind.FIRST_TOKEN, t - r.clock.t0, self.rid, self.name))
+        r._publish(
+            RequestEvent(
+                RequestKind.FIRST_TOKEN, r.clock.from_monotonic(mono), self.rid, self.name, worker=r.worker
+            )
+        )
 
-    def first_visible(self, t: float) -> None:
+    def first_visible(self, mono: float) -> None:
         r = self.runner
         st = self.stream
         assert st is not None
         r._publish(
             RequestEvent(
                 RequestKind.FIRST_VISIBLE,
-                t - r.clock.t0,
+                r.clock.from_monotonic(mono),
                 self.rid,
                 self.name,
                 reasoning_tokens=st.reasoning_tokens,
                 answer_tokens=st.answer_tokens,
+                worker=r.worker,
             )
         )
 
-    def sent(self, t: float) -> None:
+    def connected(self, wall_seconds: float) -> None:
+        self.connect_s = (self.connect_s or 0.0) + self.runner.clock.session(wall_seconds)
+
+    def sent(self, mono: float) -> None:
         r = self.runner
-        self.t_sent = t - r.clock.t0
+        first = self.t_sent is None
+        self.t_sent = r.clock.from_monotonic(mono)
+        if not first:  # written again after a dead keep-alive connection: this is the write that counts
+            return
         r.sent += 1
-        r._publish(RequestEvent(RequestKind.SENT, self.t_sent, self.rid, self.name))
+        r._publish(
+            RequestEvent(
+                RequestKind.SENT,
+                self.t_sent,
+                self.rid,
+                self.name,
+                record=self.snapshot(),
+                worker=r.worker,
+            )
+        )
+
+    def snapshot(self) -> RequestRecord:
+        """The starting facts (status IN_FLIGHT)."""
+        r = self.runner
+        return RequestRecord(
+            rid=self.rid,
+            cls=self.name,
+            difficulty=self.difficulty,
+            prompt_id=self.item.id,
+            t_scheduled=self.t_scheduled,
+            t_dispatch=self.t_dispatch,
+            t_start=self.t_start,
+            connect_s=self.connect_s,
+            t_sent=self.t_sent,
+            max_tokens=r.scenario.classes[self.cls].max_tokens,
+            status=RequestStatus.IN_FLIGHT,
+            reference=self.item.reference,
+            worker=r.worker,
+        )
 
     def done(self, task: asyncio.Task[None]) -> None:
         self.runner._task_done(self, task)
 
 
 class Runner:
-    """Sends a scenario's requests open-loop and publishes every request's life as RequestEvents.
+    """Sends a scenario's requests open-loop and publishes every request's life as RequestEvents, and the
+    client's own health (ClientHealth, from the heartbeat).
 
-    Live counters: ``planned`` (requests in the schedule, known once ``run`` has started), ``sent``
-    (written to a connection), ``done`` (ended ok), ``failed`` (ended with an error or cancelled),
-    ``in_flight`` (sent or connecting, not ended). ``sending_done`` is set when no more requests will be
-    sent (schedule exhausted and the concurrency queue empty, or ``stop_sending``).
+    ``schedule``: the requests to send (default: the whole schedule of ``scenario``; a sender process
+    passes its ``Schedule.part(k, n)`` and ``worker=k``). ``start_at``: the session time of the
+    schedule's t = 0 (senders of one run agree on it; default: a few ms after ``run`` starts).
+
+    Live counters: ``planned`` (requests in this runner's schedule, known once ``run`` has started),
+    ``sent`` (written to a connection), ``done`` (ended ok), ``failed`` (ended with an error or
+    cancelled), ``in_flight`` (started, not ended), ``queued`` (held by the concurrency cap).
+    ``sending_done`` is set when no more requests will be sent (schedule exhausted and the concurrency
+    queue empty, or ``stop_sending``).
     """
 
     def __init__(
@@ -263,6 +233,10 @@ class Runner:
         publish: Publish,
         use_timerfd: bool = True,
         freeze_gc: bool = True,
+        schedule: Schedule | None = None,
+        worker: int = 0,
+        start_at: float | None = None,
+        heartbeat: bool = True,
     ) -> None:
         self.scenario = scenario
         rs = scenario.load.request_seed
@@ -274,6 +248,12 @@ class Runner:
         self._publish = publish
         self._api_key = api_key
         self._use_timerfd = use_timerfd
+        self._schedule = schedule
+        self.worker = worker
+        self._start_at = start_at
+        self.heartbeat: Heartbeat | None = (
+            Heartbeat(clock, publish, worker=worker, use_timerfd=use_timerfd) if heartbeat else None
+        )
         self.planned: int | None = None
         self.sent = 0
         self.done = 0
@@ -282,18 +262,29 @@ class Runner:
         self.queued = 0
         self.sending_done = asyncio.Event()
         self.pacer_kind = ""
-        self._client = HttpClient(base_url, api_key, connect_timeout=min(scenario.load.timeout, 30.0))
+        self._classes = [_Class(c, scenario) for c in scenario.classes]
+        self._client = HttpClient(
+            base_url, api_key, connect_timeout=clock.wall(min(scenario.load.timeout, 30.0))
+        )
         self._path = endpoint_path(base_url, scenario.load.api)
         self._active: dict[int, _Req] = {}
         self._queue: deque[_Req] = deque()
         self._stopped = False
         self._cancelled = False
         self._finished = asyncio.Event()
-        self._deadlines: list[float] = []
-        self._picks: list[tuple[int, PromptItem]] = []
-        self._next = 0
-        self._pacer: _Pacer | None = None
-        self._t_start = 0.0
+        # the walk through the schedule: the current chunk, as plain lists
+        self._chunks: Iterator[ScheduleChunk] = iter(())
+        self._dl: list[float] = []  # monotonic deadlines
+        self._ts: list[float] = []  # session times
+        self._rid: list[int] = []
+        self._cls: list[int] = []
+        self._items: list[PromptItem] = []
+        self._ci = 0
+        self._exhausted = False
+        self._backlog = False  # the cap queue was full: due requests waited in the schedule
+        self._next = 0  # requests taken from the schedule
+        self._pacer: Pacer | None = None
+        self._t_base = 0.0
         self._log_last: dict[str, float] = {}
         self._context = contextvars.copy_context()  # one context for every request task
         self._log_suppressed: dict[str, int] = {}
@@ -302,48 +293,48 @@ class Runner:
 
     async def run(self) -> None:
         """Send the whole schedule; return when every request has ended."""
-        sc = self.scenario
         loop = asyncio.get_running_loop()
-        items = load_scenario_prompts(sc)
-        mix = PromptMix(sc.classes, items, sc.seed)
-        times = schedule(sc.arrival, sc.load.num_prompts, sc.load.duration, sc.seed)
-        self.planned = int(times.size)
-        self._picks = mix.draw(self.planned)
+        sched = self._schedule if self._schedule is not None else Schedule(self.scenario)
+        self.planned = len(sched)
         quiet = self._freeze_gc and gc.isenabled() and gc.get_freeze_count() == 0
         thresholds = gc.get_threshold()
         if quiet:
             _quiet_gc(thresholds)
         try:
-            await self._send_all(loop, times)
+            await self._send_all(loop, sched)
         finally:
             if quiet:
                 gc.set_threshold(*thresholds)
                 gc.unfreeze()
 
-    async def _send_all(self, loop: asyncio.AbstractEventLoop, times: np.ndarray) -> None:
+    async def _send_all(self, loop: asyncio.AbstractEventLoop, sched: Schedule) -> None:
         sc = self.scenario
-        self._t_start = self.clock.now() + 0.005  # a few ms to set up before the first send
-        self._deadlines = (self.clock.to_monotonic(self._t_start) + np.asarray(times, dtype=float)).tolist()
-        self._times = times
+        clock = self.clock
+        self._t_base = self._start_at if self._start_at is not None else clock.now() + clock.session(_SETUP)
+        self._chunks = sched.chunks()
         a = sc.arrival
         how = {
             "gamma": f"gamma {a.rate:g} req/s, burstiness {a.burstiness:g}",
             "poisson": f"poisson {a.rate:g} req/s",
             "constant": f"constant {a.rate:g} req/s",
         }.get(a.process, a.process)
+        share = f" (sender {sched.index} of {sched.parts})" if sched.parts > 1 else ""
         self._log(
             "info",
-            f"sending {self.planned} requests ({how}) to {self.base_url}{self._path}, model {self.model!r}",
+            f"sending {self.planned} requests{share} ({how}) to {self.base_url}{self._path}, "
+            f"model {self.model!r}",
         )
-        self._pacer = _Pacer(loop, self._pace, use_timerfd=self._use_timerfd)
+        self._pacer = Pacer(loop, self._pace, use_timerfd=self._use_timerfd)
         self.pacer_kind = self._pacer.kind
         self._client.on_due = self._pace
+        if self.heartbeat is not None:
+            self.heartbeat.start()
         ticker = loop.create_task(self._progress_loop())
         try:
-            if self._stopped or not self._deadlines:
+            if self._stopped or not self._refill():
                 self._sending_over()
             else:
-                self._arm(self._deadlines[0])
+                self._arm(self._dl[0])
             await self._finished.wait()
         finally:
             self._pacer.close()
@@ -358,6 +349,10 @@ class Runner:
                 await ticker
             self._progress()
             self._client.close()
+            if self.heartbeat is not None:
+                self.heartbeat.stop()
+            self._chunks = iter(())
+            self._dl, self._ts, self._rid, self._cls, self._items = [], [], [], [], []
             self.sending_done.set()
 
     def stop_sending(self) -> None:
@@ -392,44 +387,67 @@ class Runner:
 
     # ------------------------------------------------------------------------------------------- pacing
 
+    def _refill(self) -> bool:
+        """Make the current chunk hold a next request; False when the schedule is exhausted."""
+        while self._ci >= len(self._dl):
+            if self._exhausted:
+                return False
+            ch = next(self._chunks, None)
+            if ch is None:
+                self._exhausted = True
+                self._dl = []
+                return False
+            ts = self._t_base + ch.times
+            m0 = self.clock.to_monotonic(self._t_base)
+            self._dl = (m0 + ch.times * self.clock.wall(1.0)).tolist()
+            self._ts = ts.tolist()
+            self._rid = ch.rids.tolist()
+            self._cls = ch.classes.tolist()
+            self._items = ch.items
+            self._ci = 0
+        return True
+
     def _pace(self) -> None:
-        deadlines = self._deadlines
-        n = len(deadlines)
         now = time.monotonic()
-        while self._next < n and not self._stopped:
-            d = deadlines[self._next]
+        cap = self.scenario.load.max_concurrency
+        while not self._stopped and self._refill():
+            d = self._dl[self._ci]
             if d > now:
-                if d - now > _SPIN:
-                    break
+                if d - now > SPIN:
+                    self._backlog = False
+                    self._arm(d)
+                    return
                 while now < d:
                     now = time.monotonic()
-            self._dispatch(self._next, now)
-            self._next += 1
+            if cap is not None and self.in_flight >= cap and len(self._queue) >= _QUEUE_MAX:
+                self._backlog = True  # resumed when a slot frees (see _finalize)
+                self._client.due_at = math.inf
+                return
+            self._dispatch(now, d)
             now = time.monotonic()
-        if self._stopped:
-            self._client.due_at = math.inf
-            return
-        if self._next < n:
-            self._arm(deadlines[self._next])
-        else:
-            self._client.due_at = math.inf
-            if not self._queue:
-                self._sending_over()
+        self._client.due_at = math.inf
+        if not self._stopped and not self._queue:
+            self._sending_over()
 
     def _arm(self, deadline: float) -> None:
         assert self._pacer is not None
         self._pacer.arm(deadline)
         self._client.due_at = deadline
 
-    def _dispatch(self, i: int, now_mono: float) -> None:
-        cls, item = self._picks[i]
-        req = _Req(self, i, cls, item, self._t_start + float(self._times[i]))
-        req.t_dispatch = now_mono - self.clock.t0
+    def _dispatch(self, now_mono: float, deadline: float) -> None:
+        i = self._ci
+        self._ci += 1
+        self._next += 1
+        req = _Req(self, self._rid[i], self._cls[i], self._items[i], self._ts[i])
+        # held back in the schedule by a full cap queue, it was due (and waiting on the cap) since its time
+        req.t_dispatch = self.clock.from_monotonic(deadline if self._backlog else now_mono)
         cap = self.scenario.load.max_concurrency
         if cap is not None and self.in_flight >= cap:
             self._queue.append(req)
             self.queued += 1
-            self._publish(RequestEvent(RequestKind.QUEUED, req.t_dispatch, i, self._cls_name(req)))
+            self._publish(
+                RequestEvent(RequestKind.QUEUED, req.t_dispatch, req.rid, req.name, worker=self.worker)
+            )
         else:
             self._start(req)
 
@@ -444,7 +462,7 @@ class Runner:
         now = time.monotonic()
         if started is not None:
             req.sent(now)
-        req.deadline = now + self.scenario.load.timeout  # checked by the progress tick
+        req.deadline = now + self.clock.wall(self.scenario.load.timeout)  # checked by the progress tick
         ctx = self._context
         req.task = asyncio.get_running_loop().create_task(self._send(req, request, started), context=ctx)
         # the request ends there whatever happens to the task (even cancelled before its first step)
@@ -458,15 +476,16 @@ class Runner:
 
     # ------------------------------------------------------------------------------------------ a request
 
-    def _cls_name(self, req: _Req) -> str:
-        return self.scenario.classes[req.cls].name
-
     def _prepare(self, req: _Req) -> bytes:
         """The request's ChatStream (reporting first tokens to the request) and its HTTP request bytes."""
         sc = self.scenario
-        c = sc.classes[req.cls]
+        k = self._classes[req.cls]
+        c = k.c
         stream = ChatStream(
-            thinking=c.thinking, keep_answer=sc.load.record_answers or req.item.reference is not None
+            thinking=k.thinking,
+            keep_answer=k.keep_answer or req.item.reference is not None,
+            gap_scale=self.clock.speed,
+            max_tokens=c.max_tokens,
         )
         stream.on_first_token = req.first_token
         stream.on_first_visible = req.first_visible
@@ -482,16 +501,21 @@ class Runner:
             system=c.system,
             seed=request_seed(sc.seed, req.rid) if self._send_seed else None,
             return_token_ids=sc.load.return_token_ids,
+            reasoning_effort=c.reasoning_effort,
+            thinking_budget=c.reasoning_budget,
+            ignore_eos=sc.load.ignore_eos,
+            chat_template_kwargs=c.chat_template_kwargs,
         )
-        return self._client.request_bytes(self._path, body)
+        return self._client.request_bytes(self._path, body, difficulty_header(req.difficulty))
 
-    async def _send(self, req: _Req, request: bytes, started: _Exchange | None) -> None:
+    async def _send(self, req: _Req, request: bytes, started: Exchange | None) -> None:
         assert req.stream is not None
         try:
             req.http_status = await self._client.post_stream(
                 request,
                 req.stream,
                 on_sent=req.sent,
+                on_connect=req.connected,
                 started=started,
             )
         except asyncio.CancelledError:
@@ -524,9 +548,9 @@ class Runner:
         sc = self.scenario
         c = sc.classes[req.cls]
         st = req.stream
-        t0 = self.clock.t0
+        clock = self.clock
         if st is not None:
-            st.finish(now + t0)
+            st.finish(clock.to_monotonic(now))
         error: str | None
         if req.abort is not None:
             status, error = req.abort
@@ -542,7 +566,7 @@ class Runner:
             extracted, correct = grade(answer, req.item.reference, req.item.kind)
 
         def rel(t: float | None) -> float | None:
-            return None if t is None else t - t0
+            return None if t is None else clock.from_monotonic(t)
 
         t_done = rel(st.t_done) if st is not None and st.t_done is not None else now
         if status is not RequestStatus.OK:
@@ -550,11 +574,12 @@ class Runner:
         rec = RequestRecord(
             rid=req.rid,
             cls=c.name,
-            difficulty=req.item.difficulty,
+            difficulty=req.difficulty,
             prompt_id=req.item.id,
             t_scheduled=req.t_scheduled,
             t_dispatch=req.t_dispatch,
             t_start=req.t_start,
+            connect_s=req.connect_s,
             t_sent=req.t_sent,
             t_first_token=rel(st.t_first_token) if st else None,
             t_first_reasoning=rel(st.t_first_reasoning) if st else None,
@@ -566,6 +591,9 @@ class Runner:
             answer_tokens=st.answer_tokens if st else 0,
             completion_tokens=st.completion_tokens if st else None,
             tokens_exact=st.tokens_exact if st else False,
+            reasoning_mode=st.reasoning_mode if st else "",
+            usage_reasoning=st.usage_reasoning if st else None,
+            split_note=st.split_note if st else "",
             max_tokens=c.max_tokens,
             finish_reason=st.finish_reason if st else None,
             status=status,
@@ -576,6 +604,7 @@ class Runner:
             extracted=extracted,
             correct=correct,
             gaps=encode_gaps(st.gaps, st.tokens_per_chunk) if st is not None and st.chunks else b"",
+            worker=self.worker,
         )
         ok = status is RequestStatus.OK
         self._publish(
@@ -588,6 +617,7 @@ class Runner:
                 answer_tokens=rec.answer_tokens,
                 detail=(rec.finish_reason or "") if ok else (error or ""),
                 record=rec,
+                worker=self.worker,
             )
         )
         if ok:
@@ -608,8 +638,10 @@ class Runner:
                 nxt = self._queue.popleft()
                 self.queued -= 1
                 self._start(nxt)
-                if not self._queue and self._next >= len(self._deadlines):
-                    self._sending_over()
+            if self._backlog and not self._stopped:
+                self._pace()  # the schedule waited on a full cap queue: take what is due now
+            elif not self._queue and self._exhausted and not self._stopped:
+                self._sending_over()
         if self.sending_done.is_set() and not self._active and not self._queue:
             self._finished.set()
 
@@ -627,10 +659,11 @@ class Runner:
     def _progress(self) -> None:
         """Publish moved token counts, and time out requests past their deadline (one pass per tick)."""
         now = self.clock.now()
-        mono = now + self.clock.t0
+        mono = time.monotonic()
         publish = self._publish
         expired = []
         client = self._client
+        w = self.worker
         for i, req in enumerate(list(self._active.values())):
             if not i & 127 and time.monotonic() >= client.due_at:
                 self._pace()  # thousands in flight make this pass take ms: sends due meanwhile go first
@@ -642,7 +675,9 @@ class Runner:
             counts = (st.reasoning_tokens, st.answer_tokens)
             if counts != req.last:
                 req.last = counts
-                publish(RequestEvent(RequestKind.PROGRESS, now, req.rid, req.name, counts[0], counts[1]))
+                publish(
+                    RequestEvent(RequestKind.PROGRESS, now, req.rid, req.name, counts[0], counts[1], worker=w)
+                )
         for req in expired:
             self._timeout(req)
 
@@ -653,9 +688,13 @@ class Runner:
         key = re.sub(r"\d+", "N", error)[:100]
         now = self.clock.now()
         last = self._log_last.get(key)
-        if last is not None and now - last < _LOG_EVERY:
+        if last is not None and now - last < _LOG_EVERY * self.clock.speed:
             self._log_suppressed[key] = self._log_suppressed.get(key, 0) + 1
             return
+        if last is None and len(self._log_last) >= _LOG_KEYS:  # bounded: forget the oldest kinds
+            for old in list(self._log_last)[: _LOG_KEYS // 2]:
+                self._log_last.pop(old, None)
+                self._log_suppressed.pop(old, None)
         more = self._log_suppressed.pop(key, 0)
         self._log_last[key] = now
         tail = (

@@ -21,11 +21,12 @@ import pytest
 from scipy import stats
 
 from rllmtop.clock import Clock
-from rllmtop.events import RequestKind, RequestRecord, RequestStatus
+from rllmtop.events import ENDED, RequestKind, RequestRecord, RequestStatus
 from rllmtop.scenario import Scenario, load_scenario
 from rllmtop.workload.arrivals import schedule
 from rllmtop.workload.prompts import PromptMix, load_scenario_prompts
-from rllmtop.workload.runner import Runner, request_seed
+from rllmtop.workload.runner import Runner
+from rllmtop.workload.schedule import request_seed
 
 from .test_runner import Sink
 
@@ -165,7 +166,7 @@ async def test_facts_and_grades_match_the_simulator(tmp_path: Path, sim: Callabl
     sc = make(tmp_path, MIXED.format(load=""))
     r, sink = await run(sc, url)
     assert (r.planned, r.sent, r.done, r.failed) == (48, 48, 48, 0)
-    finals = {e.rid: e.record for e in sink.events() if e.record is not None}
+    finals = {e.rid: e.record for e in sink.events() if e.kind in ENDED and e.record is not None}
     plans = expected_plans(sc)
     seen_classes = set()
     for rid, rec in finals.items():
@@ -175,7 +176,7 @@ async def test_facts_and_grades_match_the_simulator(tmp_path: Path, sim: Callabl
         seen_classes.add(rec.cls)
         assert rec.completion_tokens == plan.n_tokens
         assert rec.finish_reason == plan.finish_reason
-        assert rec.tokens_exact
+        assert rec.tokens_exact, rec.split_note
         if rec.cls == "nothink":
             assert rec.reasoning_tokens == 0 and rec.t_first_visible == rec.t_first_token
         else:
@@ -199,7 +200,7 @@ async def test_wire_variants_give_the_same_counts(tmp_path: Path, sim: Callable[
     }.items():
         url = sim("--speed", "100", *args)
         _, sink = await run(sc, url)
-        results[name] = {e.rid: e.record for e in sink.events() if e.record is not None}
+        results[name] = {e.rid: e.record for e in sink.events() if e.kind in ENDED and e.record is not None}
     base = results["reasoning"]
     for name, recs in results.items():
         assert sorted(recs) == sorted(base)
@@ -219,11 +220,11 @@ async def test_token_ids_make_counts_exact(tmp_path: Path, sim: Callable[..., st
         tmp_path, MIXED.format(load="return_token_ids = true").replace("num_prompts = 48", "num_prompts = 12")
     )
     _, sink = await run(sc, url)
-    recs = [e.record for e in sink.events() if e.record is not None]
+    recs = [e.record for e in sink.events() if e.kind in ENDED and e.record is not None]
     assert len(recs) == 12
     for rec in recs:
         check_facts(rec)
-        assert rec.tokens_exact
+        assert rec.tokens_exact, rec.split_note
 
 
 async def test_cancellation_against_the_simulator(tmp_path: Path, sim: Callable[..., str]) -> None:
@@ -274,7 +275,7 @@ async def test_fault_injection(tmp_path: Path, sim: Callable[..., str]) -> None:
     body = MIXED.format(load="timeout = 1.5").replace("num_prompts = 48", "num_prompts = 60")
     sc = make(tmp_path, body)
     r, sink = await run(sc, url)
-    recs = [e.record for e in sink.events() if e.record is not None]
+    recs = [e.record for e in sink.events() if e.kind in ENDED and e.record is not None]
     assert len(recs) == 60 and r.done + r.failed == 60
     errors = [x.error or "" for x in recs if x is not None and x.status is RequestStatus.ERROR]
     kinds = {
@@ -314,7 +315,9 @@ max_tokens = 64
 """
     sc = make(tmp_path, body)
     _, sink = await run(sc, url)
-    recs = sorted((e.record for e in sink.events() if e.record is not None), key=lambda x: x.rid)
+    recs = sorted(
+        (e.record for e in sink.events() if e.kind in ENDED and e.record is not None), key=lambda x: x.rid
+    )
     assert len(recs) == 300
     sent = np.array([x.t_dispatch for x in recs])
     gaps = np.diff(sent)
@@ -332,5 +335,5 @@ async def test_completions_api(tmp_path: Path, sim: Callable[..., str]) -> None:
     r, sink = await run(sc, url)
     assert r.done == 10
     for e in sink.events():
-        if e.record is not None:
+        if e.kind in ENDED and e.record is not None:
             check_facts(e.record)

@@ -1,0 +1,117 @@
+"""One schedule, many senders: the seeded plan of a run, built once, walked lazily, split by index.
+
+A run's schedule is every request's send time, class, prompt and seed, decided by the scenario and its seed
+alone. ``Schedule(scenario)`` holds none of it per request: :meth:`Schedule.chunks` draws the times
+(``arrivals.schedule_chunks``) and the class/prompt picks (``PromptMix.draws``) a chunk at a time from the
+same random streams, so they are identical to drawing them all at once, and a run of 10^9 requests costs
+the same memory as a run of ten. Request ``rid`` is its global index in the schedule.
+
+Scale-out: ``schedule.part(k, n)`` is the share of sender ``k`` of ``n``: every request whose index
+``i % n == k``, with its global rid and scheduled time. Each sender walks the whole stream and keeps its
+share, so ``n`` senders send exactly the requests one sender would, at the same times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from rllmtop.scenario import Scenario
+from rllmtop.workload.arrivals import CHUNK, schedule_chunks, schedule_count
+from rllmtop.workload.prompts import PromptItem, PromptMix, load_scenario_prompts
+
+__all__ = ["Schedule", "ScheduleChunk", "request_seed"]
+
+
+def request_seed(scenario_seed: int, rid: int) -> int:
+    """The OpenAI ``seed`` sent with request ``rid``: stable across processes (splitmix64, 31 bits)."""
+    z = ((scenario_seed & 0xFFFFFFFF) << 32 | (rid & 0xFFFFFFFF)) + 0x9E3779B97F4A7C15
+    z &= 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) & 0x7FFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleChunk:
+    """Consecutive requests of a schedule (of one part: every n-th)."""
+
+    rids: np.ndarray  # int64 global indices, ascending
+    times: np.ndarray  # float64 send times, seconds from the start of sending (session seconds), ascending
+    classes: np.ndarray  # class index (into scenario.classes) of each
+    items: list[PromptItem]  # the prompt of each
+
+    def __len__(self) -> int:
+        return int(self.rids.size)
+
+
+class Schedule:
+    """The seeded schedule of ``scenario`` (see the module doc). ``len()`` is this part's request count;
+    ``total`` the whole schedule's. ``items``: the classes' prompt sets when already loaded."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        items: Sequence[Sequence[PromptItem]] | None = None,
+        *,
+        chunk: int = CHUNK,
+    ) -> None:
+        self.scenario = scenario
+        self.items = list(items) if items is not None else load_scenario_prompts(scenario)
+        self._mix = PromptMix(scenario.classes, self.items, scenario.seed)
+        self.chunk = max(int(chunk), 1)
+        self.index = 0  # this part's k ...
+        self.parts = 1  # ... of n
+        self._total: int | None = None
+
+    @property
+    def total(self) -> int:
+        """Requests in the whole schedule (one generating pass the first time, when not known up front)."""
+        if self._total is None:
+            sc = self.scenario
+            self._total = schedule_count(sc.arrival, sc.load.num_prompts, sc.load.duration, sc.seed)
+        return self._total
+
+    def __len__(self) -> int:
+        return len(range(self.index, self.total, self.parts))
+
+    def part(self, k: int, n: int) -> Schedule:
+        """Sender ``k``'s share of ``n`` senders: requests ``k, k + n, k + 2n, ...`` (of the whole schedule;
+        a part of a part is not a thing)."""
+        if self.parts != 1:
+            raise ValueError("part() of a schedule that is already a part")
+        if not (isinstance(n, int) and n >= 1 and isinstance(k, int) and 0 <= k < n):
+            raise ValueError(f"part({k!r}, {n!r}): need 0 <= k < n")
+        other = Schedule.__new__(Schedule)
+        other.scenario = self.scenario
+        other.items = self.items
+        other._mix = self._mix
+        other.chunk = self.chunk
+        other.index, other.parts = k, n
+        other._total = self._total
+        return other
+
+    def request_seed(self, rid: int) -> int:
+        return request_seed(self.scenario.seed, rid)
+
+    def chunks(self) -> Iterator[ScheduleChunk]:
+        """This part's requests in order, a chunk at a time; every call starts over (same draws)."""
+        sc = self.scenario
+        total = self.total
+        draws = self._mix.draws(total)
+        k, n = self.index, self.parts
+        base = 0
+        for times in schedule_chunks(sc.arrival, sc.load.num_prompts, sc.load.duration, sc.seed, self.chunk):
+            m = int(times.size)
+            classes, items = draws.take(m)
+            rids = np.arange(base, base + m, dtype=np.int64)
+            base += m
+            if n != 1:
+                keep = np.flatnonzero(rids % n == k)
+                if not keep.size:
+                    continue
+                rids, times, classes = rids[keep], times[keep], classes[keep]
+                items = [items[i] for i in keep.tolist()]
+            yield ScheduleChunk(rids, times, classes, items)
