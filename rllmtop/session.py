@@ -477,7 +477,9 @@ class Session:
             adapter_for(info.engine_kind if info.engine_kind != "unknown" else identity.kind or "vllm"),
             clock=self.clock,
             publish=self.publish,
-            interval=self.plan.scrape_interval,
+            # session seconds: a time-lapse keeps the KV/queue shape (polls K times as often in wall time,
+            # up to 50 a second)
+            interval=max(self.plan.scrape_interval, self.clock.session(0.02)),
             api_key=self.plan.api_key,
         )
         await scraper.run(self._stop)
@@ -629,15 +631,10 @@ def _cancelled_from_outside() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-_TIME_LAPSE = False  # switched on once every source works on the session clock
-
-
 def _clock_speed(plan: SessionPlan) -> float:
     """A launched simulator at speed K runs the session on the simulated clock (wall x K): the schedule,
     timeouts and every recorded time are simulated seconds, so speed K is a time-lapse of speed 1."""
     eng = plan.engine
-    if not _TIME_LAPSE:
-        return 1.0
     if plan.replay_path is None and eng.kind == "sim" and eng.speed > 0 and math.isfinite(eng.speed):
         return float(eng.speed)
     return 1.0
