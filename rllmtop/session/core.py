@@ -41,13 +41,13 @@ from rllmtop.events import (
 from rllmtop.metrics.analysis import AsuSummary, asu_summary, check_slos
 from rllmtop.redact import redact_url
 from rllmtop.scenario import EngineSpec, Scenario
+from rllmtop.session.engines import EngineSide, fit_max_tokens
+from rllmtop.session.load import LoadTarget, Sender, build_sender
 
 if TYPE_CHECKING:
     from rllmtop.engines.launcher import EngineProcess
-    from rllmtop.metrics.scrape import Scraper
     from rllmtop.record.replay import ReplaySource
     from rllmtop.record.store import Recorder
-    from rllmtop.workload.runner import Runner
 
 __all__ = ["Session", "SessionOutcome", "SessionPlan", "default_record_path"]
 
@@ -118,8 +118,9 @@ class Session:
         self.state: SessionState = SessionState.STARTING
         self.replay: ReplaySource | None = None
         self.record_path: str | None = str(plan.record_path) if plan.record_path else None
-        self.runner: Runner | None = None
-        self.engine: EngineProcess | None = None
+        self.runner: Sender | None = None  # whatever sends the schedule (see session/load.py)
+        self.engines: EngineSide | None = None
+        self.engine: EngineProcess | None = None  # the launched engine, if any (engines.engine)
         self._sinks: list[Sink] = []
         self._recorder: Recorder | None = None
         self._records: list[RequestRecord] = []
@@ -127,7 +128,6 @@ class Session:
         self._sink_failure: str | None = None
         self._stop = asyncio.Event()  # ends attach-only sessions and the scraper (re-made in run())
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._scraper: Scraper | None = None
         self._grace_task: asyncio.Task[None] | None = None
         self._detail = ""
         self._interrupted = False
@@ -137,7 +137,6 @@ class Session:
         self._cancelled = False
         self.outcome: SessionOutcome | None = None  # set once run() has torn everything down
         self._error: BaseException | None = None  # an unexpected exception (re-raised under --debug)
-        self._metrics_url = ""
         if plan.replay_path is not None:
             from rllmtop.record.replay import ReplaySource
             from rllmtop.record.store import open_recording
@@ -350,37 +349,29 @@ class Session:
         self._set_state(SessionState.STARTING)
         final = SessionState.DONE
         scrape_task: asyncio.Task[Any] | None = None
+        self.engines = engines = EngineSide(
+            plan.engine,
+            scenario=plan.scenario,
+            clock=self.clock,
+            publish=self.publish,
+            log=self._log,
+            set_state=self._set_state,
+            api_key=plan.api_key,
+            scrape_interval=plan.scrape_interval,
+            extra_engine_args=plan.extra_engine_args,
+        )
         try:
-            base_url, metrics_url = await self._start_engine(info)
-            identity = await self._probe(base_url)
-            model = (plan.scenario.model if plan.scenario and plan.scenario.model else None) or (
-                identity.models[0] if identity.models else ""
-            )
-            if not model and plan.scenario is not None:
-                denied = [w for w in identity.warnings if " 401" in w or " 403" in w]
-                if denied:
-                    raise UserError(denied[0], "pass the server's key with --api-key KEY or OPENAI_API_KEY")
-                raise UserError(
-                    f"{redact_url(base_url)}/v1/models lists no model",
-                    "pass --model NAME (the served model name)",
+            started = await engines.start(info)
+            self.engine = engines.engine
+            self.publish(started.info)
+            if plan.scenario is not None:
+                sc = fit_max_tokens(
+                    plan.scenario, started.identity, started.model, started.load_url, self._log
                 )
-            kind = self.info.engine_kind if self.info else "unknown"
-            if kind in ("unknown", "") and identity.kind:
-                kind = identity.kind
-            info = dataclasses.replace(
-                self.info or info,
-                engine_kind=kind,
-                engine_version=identity.version or (self.engine.version if self.engine else ""),
-                engine_url=redact_url(base_url),
-                metrics_url=redact_url(metrics_url or identity.metrics_url or f"{base_url}/metrics"),
-                model=model,
-            )
-            self.publish(info)
-            self._fit_max_tokens(identity, model, base_url)
-            self._metrics_url = metrics_url or identity.metrics_url or f"{base_url}/metrics"
-            scrape_task = asyncio.get_running_loop().create_task(self._scrape(info, identity))
+                self.plan = dataclasses.replace(plan, scenario=sc)
+            scrape_task = asyncio.get_running_loop().create_task(engines.watch(self._stop))
             self._set_state(SessionState.RUNNING)
-            final = await self._drive(base_url, model)
+            final = await self._drive(LoadTarget(started.load_url, started.model, plan.api_key))
         except UserError as e:
             final = SessionState.FAILED
             self._detail = e.what
@@ -402,89 +393,7 @@ class Session:
             raise asyncio.CancelledError
         return self.outcome
 
-    def _fit_max_tokens(self, identity: Any, model: str, base_url: str) -> None:
-        """A class asking for more tokens than the engine's context holds would fail with HTTP 400 on every
-        request: refuse with one line naming the class and the limit, or, with ``load.clamp_max_tokens``
-        (``--clamp-max-tokens``), cap it so a prompt still fits, with a warning the recording keeps. Refusing
-        is the default: a clamp changes the experiment (more requests cut at the cap)."""
-        sc = self.plan.scenario
-        lengths = getattr(identity, "max_model_len", None) or {}
-        limit = lengths.get(model) if sc is not None else None
-        if sc is None or limit is None:
-            return
-        reserve = min(512, limit // 4)  # room left for the prompt
-        too_long = [c for c in sc.classes if c.max_tokens > limit - reserve]
-        if not too_long:
-            return
-        where = redact_url(base_url)
-        if not sc.load.clamp_max_tokens:
-            c = too_long[0]
-            more = f" (and {len(too_long) - 1} more class(es))" if len(too_long) > 1 else ""
-            raise UserError(
-                f"class {c.name!r} asks max_tokens {c.max_tokens} but {where} serves {model!r} with "
-                f"max_model_len {limit}{more}: its requests would fail with HTTP 400",
-                f"lower [[classes]] max_tokens to at most {limit - reserve}, or pass --clamp-max-tokens "
-                f"(load.clamp_max_tokens = true) to cap them at {limit - reserve} (recorded)",
-            )
-        cap = limit - reserve
-        classes = tuple(dataclasses.replace(c, max_tokens=cap) if c in too_long else c for c in sc.classes)
-        for c in too_long:
-            self._log(
-                f"class {c.name!r}: max_tokens {c.max_tokens} clamped to {cap} (max_model_len {limit} of "
-                f"{model!r}, {reserve} tokens left for the prompt): more of its requests end at the cap",
-                "warning",
-            )
-        self.plan = dataclasses.replace(self.plan, scenario=dataclasses.replace(sc, classes=classes))
-
-    async def _start_engine(self, info: SessionInfo) -> tuple[str, str | None]:
-        """Launch the engine when the plan says so; return (base_url, metrics_url)."""
-        plan = self.plan
-        eng = plan.engine
-        if eng.kind == "url":
-            if not eng.url:
-                raise UserError("no engine URL to attach to", "pass a URL: rllmtop attach http://HOST:PORT")
-            return eng.url.rstrip("/"), eng.metrics_url
-        from rllmtop.engines.launch_args import build_command, choose_port
-        from rllmtop.engines.launcher import EngineProcess
-
-        seed = plan.scenario.seed if plan.scenario else 0
-        launch = build_command(
-            eng, seed=seed, port=choose_port(eng), model=eng.model, extra_args=plan.extra_engine_args
-        )
-        self.publish(dataclasses.replace(info, launch_command=tuple(launch.redacted_argv)))
-        self.engine = EngineProcess(launch, clock=self.clock, publish=self.publish, name=eng.kind)
-        self._log(f"launching {eng.kind}: {' '.join(launch.redacted_argv)}")
-        await self.engine.start()
-        await self.engine.wait_ready(eng.startup_timeout, progress=self._startup_progress)
-        base_url = self.engine.base_url
-        self._log(f"{eng.kind} ready at {redact_url(base_url)} after {self.clock.now():.1f} s")
-        return base_url, eng.metrics_url
-
-    def _startup_progress(self, elapsed: float, last_line: str) -> None:
-        self._set_state(SessionState.STARTING, f"{elapsed:.0f} s: {last_line[:160]}")
-
-    async def _probe(self, base_url: str) -> Any:
-        from rllmtop.engines.adapters import probe
-
-        return await probe(base_url, self.plan.api_key)
-
-    async def _scrape(self, info: SessionInfo, identity: Any) -> None:
-        from rllmtop.engines.adapters import adapter_for
-        from rllmtop.metrics.scrape import Scraper
-
-        self._scraper = scraper = Scraper(
-            self._metrics_url or info.metrics_url,
-            adapter_for(info.engine_kind if info.engine_kind != "unknown" else identity.kind or "vllm"),
-            clock=self.clock,
-            publish=self.publish,
-            # session seconds: a time-lapse keeps the KV/queue shape (polls K times as often in wall time,
-            # up to 50 a second)
-            interval=max(self.plan.scrape_interval, self.clock.session(0.02)),
-            api_key=self.plan.api_key,
-        )
-        await scraper.run(self._stop)
-
-    async def _drive(self, base_url: str, model: str) -> SessionState:
+    async def _drive(self, target: LoadTarget) -> SessionState:
         """Send the scenario's load (if any) until it ends, the engine dies, or a stop is requested."""
         plan = self.plan
         waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stop.wait())]
@@ -493,22 +402,14 @@ class Session:
             timer = asyncio.ensure_future(asyncio.sleep(self.clock.wall(plan.duration)))
             waits.append(timer)
         died: asyncio.Future[Any] | None = None
-        if self.engine is not None:
-            died = asyncio.ensure_future(self.engine.died.wait())
+        died_event = self.engines.died if self.engines is not None else None
+        if died_event is not None:
+            died = asyncio.ensure_future(died_event.wait())
             waits.append(died)
         run_task: asyncio.Task[None] | None = None
         drain_watch: asyncio.Future[Any] | None = None
         if plan.scenario is not None:
-            from rllmtop.workload.runner import Runner
-
-            self.runner = Runner(
-                plan.scenario,
-                base_url=base_url,
-                model=model,
-                api_key=plan.api_key,
-                clock=self.clock,
-                publish=self.publish,
-            )
+            self.runner = build_sender(plan.scenario, target, clock=self.clock, publish=self.publish)
             run_task = asyncio.get_running_loop().create_task(self.runner.run())
             waits.append(run_task)
             drain_watch = asyncio.ensure_future(self.runner.sending_done.wait())
@@ -523,13 +424,10 @@ class Session:
                         self._set_state(SessionState.DRAINING)
                     continue
                 if died is not None and died in done:
-                    assert self.engine is not None
+                    assert self.engines is not None
                     if self.runner is not None:
                         self.runner.cancel()
-                    code = self.engine.returncode
-                    self._detail = f"engine exited with code {code}"
-                    for line in self.engine.last_lines(20):
-                        self._log(f"engine: {line}", "error")
+                    self._detail = self.engines.death_detail()
                     return SessionState.ENGINE_DIED
                 if timer is not None and timer in done:
                     return SessionState.DONE
@@ -568,25 +466,25 @@ class Session:
                 self._cancelled = self._cancelled or _cancelled_from_outside()
             except Exception:
                 pass
+        engines = self.engines
         if (
-            self._scraper is not None
+            engines is not None
             and final in (SessionState.DONE, SessionState.INTERRUPTED)
             and not self._cancelled
-            and not (self.engine is not None and self.engine.died.is_set())
-        ):  # the engine's final counters, before it goes away
+        ):  # the engines' final counters, before they go away
             try:
-                await asyncio.wait_for(self._scraper.scrape_once(), 5)
+                await asyncio.wait_for(engines.final_scrape(), 5)
             except asyncio.CancelledError:
                 self._cancelled = self._cancelled or _cancelled_from_outside()
             except Exception:
                 pass
         self.tearing_down = True
-        if self.engine is not None:
+        if engines is not None:
             try:
-                await asyncio.shield(self.engine.stop())
+                await asyncio.shield(engines.stop())
             except asyncio.CancelledError:
                 self._cancelled = self._cancelled or _cancelled_from_outside()
-                self.engine.kill_now()  # SIGTERM now; the guard finishes the group off
+                engines.kill_now()  # SIGTERM now; the guard finishes the group off
             except Exception:
                 pass
         if self._cancelled:
