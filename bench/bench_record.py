@@ -46,7 +46,8 @@ from rllmtop.events import (
     StateEvent,
     encode_gaps,
 )
-from rllmtop.record.store import Recorder, open_recording
+from rllmtop.record.reader import open_recording
+from rllmtop.record.writer import Recorder
 
 
 def live_events(rec: RequestRecord, n_progress: int = 6) -> list[RequestEvent]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import synth
 
 from rllmtop.events import LogEvent, SessionState
-from rllmtop.record.store import Recorder
+from rllmtop.record.writer import Recorder
 
 
 def main() -> None:

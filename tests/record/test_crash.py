@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rllmtop.events import SessionState
-from rllmtop.record.store import open_recording
+from rllmtop.record.reader import open_recording
 
 CHILD = Path(__file__).with_name("recorder_child.py")
 

@@ -27,7 +27,8 @@ from rllmtop.events import (
 )
 from rllmtop.metrics.analysis import timeline
 from rllmtop.record.export import export_recording
-from rllmtop.record.store import Recorder, open_recording
+from rllmtop.record.reader import open_recording
+from rllmtop.record.writer import Recorder
 
 NAMES = ["requests", "samples", "histograms", "timeline", "events"]
 

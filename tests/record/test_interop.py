@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rllmtop.record.store import open_recording
+from rllmtop.record.reader import open_recording
 
 SAMPLE = Path(__file__).resolve().parents[2] / "recordings" / "sample.db"
 

@@ -23,8 +23,10 @@ from rllmtop.events import (
     SessionState,
     StateEvent,
 )
+from rllmtop.record.reader import Recording, open_recording
+from rllmtop.record.rebuild import request_events
 from rllmtop.record.replay import ReplaySource
-from rllmtop.record.store import Recorder, Recording, open_recording, request_events
+from rllmtop.record.writer import Recorder
 
 
 @pytest.fixture
