@@ -27,6 +27,7 @@ from rllmtop.events import (
     RequestRecord,
     RequestStatus,
     SessionInfo,
+    SessionState,
     StateEvent,
     WorkerEvent,
     decode_gaps,
@@ -38,6 +39,7 @@ from rllmtop.redact import redact_argv, redact_text, redact_url
 __all__ = [
     "BAD",
     "INT64",
+    "TIME_LIMIT",
     "Unstorable",
     "as_count",
     "as_finite",
@@ -78,19 +80,22 @@ def _py(v: Any) -> Any:
     return v
 
 
+TIME_LIMIT = 1e10  # seconds (317 years): session times and durations beyond this are not plausible
+
+
 def as_finite(v: Any) -> Any:
-    """A finite float (times, durations); None stays None."""
+    """A finite, plausible float (times, durations: |v| <= TIME_LIMIT); None stays None."""
     if v is None:
         return None
     if v.__class__ is float:
-        return v + 0.0 if math.isfinite(v) else BAD
+        return v + 0.0 if -TIME_LIMIT <= v <= TIME_LIMIT else BAD
     if isinstance(v, bool | str | bytes):
         return BAD
     try:
         f = float(v)
     except (TypeError, ValueError, OverflowError):
         return BAD
-    return f + 0.0 if math.isfinite(f) else BAD
+    return f + 0.0 if -TIME_LIMIT <= f <= TIME_LIMIT else BAD
 
 
 def as_value(v: Any) -> Any:
@@ -143,13 +148,20 @@ def as_flag(v: Any) -> Any:
 
 
 def as_text(v: Any) -> Any:
+    """Text SQLite can hold: a lone surrogate (undecodable bytes from the wire) becomes U+FFFD."""
     if v is None:
         return None
-    if v.__class__ is str:
+    if v.__class__ is not str:
+        if not isinstance(v, str):
+            return BAD
+        v = str.__str__(v)  # a str subclass (numpy str_, an enum): its plain value
+    if v.isascii():
         return v
-    if isinstance(v, str):  # a str subclass (numpy str_, an enum): its plain value
-        return str.__str__(v)
-    return BAD
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return v.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return v
 
 
 def _status(v: Any) -> Any:
@@ -163,6 +175,7 @@ def _status(v: Any) -> Any:
     return BAD
 
 
+_STATES = frozenset(s.value for s in SessionState)
 _CONVERT: dict[str, Callable[[Any], Any]] = {
     "real": as_finite,
     "count": as_count,
@@ -172,37 +185,41 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
 }
 # (field, converter, default when it cannot be stored) for RequestRecord's stored fields, in column order
 _REQ_COLUMNS = [n for n, _ in TABLES["requests"].columns if n not in ("updated_t", "crc")]
-_REQ_PLAN: list[tuple[str, Callable[[Any], Any]]] = []
+_REQ_PLAN: list[tuple[str, Callable[[Any], Any], bool]] = []  # (field, converter, numeric)
 for _name, _kind in TABLES["requests"].columns[1:-2]:
     if _name == "engine":
         continue  # an engines.id, given by the writer
-    _REQ_PLAN.append((_name, _status if _name == "status" else _CONVERT[_kind]))
+    _conv = _status if _name == "status" else _CONVERT[_kind]
+    _REQ_PLAN.append((_name, _conv, _kind in ("real", "count", "int")))
 _ENGINE_POS = _REQ_COLUMNS.index("engine")
 _ERROR_POS = _REQ_COLUMNS.index("error")
 _STATUS_POS = _REQ_COLUMNS.index("status")
 
 
-def _what(v: Any) -> str:
-    if isinstance(v, float):
+def _what(v: Any, numeric: bool = True) -> str:
+    """Why a value could not be stored, in words."""
+    if isinstance(v, float) and numeric:
         return repr(v)
-    if isinstance(v, int) and not isinstance(v, bool):
+    if isinstance(v, int) and not isinstance(v, bool) and numeric:
         return "negative" if v < 0 else "too large"
     return f"a {type(v).__name__}"
 
 
-def request_row(r: RequestRecord, engine: int | None, notes: list[str]) -> list[Any]:
+def request_row(r: RequestRecord, engine: int | None, notes: list[str], rid: int | None = None) -> list[Any]:
     """The stored values of ``r`` in column order, without ``updated_t`` and ``crc``. ``engine`` is the
-    engines.id of ``r.engine``. Unstorable values become NULL with a note (``error`` says so too)."""
-    rid = as_int(getattr(r, "rid", None))
+    engines.id of ``r.engine``; ``rid`` (when given) the key, else ``r.rid``. Unstorable values become
+    NULL with a note (``error`` says so too)."""
+    if rid is None:
+        rid = as_int(getattr(r, "rid", None))
     if rid is BAD or rid is None:
         raise Unstorable(f"a request without a usable index (rid {_what(getattr(r, 'rid', None))})")
     row: list[Any] = [rid]
     bad: list[str] = []
-    for name, conv in _REQ_PLAN:
+    for name, conv, numeric in _REQ_PLAN:
         v = getattr(r, name, None)
         c = conv(v)
         if c is BAD:
-            bad.append(f"{name} was {_what(v)}")
+            bad.append(f"{name} was {_what(v, numeric and not isinstance(v, str))}")
             c = None
         row.append(c)
     row.insert(_ENGINE_POS, engine)
@@ -307,8 +324,8 @@ def event_row(rec: LogEvent | StateEvent) -> list[Any]:
     if rec.__class__ is StateEvent:
         t = time_of(rec.t, "a state change")
         state = as_text(rec.state)
-        if state is BAD or not state:
-            raise Unstorable(f"a state change to {_what(rec.state)}")
+        if state is BAD or state not in _STATES:
+            raise Unstorable(f"a state change to {_what(rec.state, False)}, not a session state")
         detail = as_text(rec.detail)
         return [t, "state", state, None, None, redact_text(detail) if isinstance(detail, str) else ""]
     t = time_of(rec.t, "a log line")
@@ -360,7 +377,9 @@ def worker_row(rec: WorkerEvent, notes: list[str]) -> list[Any]:
         v = getattr(rec, name, None)
         c = conv(v)
         if c is BAD:
-            notes.append(f"worker event at t={t:.3f}: {name} was {_what(v)} (stored as null)")
+            notes.append(
+                f"worker event at t={t:.3f}: {name} was {_what(v, conv is not as_text)} (stored as null)"
+            )
             c = None
         row.append(c)
     if row[-1]:

@@ -85,7 +85,9 @@ def request_events(
         if progress_from > tick:
             tick = math.ceil(progress_from / progress_interval - 1e-9) * progress_interval
         visible = r.t_first_visible
-        while True:
+        budget = 4 * (r.output_tokens + 4) + 64  # iterations: any stored times end the loop
+        while budget > 0:
+            budget -= 1
             nxt = tick if tick < t_end else math.inf
             if visible is not None and visible <= nxt:
                 c = counts.at(visible)
@@ -98,10 +100,21 @@ def request_events(
             if nxt == math.inf:
                 break
             c = counts.at(tick)
+            step = tick + progress_interval
             if c != last:
                 yield RequestEvent(RequestKind.PROGRESS, tick, r.rid, cls, *c, worker=w)
                 last = c
-            tick += progress_interval
+            else:  # nothing moves until the next change: go straight to the first tick at or after it
+                ch = counts.next_change(tick)
+                if visible is not None and visible > tick:
+                    ch = min(ch, visible)
+                if ch == math.inf:
+                    step = math.inf
+                elif ch > step:
+                    step = max(step, math.ceil((ch - 1e-9) / progress_interval) * progress_interval)
+            if not step > tick:
+                break  # times so large that a tick no longer moves them
+            tick = step
     if in_flight:
         final = (r.reasoning_tokens, r.answer_tokens)
         if final != last and t_end >= progress_from:
@@ -154,6 +167,20 @@ class _Counts:
         self.times = times.tolist()
         self.cum_r = cr.astype(np.int64).tolist()
         self.cum_a = ca.astype(np.int64).tolist()
+
+    def next_change(self, t: float) -> float:
+        """A time after ``t`` by which the counts may have changed (never later than the change)."""
+        r = self.r
+        if self.linear:
+            t0 = r.t_first_token or 0.0
+            span = self.t_end - t0
+            total = r.output_tokens
+            if t < t0:
+                return t0
+            k = int(total * (t - t0) / span)
+            return t0 + (k + 1) * span / total - 1e-9 if k < total else math.inf
+        i = bisect.bisect_right(self.times, t + 1e-9)
+        return self.times[i] - 1e-9 if i < len(self.times) else math.inf
 
     def at(self, t: float) -> tuple[int, int]:
         r = self.r

@@ -330,7 +330,14 @@ class Recorder:
             while j < len(batch) and not isinstance(batch[j], _Flush | _Close):
                 j += 1
             if j > i:
-                self._write(batch[i:j])
+                try:
+                    self._write(batch[i:j])
+                except Exception as e:  # a bug: stop recording, keep the file, still honour the markers
+                    with contextlib.suppress(sqlite3.Error):
+                        if self._db.in_transaction:
+                            self._db.execute("ROLLBACK")
+                    if self.error is None:
+                        self._fail(e)
             if j < len(batch):
                 marker = batch[j]
                 if isinstance(marker, _Close):
@@ -414,9 +421,10 @@ class Recorder:
                 [(k, *_meta_value(k, v)) for k, v in b.meta.items()],
             )
             db.execute("COMMIT")
-        except sqlite3.Error as e:
+        except Exception as e:  # sqlite3.Error: disk full, read-only...; anything else: a bug
             with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
             self._fail(e)  # nothing more is written after this, so the ids handed out do not matter
             return
         self._dirty.clear()
@@ -477,33 +485,41 @@ class Recorder:
 
     def _take_request(self, ev: RequestEvent, b: _Batch) -> None:
         kind = ev.kind
-        t = E.time_of(ev.t, f"a {kind} event")
+        ended = kind is RequestKind.DONE or kind is RequestKind.FAILED
+        if ended and ev.record is not None:  # the record is what matters: a bad event time costs nothing
+            t = E.as_finite(ev.t)
+            t = self._last_t if t is E.BAD or t is None else t
+        else:
+            t = E.time_of(ev.t, f"a {kind} event")
         rid = ev.rid
         if rid.__class__ is not int:
             rid = E.as_int(rid)
             if rid is E.BAD or rid is None:
                 raise E.Unstorable(f"a {kind} event without a usable request index")
-        if kind is RequestKind.DONE or kind is RequestKind.FAILED:
-            live = self._live.pop(rid, None)
+        if ended:
             r = ev.record
+            row: list[Any] | None = None
+            gaps = b""
             if r is not None:
                 notes: list[str] = []
-                row = E.request_row(r, self._engine_of(r.engine, b), notes)
-                if row[0] != rid:
-                    self._live.pop(row[0], None)
-                    rid = row[0]
-                gaps = E.gaps_of(r, notes)
+                try:
+                    row = E.request_row(r, self._engine_of(getattr(r, "engine", ""), b), notes, rid)
+                except E.Unstorable as e:  # its last known state, ended now (below)
+                    self._drop("requests", f"request {rid}: {e}", b)
+                else:
+                    gaps = E.gaps_of(r, notes)
                 self._noted(notes, "requests", b)
-            elif live is not None:  # an end without its record: the last known state, ended now
-                row = list(live.row)
+            live = self._live.pop(rid, None)
+            if row is None:
+                if live is None:
+                    return  # an end we know nothing about
+                row = list(live.row)  # an end without a usable record: the last known state, ended now
                 row[_POS["t_done"]] = t
                 failed = kind is RequestKind.FAILED
                 row[_POS["status"]] = (RequestStatus.ERROR if failed else RequestStatus.OK).value
-                if failed and ev.detail:
-                    row[_POS["error"]] = redact_text(str(ev.detail))
-                gaps = b""
-            else:
-                return  # an end we know nothing about
+                detail = E.as_text(ev.detail)
+                if failed and isinstance(detail, str) and detail:
+                    row[_POS["error"]] = redact_text(detail)
             self._dirty.discard(rid)
             if self._seen.add(rid):
                 b.new_requests += 1
@@ -525,9 +541,8 @@ class Recorder:
             notes = []
             if start is None:  # a runner that sends no starting facts: what the event says
                 start = RequestRecord(rid=rid, cls=ev.cls, t_scheduled=t, t_sent=t, worker=ev.worker)
-            row = E.request_row(start, self._engine_of(start.engine, b), notes)
+            row = E.request_row(start, self._engine_of(getattr(start, "engine", ""), b), notes, rid)
             self._noted(notes, "requests", b)
-            row[0] = rid
             row[_POS["status"]] = RequestStatus.IN_FLIGHT.value
             row[_POS["t_done"]] = None
             if row[_POS["t_sent"]] is None:
@@ -694,7 +709,7 @@ class Recorder:
         self._warned[kind] = n
         if n <= _WARN_LINES:
             more = " (further ones are counted at the end)" if n == _WARN_LINES else ""
-            line = " ".join(f"recorder: {text}{more}".split())[:300]
+            line = E.as_text(" ".join(f"recorder: {text}{more}".split())[:300])
             self._add_event([self._last_t, "log", None, "rllmtop", "warning", redact_text(line)], b)
 
     # -- failure and the end ----------------------------------------------------------------------------
