@@ -112,7 +112,7 @@ def test_non_finite_times_cost_that_record(tmp_path: Path) -> None:
 def test_negative_token_counts_are_not_stored_as_counts(tmp_path: Path) -> None:
     r = synth.record(0, 0.5, random.Random(4))
     odd = dataclasses.replace(r, reasoning_tokens=-62, answer_tokens=-38, completion_tokens=-100)
-    rec, path = recorded(tmp_path, [synth.done_event(odd)])
+    _rec, path = recorded(tmp_path, [synth.done_event(odd)])
     with open_recording(path) as got:
         (back,) = got.requests()
         assert (back.reasoning_tokens, back.answer_tokens, back.completion_tokens) == (0, 0, None)
