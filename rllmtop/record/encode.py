@@ -205,6 +205,11 @@ def _what(v: Any, numeric: bool = True) -> str:
     return f"a {type(v).__name__}"
 
 
+_FAST = {"real": 1, "count": 2, "int": 3, "text": 4, "bool": 5}
+_REQ_FAST = [(6 if n == "status" else _FAST[dict(TABLES["requests"].columns)[n]]) for n, _, _ in _REQ_PLAN]
+_REQ_GET = operator.attrgetter(*(n for n, _, _ in _REQ_PLAN))
+
+
 def request_row(r: RequestRecord, engine: int | None, notes: list[str], rid: int | None = None) -> list[Any]:
     """The stored values of ``r`` in column order, without ``updated_t`` and ``crc``. ``engine`` is the
     engines.id of ``r.engine``; ``rid`` (when given) the key, else ``r.rid``. Unstorable values become
@@ -214,14 +219,50 @@ def request_row(r: RequestRecord, engine: int | None, notes: list[str], rid: int
     if rid is BAD or rid is None:
         raise Unstorable(f"a request without a usable index (rid {_what(getattr(r, 'rid', None))})")
     row: list[Any] = [rid]
-    bad: list[str] = []
-    for name, conv, numeric in _REQ_PLAN:
-        v = getattr(r, name, None)
-        c = conv(v)
-        if c is BAD:
+    add = row.append
+    bad: list[str] | None = None
+    try:
+        values = _REQ_GET(r)
+    except AttributeError:  # not a RequestRecord: field by field
+        values = tuple(getattr(r, n, None) for n, _, _ in _REQ_PLAN)
+    limit = TIME_LIMIT
+    for v, fast, plan in zip(values, _REQ_FAST, _REQ_PLAN, strict=True):
+        if v is None:
+            add(None)
+            continue
+        c = v.__class__
+        # the usual case, checked inline; anything else goes through its converter
+        if fast == 1:
+            if c is float and -limit <= v <= limit:
+                add(v + 0.0)
+                continue
+        elif fast == 2:
+            if c is int and 0 <= v <= INT64:
+                add(v)
+                continue
+        elif fast == 4:
+            if c is str and v.isascii():
+                add(v)
+                continue
+        elif fast == 6:
+            if c is RequestStatus:
+                add(v._value_)
+                continue
+        elif fast == 5:
+            if c is bool:
+                add(1 if v else 0)
+                continue
+        elif c is int and -INT64 <= v <= INT64:
+            add(v)
+            continue
+        name, conv, numeric = plan
+        x = conv(v)
+        if x is BAD:
+            if bad is None:
+                bad = []
             bad.append(f"{name} was {_what(v, numeric and not isinstance(v, str))}")
-            c = None
-        row.append(c)
+            x = None
+        add(x)
     row.insert(_ENGINE_POS, engine)
     if row[_STATUS_POS] is None:
         row[_STATUS_POS] = RequestStatus.ERROR.value

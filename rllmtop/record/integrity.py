@@ -25,7 +25,7 @@ from rllmtop.record.schema import TABLES
 __all__ = ["IntegrityReport", "verify"]
 
 _COUNTED: tuple[str, ...] = ("requests", "scrapes", "samples", "histograms", "events", "client_health")
-_COUNTED += ("workers", "series", "name_sets", "engines")
+_COUNTED += ("workers", "series", "name_sets", "engines", "metadata")
 _NUMERIC_META = ("started_at", "created_at", "ended_at", "end_t", "speed")
 
 
@@ -66,11 +66,18 @@ class IntegrityReport:
 
 
 def verify(
-    db: sqlite3.Connection, tables: dict[str, tuple[str, ...]], version: int, meta: dict[str, str]
+    db: sqlite3.Connection,
+    tables: dict[str, tuple[str, ...]],
+    version: int,
+    meta: dict[str, str],
+    layout_note: str = "",
 ) -> IntegrityReport:
     """Check every row of the open recording ``db`` (see the module doc). Never raises sqlite3 errors:
-    a table that cannot be read is reported as such."""
+    a table that cannot be read is reported as such. ``layout_note``: the schema version the metadata
+    states does not match the tables (an edited file)."""
     p = D.Problems()
+    if layout_note:
+        p.add("metadata", "schema_version", layout_note)
     rows: Counter[str] = Counter()
     checks = version >= 2
     structure = ""

@@ -139,6 +139,7 @@ def open_recording(path: str | Path) -> Recording:
         db = sqlite3.connect(_ro_uri(p, immutable), uri=True, check_same_thread=False, timeout=BUSY_TIMEOUT)
     except sqlite3.Error as e:
         raise UserError(f"cannot open {p}: {e}", "check the file's permissions") from None
+    db.text_factory = _text  # text that is not UTF-8 (a damaged cell) reads with U+FFFD, not an error
     try:
         tables = _tables(db)
         if "metadata" not in tables:
@@ -169,7 +170,9 @@ def open_recording(path: str | Path) -> Recording:
         check = db.execute("PRAGMA quick_check").fetchone()
         if not check or check[0] != "ok":
             raise sqlite3.DatabaseError(str(check[0]) if check else "quick_check failed")
-        return Recording(p, db, meta, version, tables)
+        layout = 2 if "crc" in tables["metadata"] else 1  # what the tables say, whatever the row says
+        note = "" if layout == version else f"schema_version says {version}, the tables are schema {layout}"
+        return Recording(p, db, meta, layout, tables, note)
     except UserError:
         db.close()
         raise
@@ -179,6 +182,10 @@ def open_recording(path: str | Path) -> Recording:
     except (ValueError, TypeError, OverflowError, MemoryError, RecursionError) as e:
         db.close()
         raise _damaged(p, e) from None
+
+
+def _text(b: bytes) -> str:
+    return str(b, "utf-8", "replace")
 
 
 def _tables(db: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
@@ -251,6 +258,7 @@ class Recording:
         meta: dict[str, str],
         version: int,
         tables: dict[str, tuple[str, ...]],
+        layout_note: str = "",
     ) -> None:
         self.path = path
         self.schema_version = version
@@ -258,6 +266,9 @@ class Recording:
         self._meta = meta
         self._tables = tables
         self._seen = D.Problems()
+        self._layout_note = layout_note
+        if layout_note:
+            self._seen.add("metadata", "schema_version", layout_note)
         v2 = version >= 2
         self._rkey = "rid" if v2 else "id"
         self._engines: dict[int, str] = {}
@@ -492,7 +503,7 @@ class Recording:
     def verify(self) -> IntegrityReport:
         """Read every row once: checksums (schema 2), values, structure, row counts. Never raises for a
         damaged file: what is wrong is in the report."""
-        return verify(self._db, self._tables, self.schema_version, self._meta)
+        return verify(self._db, self._tables, self.schema_version, self._meta, self._layout_note)
 
     def close(self) -> None:
         self._db.close()
@@ -785,6 +796,15 @@ class Recording:
         where = " AND ".join(x for x in (where, eng) if x)
         rows = self._db.execute(self._scrape_sql(where), args).fetchall()
         return self._build_scrapes(rows, full)
+
+    @_guard_iter
+    def iter_scrapes(self, *, engine: str | None = None, chunk: int = 256) -> Iterator[Scrape]:
+        """Every poll with its samples and histograms, in time order, read ``chunk`` scrapes at a time."""
+        if engine is not None and self._engine_where(engine) is None:
+            return
+        for s in self._scrape_stream(-math.inf, math.inf, chunk):
+            if engine is None or s.engine_id == engine:
+                yield s
 
     def _build_scrapes(self, rows: list[tuple[Any, ...]], full: bool) -> list[Scrape]:
         samples: dict[int, list[MetricSample]] = {}

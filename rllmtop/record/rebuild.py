@@ -18,6 +18,7 @@ from rllmtop.events import RequestEvent, RequestKind, RequestRecord, RequestStat
 __all__ = ["PROGRESS_INTERVAL", "request_events", "starting_record"]
 
 PROGRESS_INTERVAL = 0.25  # replayed PROGRESS ticks, on the session-time grid like the live runner's
+_SANE = 1e15  # seconds: beyond this a stored time is damage, and no PROGRESS grid is laid over it
 
 
 def starting_record(r: RequestRecord) -> RequestRecord:
@@ -81,8 +82,11 @@ def request_events(
     if r.t_first_token is not None:
         last = counts.at(r.t_first_token)
         yield RequestEvent(RequestKind.FIRST_TOKEN, r.t_first_token, r.rid, cls, *last, worker=w)
-        tick = (math.floor(r.t_first_token / progress_interval) + 1) * progress_interval
-        if progress_from > tick:
+        if abs(r.t_first_token) <= _SANE and abs(t_end) <= _SANE:
+            tick = (math.floor(r.t_first_token / progress_interval) + 1) * progress_interval
+        else:  # times no session has (a damaged file): no PROGRESS in between
+            tick = math.inf
+        if progress_from > tick and progress_from <= _SANE:
             tick = math.ceil(progress_from / progress_interval - 1e-9) * progress_interval
         visible = r.t_first_visible
         budget = 4 * (r.output_tokens + 4) + 64  # iterations: any stored times end the loop
@@ -177,7 +181,7 @@ class _Counts:
             total = r.output_tokens
             if t < t0:
                 return t0
-            k = int(total * (t - t0) / span)
+            k = int(_share(total, t - t0, span))
             return t0 + (k + 1) * span / total - 1e-9 if k < total else math.inf
         i = bisect.bisect_right(self.times, t + 1e-9)
         return self.times[i] - 1e-9 if i < len(self.times) else math.inf
@@ -188,7 +192,7 @@ class _Counts:
             t0 = r.t_first_token or 0.0
             t1 = self.t_end
             total = r.output_tokens
-            n = max(1, min(total, int(total * (t - t0) / (t1 - t0)))) if t >= t0 else 0
+            n = max(1, min(total, int(_share(total, t - t0, t1 - t0)))) if t >= t0 else 0
             if r.t_first_visible is not None and r.answer_tokens:
                 n = max(n, r.reasoning_tokens + 1) if t >= r.t_first_visible else min(n, r.reasoning_tokens)
             reasoning = min(n, r.reasoning_tokens)
@@ -197,3 +201,11 @@ class _Counts:
         if i < 0:
             return 0, 0
         return self.cum_r[i], self.cum_a[i]
+
+
+def _share(total: int, part: float, whole: float) -> float:
+    """total * part / whole, without overflowing on absurd (damaged) times."""
+    x = total * part
+    if math.isfinite(x):
+        return x / whole
+    return min(part / whole, 1.0) * total

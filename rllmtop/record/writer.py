@@ -60,6 +60,15 @@ MAX_SERIES = 250_000  # a backstop: the scraper caps series per engine well belo
 _WARN_LINES = 5  # log lines per kind of bad value; the rest are counted
 _COLS = TABLES["requests"].names
 _POS = {n: i for i, n in enumerate(_COLS)}
+_P_ANSWER_TOKENS = _POS["answer_tokens"]
+_P_ERROR = _POS["error"]
+_P_REASONING_TOKENS = _POS["reasoning_tokens"]
+_P_STATUS = _POS["status"]
+_P_T_DONE = _POS["t_done"]
+_P_T_FIRST_REASONING = _POS["t_first_reasoning"]
+_P_T_FIRST_TOKEN = _POS["t_first_token"]
+_P_T_FIRST_VISIBLE = _POS["t_first_visible"]
+_P_T_SENT = _POS["t_sent"]
 _REQ_INSERT = f"INSERT OR REPLACE INTO requests VALUES ({', '.join('?' * len(_COLS))})"
 _RID_LIMIT = 1 << 27  # request indices below this are tracked in a bitmap (16 MB at most)
 
@@ -278,10 +287,8 @@ class Recorder:
             ("status", SessionState.RUNNING.value),
             ("status_detail", ""),
             ("created_at", repr(time.time())),
-            ("counts", json.dumps(self._counts, sort_keys=True)),
             *E.info_rows(info),
         ]
-        db.executemany("INSERT OR REPLACE INTO metadata VALUES (?, ?, ?)", [(*r, row_crc(r)) for r in rows])
         b = _Batch()
         self._take_engines(info, b)
         if b.engines:
@@ -290,10 +297,10 @@ class Recorder:
                 list(b.engines.values()),
             )
             self._counts["engines"] += b.new_engines
-            db.execute(
-                "UPDATE metadata SET value = ?, crc = ? WHERE key = 'counts'",
-                _meta_value("counts", json.dumps(self._counts, sort_keys=True)),
-            )
+        self._meta_keys = {k for k, _ in rows} | {"counts"}
+        self._counts["metadata"] = len(self._meta_keys)
+        rows.append(("counts", json.dumps(self._counts, sort_keys=True)))
+        db.executemany("INSERT OR REPLACE INTO metadata VALUES (?, ?, ?)", [(*r, row_crc(r)) for r in rows])
         db.execute("COMMIT")
 
     def _run(self) -> None:
@@ -386,6 +393,8 @@ class Recorder:
             ("name_sets", b.name_sets),
         ):
             counts[name] += len(rows)
+        keys = self._meta_keys | b.meta.keys()
+        counts["metadata"] = len(keys)
         b.meta["counts"] = json.dumps(counts, sort_keys=True)
         try:
             db.execute("BEGIN")
@@ -430,6 +439,7 @@ class Recorder:
         self._dirty.clear()
         self._seen.extra.clear()
         self._counts = counts
+        self._meta_keys = keys
         self.kept_requests = counts["requests"]
         self.kept_scrapes = counts["scrapes"]
         self.kept_t = max(self.kept_t, b.max_t)
@@ -486,11 +496,14 @@ class Recorder:
     def _take_request(self, ev: RequestEvent, b: _Batch) -> None:
         kind = ev.kind
         ended = kind is RequestKind.DONE or kind is RequestKind.FAILED
-        if ended and ev.record is not None:  # the record is what matters: a bad event time costs nothing
-            t = E.as_finite(ev.t)
-            t = self._last_t if t is E.BAD or t is None else t
-        else:
-            t = E.time_of(ev.t, f"a {kind} event")
+        t = ev.t
+        if t.__class__ is not float or not -E.TIME_LIMIT <= t <= E.TIME_LIMIT:
+            if ended and ev.record is not None:  # the record is what matters: a bad event time costs nothing
+                t = E.as_finite(t)
+                t = self._last_t if t is E.BAD or t is None else t
+            else:
+                t = E.time_of(t, f"a {kind} event")
+        t += 0.0
         rid = ev.rid
         if rid.__class__ is not int:
             rid = E.as_int(rid)
@@ -514,12 +527,12 @@ class Recorder:
                 if live is None:
                     return  # an end we know nothing about
                 row = list(live.row)  # an end without a usable record: the last known state, ended now
-                row[_POS["t_done"]] = t
+                row[_P_T_DONE] = t
                 failed = kind is RequestKind.FAILED
-                row[_POS["status"]] = (RequestStatus.ERROR if failed else RequestStatus.OK).value
+                row[_P_STATUS] = (RequestStatus.ERROR if failed else RequestStatus.OK).value
                 detail = E.as_text(ev.detail)
                 if failed and isinstance(detail, str) and detail:
-                    row[_POS["error"]] = redact_text(detail)
+                    row[_P_ERROR] = redact_text(detail)
             self._dirty.discard(rid)
             if self._seen.add(rid):
                 b.new_requests += 1
@@ -543,10 +556,10 @@ class Recorder:
                 start = RequestRecord(rid=rid, cls=ev.cls, t_scheduled=t, t_sent=t, worker=ev.worker)
             row = E.request_row(start, self._engine_of(getattr(start, "engine", ""), b), notes, rid)
             self._noted(notes, "requests", b)
-            row[_POS["status"]] = RequestStatus.IN_FLIGHT.value
-            row[_POS["t_done"]] = None
-            if row[_POS["t_sent"]] is None:
-                row[_POS["t_sent"]] = t
+            row[_P_STATUS] = RequestStatus.IN_FLIGHT.value
+            row[_P_T_DONE] = None
+            if row[_P_T_SENT] is None:
+                row[_P_T_SENT] = t
             self._live[rid] = _Live(row, t)
             self._dirty.add(rid)
             if self._seen.add(rid):
@@ -566,21 +579,26 @@ class Recorder:
             self._warn("progress", f"request {rid}: {kind} with negative token counts: ignored", b)
             return
         if kind is RequestKind.FIRST_TOKEN:
-            if row[_POS["t_first_token"]] is None:
-                row[_POS["t_first_token"]] = t
-            if r_tokens and row[_POS["t_first_reasoning"]] is None:
-                row[_POS["t_first_reasoning"]] = t
+            if row[_P_T_FIRST_TOKEN] is None:
+                row[_P_T_FIRST_TOKEN] = t
+            if r_tokens and row[_P_T_FIRST_REASONING] is None:
+                row[_P_T_FIRST_REASONING] = t
         elif kind is RequestKind.FIRST_VISIBLE:
-            if row[_POS["t_first_visible"]] is None:
-                row[_POS["t_first_visible"]] = t
-            if row[_POS["t_first_token"]] is None:
-                row[_POS["t_first_token"]] = t
-        row[_POS["reasoning_tokens"]] = max(r_tokens, row[_POS["reasoning_tokens"]] or 0)
-        row[_POS["answer_tokens"]] = max(a_tokens, row[_POS["answer_tokens"]] or 0)
+            if row[_P_T_FIRST_VISIBLE] is None:
+                row[_P_T_FIRST_VISIBLE] = t
+            if row[_P_T_FIRST_TOKEN] is None:
+                row[_P_T_FIRST_TOKEN] = t
+        if r_tokens > (row[_P_REASONING_TOKENS] or 0):  # counts never go down
+            row[_P_REASONING_TOKENS] = r_tokens
+        if a_tokens > (row[_P_ANSWER_TOKENS] or 0):
+            row[_P_ANSWER_TOKENS] = a_tokens
         if t > live.updated_t:
             live.updated_t = t
         self._dirty.add(rid)
-        self._seen_t(t, b)
+        if t > b.max_t:
+            b.max_t = t
+            if t > self._last_t:
+                self._last_t = t
 
     def _take_scrape(self, rec: Scrape, b: _Batch) -> None:
         t = E.time_of(rec.t, "a scrape")
@@ -758,6 +776,9 @@ class Recorder:
                 ("ended_at", repr(time.time())),
                 ("end_t", repr(float(end_t))),
             ]
+            # the rows of the last commit (a failed batch was rolled back), and the metadata keys now
+            counts = {**self._counts, "metadata": len(self._meta_keys | {k for k, _ in rows})}
+            rows.append(("counts", json.dumps(counts, sort_keys=True)))
             db.execute("BEGIN")
             db.executemany(
                 "INSERT OR REPLACE INTO metadata VALUES (?, ?, ?)", [(k, *_meta_value(k, v)) for k, v in rows]

@@ -315,13 +315,48 @@ def test_disk_full_is_a_clear_error_and_keeps_what_was_written(tmp_path: Path) -
         rec.handle(synth.done_event(synth.record(i, i * 0.01, rng)))
     rec.flush()
     assert len(errors) == 1 and "disk is full" in errors[0].what and str(path) in errors[0].what
+    assert rec.error is errors[0] and (rec.kept_requests, rec.kept_scrapes) == (5, 0)
+    assert rec.kept_t == pytest.approx(max(r.t_done or 0 for r in first))
+    assert "kept 5 requests and 0 scrapes up to t=" in errors[0].what
     rec.handle(synth.done_event(synth.record(99999, 50.0, rng)))  # ignored from now on
+    assert not rec._q  # nothing is queued after the failure: memory stays flat
     with pytest.raises(UserError) as e:
         rec.close(SessionState.DONE, "finished")
     assert "disk is full" in e.value.what and "free some space" in e.value.hint
     with open_recording(path) as got:
         assert got.requests() == first
         assert got.status is SessionState.DONE and "disk is full" in got.status_detail
+        assert got.verify().ok  # what was kept is whole
+
+
+class _GoesReadOnly(Recorder):
+    """A recorder whose file stops accepting writes mid-run (a remount read-only, a revoked permission)."""
+
+    def make_read_only(self) -> None:
+        self._db.execute("PRAGMA query_only = ON")
+
+
+def test_a_file_that_becomes_read_only_stops_the_recording_with_what_was_kept(tmp_path: Path) -> None:
+    path = tmp_path / "ro.db"
+    errors: list[UserError] = []
+    rec = _GoesReadOnly(path, synth.info(), on_error=errors.append)
+    rng = random.Random(6)
+    kept = [synth.record(i, i * 0.01, rng) for i in range(7)]
+    for r in kept:
+        rec.handle(synth.done_event(r))
+    rec.handle(synth.scrape(0.05, 1))
+    rec.flush()
+    rec.make_read_only()
+    rec.handle(synth.done_event(synth.record(7, 1.0, rng)))
+    rec.flush()
+    assert len(errors) == 1 and "read-only" in errors[0].what
+    assert (rec.kept_requests, rec.kept_scrapes) == (7, 1)
+    with pytest.raises(UserError):
+        rec.close(SessionState.DONE)
+    assert len(errors) == 1  # on_error once, even though the close could not write either
+    with open_recording(path) as got:
+        assert got.requests() == kept and got.status is SessionState.INCOMPLETE
+        assert got.verify().ok
 
 
 def test_a_request_row_is_small(tmp_path: Path) -> None:
