@@ -184,7 +184,7 @@ def test_the_v2_tables_are_exported(tmp_path: Path) -> None:
     from test_schema2 import A, B, full_record, write
 
     path = tmp_path / "v2.db"
-    r, out = write(path)
+    r, _out = write(path)
     export_recording(path, "jsonl", tmp_path / "j")
     load = lambda n: [json.loads(x) for x in (tmp_path / "j" / f"{n}.jsonl").read_text().splitlines()]  # noqa: E731
     (req,) = load("requests")
