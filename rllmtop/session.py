@@ -24,6 +24,7 @@ from rllmtop import __version__
 from rllmtop.clock import Clock
 from rllmtop.errors import UserError
 from rllmtop.events import (
+    ENDED,
     TERMINAL_STATES,
     LogEvent,
     Record,
@@ -137,8 +138,8 @@ class Session:
         return self.replay.now() if self.replay is not None else self.clock.now()
 
     def publish(self, rec: Record) -> None:
-        if isinstance(rec, RequestEvent) and rec.record is not None:
-            self._records.append(rec.record)
+        if isinstance(rec, RequestEvent) and rec.kind in ENDED and rec.record is not None:
+            self._records.append(rec.record)  # SENT carries the starting record: only final ones count
         elif isinstance(rec, Reset):
             self._records.clear()
         elif isinstance(rec, StateEvent):
