@@ -1,8 +1,9 @@
 """Encodings shared by the writer and the reader: labels, bucket counts, bounds, and row checksums.
 
-A row's checksum is ``zlib.crc32`` of ``repr()`` of the row's stored values as a tuple (then of its blobs).
-``repr`` is canonical for exactly the types the writer binds (int, float, str, bytes, None): SQLite gives
-back the same values, so the reader recomputes the same checksum from what it reads. The writer therefore
+A row's checksum is ``zlib.crc32`` of ``marshal.dumps(row, 2)`` of the row's stored values as a tuple
+(then of its blobs). Marshal format 2 is canonical for exactly the types the writer binds (int, float,
+str, bytes, None): no back-references, no interning flags, floats as their 8 bytes. SQLite gives back the
+same values, so the reader recomputes the same checksum from what it reads. The writer therefore
 binds nothing else (no bools, enums, numpy scalars or NaN: NaN is stored as NULL, -0.0 as 0.0), and a
 REAL column always gets a float (SQLite may keep an integral REAL as an integer on disk; it reads back as
 a float either way).
@@ -13,6 +14,7 @@ Decoders never raise: a value they cannot read gives None and the caller records
 from __future__ import annotations
 
 import json
+import marshal
 import math
 import zlib
 from array import array
@@ -33,9 +35,19 @@ __all__ = [
 ]
 
 
+_FORMAT = 2  # marshal format: 3 and later add back-references and interning flags (not canonical)
+
+
+def _canon(values: Any) -> bytes:
+    try:
+        return marshal.dumps(values, _FORMAT)
+    except ValueError:  # a type marshal cannot write (a damaged file's odd value): its text
+        return repr(values).encode("utf-8", "surrogatepass")
+
+
 def row_crc(row: Sequence[Any], *blobs: bytes | None) -> int:
     """Checksum of one stored row (without its crc column) and any blobs that belong to it."""
-    c = zlib.crc32(repr(tuple(row)).encode("utf-8", "surrogatepass"))
+    c = zlib.crc32(_canon(tuple(row)))
     for b in blobs:
         if b:
             c = zlib.crc32(b, c)
@@ -49,11 +61,12 @@ def scrape_crc(
 ) -> int:
     """Checksum of a scrape row, its samples ``(series, value)`` and histograms ``(series, counts, sum,
     count)``, each in series order."""
-    c = zlib.crc32(repr(tuple(row)).encode("utf-8", "surrogatepass"))
-    c = zlib.crc32(repr(tuple(samples)).encode(), c)
+    c = zlib.crc32(_canon(tuple(row)))
+    c = zlib.crc32(_canon(tuple(samples)), c)
     for sid, counts, s, n in hists:
-        c = zlib.crc32(repr((sid, s, n)).encode(), c)
-        c = zlib.crc32(counts, c)
+        c = zlib.crc32(_canon((sid, s, n)), c)
+        if isinstance(counts, bytes):
+            c = zlib.crc32(counts, c)
     return c
 
 

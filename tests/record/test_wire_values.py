@@ -263,3 +263,21 @@ def test_the_fuzzer_reaches_the_checks(tmp_path: Path) -> None:
     assert rec.coerced > 20 and rec.dropped > 20
     db = sqlite3.connect(tmp_path / "f.db")
     assert db.execute("SELECT count(*) FROM events WHERE text LIKE 'recorder:%'").fetchone()[0] > 5
+
+
+def test_the_series_cache_is_bounded(tmp_path: Path) -> None:
+    """10k new series per scrape made 100k series rows with no limit: past the cap, new series are dropped
+    (counted, one warning line per few), known ones keep being recorded."""
+    path = tmp_path / "card.db"
+    rec = Recorder(path, synth.info(), max_series=50)
+    for k in range(4):
+        samples = tuple(
+            MetricSample(float(k), "request_success_total", 1.0, (("id", str(i)),))
+            for i in range(40 * (k + 1))
+        )
+        rec.handle(Scrape(float(k), 0.0, True, "", samples))
+    rec.close(SessionState.DONE)
+    assert len(rec._series) == 50 and rec.dropped == 30 + 70 + 110
+    with open_recording(path) as got:
+        assert [len(s.samples) for s in got.scrapes(full=True)] == [40, 50, 50, 50]
+        assert any("more than 50 series" in g.text for g in got.logs()) and got.verify().ok
