@@ -3,7 +3,8 @@
 A row's checksum is ``zlib.crc32`` of ``marshal.dumps(row, 2)`` of the row's stored values as a tuple
 (then of its blobs). Marshal format 2 is canonical for exactly the types the writer binds (int, float,
 str, bytes, None): no back-references, no interning flags, floats as their 8 bytes. SQLite gives back the
-same values, so the reader recomputes the same checksum from what it reads. The writer therefore
+same values, so the reader recomputes the same checksum from what it reads. The encoding is part of the
+file format: changing it is a schema change. The writer therefore
 binds nothing else (no bools, enums, numpy scalars or NaN: NaN is stored as NULL, -0.0 as 0.0), and a
 REAL column always gets a float (SQLite may keep an integral REAL as an integer on disk; it reads back as
 a float either way).

@@ -9,8 +9,10 @@ single self-contained database (journal mode DELETE).
 Requests: a SENT event creates the request's row (its starting facts, status ``in_flight``); FIRST_TOKEN,
 FIRST_VISIBLE and PROGRESS update it in memory (tokens so far, first-token times, ``updated_t``) and the
 changed rows are written at each commit; DONE/FAILED replace it with the final record. The writer keeps
-only the requests in flight in memory, so its memory does not grow with finished requests; every
-request sent before the last commit is in the file with its state at that commit.
+only the requests in flight in memory (plus one bit per request index, so the per-table row counts it
+writes for ``verify()`` stay exact), so its memory does not grow with finished requests; every request
+sent before the last commit is in the file with its state at that commit. The series cache is bounded
+(``max_series``, a backstop behind the scraper's per-engine cap).
 
 Values from the wire are checked where they enter (:mod:`rllmtop.record.encode`): a bad value costs one
 sample or one field of one request (stored as NULL, said in the request's ``error`` and in a warning log
