@@ -72,6 +72,7 @@ _P_T_FIRST_TOKEN = _POS["t_first_token"]
 _P_T_FIRST_VISIBLE = _POS["t_first_visible"]
 _P_T_SENT = _POS["t_sent"]
 _REQ_INSERT = f"INSERT OR REPLACE INTO requests VALUES ({', '.join('?' * len(_COLS))})"
+_YIELD_MASK = 255  # the writer thread lets the GIL go every 256 records it converts
 _RID_LIMIT = 1 << 27  # request indices below this are tracked in a bitmap (16 MB at most)
 
 
@@ -366,7 +367,9 @@ class Recorder:
             return  # the recording already failed: keep what is on disk, drop the rest
         t0 = time.perf_counter()
         b = _Batch(max_t=self.kept_t)
-        for rec in recs:
+        for n, rec in enumerate(recs):
+            if n & _YIELD_MASK == _YIELD_MASK:
+                time.sleep(0)  # hand the GIL to the session's loop now and then (not one 5 ms slice)
             try:
                 self._take(rec, b)
             except E.Unstorable as e:
