@@ -21,7 +21,7 @@ from typing import Any
 
 from rllmtop.clock import Clock, Publish
 from rllmtop.events import Reset
-from rllmtop.record.store import Recording, TimedRecord
+from rllmtop.record.reader import Recording, TimedRecord
 
 __all__ = ["MAX_SPEED", "MIN_SPEED", "ReplayClock", "ReplaySource"]
 

@@ -154,7 +154,7 @@ class Session:
 
     def publish(self, rec: Record) -> None:
         if isinstance(rec, RequestEvent) and rec.kind in ENDED and rec.record is not None:
-            self._records.append(rec.record)
+            self._records.append(rec.record)  # SENT carries the starting record: only final ones count
         elif isinstance(rec, Reset):
             self._records.clear()
         elif isinstance(rec, StateEvent):

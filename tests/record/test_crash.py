@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rllmtop.events import SessionState
-from rllmtop.record.store import open_recording
+from rllmtop.record.reader import open_recording
 
 CHILD = Path(__file__).with_name("recorder_child.py")
 
@@ -80,3 +80,64 @@ def test_sigint_and_sigterm_end_as_interrupted_with_everything_flushed(tmp_path:
         assert r.status is SessionState.INTERRUPTED
         assert r.status_detail == f"signal {signal.Signals(sig).name}"
         assert len(r.requests()) == n  # every record handed before the signal is in the file
+
+
+def test_sigkill_with_requests_in_flight_keeps_every_request_sent(tmp_path: Path) -> None:
+    """Before: only ended requests were stored; killed 20 s into a run, 16 of ~180 sent were in the file.
+    Now every request sent before the last commit is there, with its state at that commit."""
+    import time
+
+    from recorder_child import EVERY, LIFE, TICK, inflight_record
+
+    from rllmtop.events import RequestStatus
+
+    path = tmp_path / "inflight.db"
+    proc = start_child(path, "inflight")
+    assert proc.stdout is not None
+    flushed = -1
+    ticks: list[tuple[float, int]] = []  # (when the test read it, tick)
+    try:
+        while True:
+            line = proc.stdout.readline()
+            assert line, f"child ended early with code {proc.wait()}"
+            key, _, value = line.strip().partition("=")
+            if key == "flushed":
+                flushed = int(value)
+            elif key == "tick":
+                ticks.append((time.monotonic(), int(value)))
+            if flushed >= 2 * LIFE and ticks and ticks[-1][0] - ticks[0][0] >= 3.0:
+                break
+    finally:
+        proc.kill()
+        proc.wait(10)
+        killed_at = time.monotonic()
+    assert proc.returncode == -signal.SIGKILL
+    with open_recording(path) as r:
+        assert r.status is SessionState.INCOMPLETE
+        rows = {q.rid: q for q in r.requests()}
+        assert sorted(rows) == list(range(len(rows)))  # a prefix: no request in the middle is lost
+        assert len(rows) > flushed  # every request sent before the last commit we know of ...
+        in_flight = 0
+        for rid in range(flushed + 1):  # ... with its state at that commit (or later)
+            q = rows[rid]
+            assert q.t_sent == rid * TICK and q.cls == inflight_record(rid).cls
+            if rid + LIFE <= flushed:
+                assert q == inflight_record(rid)  # ended before that commit: its final record
+                continue
+            if q.status is RequestStatus.IN_FLIGHT:
+                in_flight += 1
+                at_commit = (flushed - rid) // EVERY * EVERY
+                assert q.reasoning_tokens >= at_commit and q.t_done is None, (rid, q.reasoning_tokens)
+                if at_commit >= EVERY:
+                    assert q.t_first_token == (rid + EVERY) * TICK
+            else:
+                assert q == inflight_record(rid)
+        assert in_flight >= LIFE // 2  # the kill really caught requests on the wire
+        # the writer's own commits (every 0.5 s) keep what was sent well before the kill, too
+        margin = 2.5
+        old = [tick for when, tick in ticks if when <= killed_at - margin]
+        if old:
+            assert max(old) in rows
+        assert r.verify().ok
+        replayed = [e for e in r.stream() if getattr(e, "rid", None) == flushed]
+        assert replayed and replayed[0].kind.value == "sent" and all(e.kind.value != "done" for e in replayed)

@@ -26,10 +26,11 @@ from rllmtop.events import (
     encode_gaps,
 )
 from rllmtop.metrics.analysis import timeline
-from rllmtop.record.export import export_recording
-from rllmtop.record.store import Recorder, open_recording
+from rllmtop.record.export import TABLES, export_recording
+from rllmtop.record.reader import open_recording
+from rllmtop.record.writer import Recorder
 
-NAMES = ["requests", "samples", "histograms", "timeline", "events"]
+NAMES = list(TABLES)
 
 
 @pytest.fixture
@@ -78,7 +79,13 @@ def test_csv_round_trip(rec_path: Path, tmp_path: Path) -> None:
         assert row["correct"] in ("true", "")
     srows = list(csv.DictReader((tmp_path / "out" / "samples.csv").open()))
     assert len(srows) == len(samples)
-    assert srows[0] == {"t": "0.0", "metric": "requests_running", "labels": "engine=0", "value": "0.0"}
+    assert srows[0] == {
+        "t": "0.0",
+        "engine": "",
+        "metric": "requests_running",
+        "labels": "engine=0",
+        "value": "0.0",
+    }
     assert srows[-1]["value"] == ""  # NaN is an empty cell
     ev = list(csv.DictReader((tmp_path / "out" / "events.csv").open()))
     assert ev[1]["text"] == 'a "quoted", comma line' and ev[0]["state"] == "running"
@@ -168,3 +175,64 @@ def test_the_export_command(rec_path: Path, tmp_path: Path, capsys: pytest.Captu
     assert main(["export", str(tmp_path / "nope.db"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "no such recording" in err and "hint:" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------------ schema 2 and trust
+
+
+def test_the_v2_tables_are_exported(tmp_path: Path) -> None:
+    from test_schema2 import A, B, full_record, write
+
+    path = tmp_path / "v2.db"
+    r, _out = write(path)
+    export_recording(path, "jsonl", tmp_path / "j")
+    load = lambda n: [json.loads(x) for x in (tmp_path / "j" / f"{n}.jsonl").read_text().splitlines()]  # noqa: E731
+    (req,) = load("requests")
+    assert req["engine"] == B and req["worker"] == 3 and req["node"] == "node-b" and req["turn"] == 2
+    assert req["t_start"] == r.t_start and req["connect_s"] == r.connect_s and req["updated_t"] == r.t_done
+    assert req["concurrency_wait"] == pytest.approx(r.concurrency_wait) and "client_wait" not in req
+    assert req["send_lag"] == pytest.approx(r.send_lag) and req["reasoning_mode"] == "field"
+    assert [e["id"] for e in load("engines")] == [A, B] and load("engines")[0]["launched"] is True
+    assert [(s["engine"], s["stale"], s["dropped_series"]) for s in load("scrapes")] == [
+        (A, True, 12),
+        ("", False, 0),
+        (B, False, 0),
+    ]
+    assert load("samples")[0]["engine"] == A and load("histograms")[0]["engine"] == A
+    assert [h["lag_max"] for h in load("client_health")] == [0.004, 0.002]
+    assert [(w["state"], w["pid"]) for w in load("workers")] == [("started", 4242), ("done", None)]
+    meta = json.loads((tmp_path / "j" / "session.json").read_text())
+    assert meta["clock"] == "simulated" and meta["speed"] == 10.0 and meta["load_url"]
+    assert meta["provenance"]["planned_requests"] == 40 and len(meta["engines"]) == 2
+    assert meta["integrity"]["ok"] and meta["integrity"]["checksums"]
+    _ = full_record
+
+
+def test_a_file_whose_content_changed_is_refused_unless_forced(rec_path: Path, tmp_path: Path) -> None:
+    """Before: a changed value was exported as if the file were whole."""
+    import sqlite3
+
+    db = sqlite3.connect(rec_path)
+    db.execute("UPDATE requests SET reasoning_tokens = reasoning_tokens + 1 WHERE rid = 3")
+    db.commit()
+    db.close()
+    with pytest.raises(UserError) as e:
+        export_recording(rec_path, "csv", tmp_path / "x")
+    assert "cannot be trusted" in e.value.what and "1 of 21 requests rows" in e.value.what
+    assert "--force" in e.value.hint and "\n" not in e.value.what and not (tmp_path / "x").exists()
+    files = export_recording(rec_path, "csv", tmp_path / "x", force=True)
+    assert len(files) == len(NAMES) + 1
+    meta = json.loads((tmp_path / "x" / "session.json").read_text())
+    assert meta["integrity"]["ok"] is False and meta["integrity"]["bad_rows"] == {"requests": 1}
+
+
+def test_the_v1_sample_exports_and_says_checksums_are_unavailable(tmp_path: Path) -> None:
+    from test_interop import SAMPLE
+
+    files = export_recording(SAMPLE, "csv", tmp_path / "s")
+    assert [f.name for f in files] == [f"{n}.csv" for n in NAMES] + ["session.json"]
+    meta = json.loads((tmp_path / "s" / "session.json").read_text())
+    assert meta["schema_version"] == 1 and meta["integrity"]["ok"] and not meta["integrity"]["checksums"]
+    assert "checksums are unavailable" in meta["integrity"]["summary"]
+    rows = list(csv.DictReader((tmp_path / "s" / "requests.csv").open()))
+    assert len(rows) == 128 and all(r["t_start"] == "" for r in rows)

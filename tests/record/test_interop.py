@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rllmtop.record.store import open_recording
+from rllmtop.record.reader import open_recording
 
 SAMPLE = Path(__file__).resolve().parents[2] / "recordings" / "sample.db"
 
@@ -32,3 +32,35 @@ def test_sqlite_utils_reads_a_recording() -> None:
     assert meta["app"] == "rllmtop" and meta["status"] == "done"
     rows = list(db.query("select metric, count(*) as n from sample_values group by metric order by metric"))
     assert any(r["metric"] == "kv_cache_usage" and r["n"] > 10 for r in rows)
+
+
+def test_the_v1_sample_replays_and_verifies() -> None:
+    import asyncio
+
+    from rllmtop.events import RequestEvent, RequestKind, Scrape
+    from rllmtop.record.replay import ReplaySource
+
+    with open_recording(SAMPLE) as rec:
+        assert rec.schema_version == 1 and rec.info.engines == () and rec.client_health() == []
+        assert rec.info.provenance is not None  # from the legacy header, read in one place
+        report = rec.verify()
+        assert report.ok and not report.checksums and "checksums are unavailable" in report.summary
+        stream = list(rec.stream())
+        done = [e for e in stream if isinstance(e, RequestEvent) and e.kind is RequestKind.DONE]
+        assert len({e.rid for e in done}) == len([r for r in rec.requests() if r.status.value == "ok"])
+        assert sum(isinstance(e, Scrape) for e in stream) == len(rec.scrapes()) == 125
+        assert {s.engine_id for s in rec.scrapes()} == {""} and rec.samples(engine="") == rec.samples()
+
+        async def replay() -> list[object]:
+            got: list[object] = []
+            src = ReplaySource(rec)
+            src.pause()
+            stop = asyncio.Event()
+            task = asyncio.create_task(src.run(got.append, stop))
+            src.seek(src.duration)
+            await asyncio.wait_for(src.settled(), 30)
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            return got
+
+        assert asyncio.run(replay())[1:] == stream

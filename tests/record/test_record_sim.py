@@ -13,8 +13,8 @@ from rllmtop.commands import build_session
 from rllmtop.engines.adapters import adapter_for
 from rllmtop.events import RequestEvent, RequestKind, RequestStatus, SessionState
 from rllmtop.metrics.prom import parse_scrape
+from rllmtop.record.reader import open_recording
 from rllmtop.record.replay import ReplaySource
-from rllmtop.record.store import open_recording
 from rllmtop.scenario import load_scenario
 from rllmtop.sim.profiles import EngineOptions, load_profile
 from rllmtop.sim.server import ServerOptions, serve_in_background

@@ -23,8 +23,10 @@ from rllmtop.events import (
     SessionState,
     StateEvent,
 )
+from rllmtop.record.reader import Recording, open_recording
+from rllmtop.record.rebuild import request_events
 from rllmtop.record.replay import ReplaySource
-from rllmtop.record.store import Recorder, Recording, open_recording, request_events
+from rllmtop.record.writer import Recorder
 
 
 @pytest.fixture
@@ -281,3 +283,15 @@ def test_progress_from_drops_only_early_progress() -> None:
     prog = [e for e in part if e.kind is RequestKind.PROGRESS]
     assert prog and min(e.t for e in prog) >= 12.0
     assert {e.t for e in prog} <= {e.t for e in full if e.kind is RequestKind.PROGRESS} | {12.0}
+
+
+async def test_a_session_replaying_counts_each_request_once(recording: Recording) -> None:
+    """Rebuilt SENT events carry the starting record (status IN_FLIGHT), as live ones do: a consumer
+    keeping final records must take only the ended ones (``kind in ENDED``)."""
+    from rllmtop.session import Session, SessionPlan
+
+    session = Session(SessionPlan(mode="replay", replay_path=recording.path, replay_speed=64))
+    assert session.replay is not None
+    session.replay.exit_at_end = True
+    outcome = await asyncio.wait_for(session.run(), 30)
+    assert outcome.requests == len(recording.requests()) == 30

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from rllmtop.errors import UserError
 from rllmtop.events import (
+    ENDED,
     HistogramSample,
     LogEvent,
     MetricSample,
@@ -27,12 +28,10 @@ from rllmtop.events import (
     StateEvent,
     encode_gaps,
 )
-from rllmtop.record.store import (
-    SCHEMA_VERSION,
-    Recorder,
-    open_recording,
-    request_events,
-)
+from rllmtop.record.reader import open_recording
+from rllmtop.record.rebuild import request_events
+from rllmtop.record.schema import SCHEMA_VERSION
+from rllmtop.record.writer import Recorder
 from rllmtop.redact import redact_argv, redact_text
 
 
@@ -316,13 +315,48 @@ def test_disk_full_is_a_clear_error_and_keeps_what_was_written(tmp_path: Path) -
         rec.handle(synth.done_event(synth.record(i, i * 0.01, rng)))
     rec.flush()
     assert len(errors) == 1 and "disk is full" in errors[0].what and str(path) in errors[0].what
+    assert rec.error is errors[0] and (rec.kept_requests, rec.kept_scrapes) == (5, 0)
+    assert rec.kept_t == pytest.approx(max(r.t_done or 0 for r in first))
+    assert "kept 5 requests and 0 scrapes up to t=" in errors[0].what
     rec.handle(synth.done_event(synth.record(99999, 50.0, rng)))  # ignored from now on
+    assert not rec._q  # nothing is queued after the failure: memory stays flat
     with pytest.raises(UserError) as e:
         rec.close(SessionState.DONE, "finished")
     assert "disk is full" in e.value.what and "free some space" in e.value.hint
     with open_recording(path) as got:
         assert got.requests() == first
         assert got.status is SessionState.DONE and "disk is full" in got.status_detail
+        assert got.verify().ok  # what was kept is whole
+
+
+class _GoesReadOnly(Recorder):
+    """A recorder whose file stops accepting writes mid-run (a remount read-only, a revoked permission)."""
+
+    def make_read_only(self) -> None:
+        self._db.execute("PRAGMA query_only = ON")
+
+
+def test_a_file_that_becomes_read_only_stops_the_recording_with_what_was_kept(tmp_path: Path) -> None:
+    path = tmp_path / "ro.db"
+    errors: list[UserError] = []
+    rec = _GoesReadOnly(path, synth.info(), on_error=errors.append)
+    rng = random.Random(6)
+    kept = [synth.record(i, i * 0.01, rng) for i in range(7)]
+    for r in kept:
+        rec.handle(synth.done_event(r))
+    rec.handle(synth.scrape(0.05, 1))
+    rec.flush()
+    rec.make_read_only()
+    rec.handle(synth.done_event(synth.record(7, 1.0, rng)))
+    rec.flush()
+    assert len(errors) == 1 and "read-only" in errors[0].what
+    assert (rec.kept_requests, rec.kept_scrapes) == (7, 1)
+    with pytest.raises(UserError):
+        rec.close(SessionState.DONE)
+    assert len(errors) == 1  # on_error once, even though the close could not write either
+    with open_recording(path) as got:
+        assert got.requests() == kept and got.status is SessionState.INCOMPLETE
+        assert got.verify().ok
 
 
 def test_a_request_row_is_small(tmp_path: Path) -> None:
@@ -420,17 +454,26 @@ def test_rebuilt_events_are_monotone_and_end_with_the_record(r: RequestRecord) -
     ev = list(request_events(r))
     assert [e.t for e in ev] == sorted(e.t for e in ev)
     last = (0, 0)
-    for e in ev[:-1]:
+    for e in ev:
         assert e.reasoning_tokens >= last[0] and e.answer_tokens >= last[1]
         assert e.reasoning_tokens <= r.reasoning_tokens and e.answer_tokens <= r.answer_tokens
         last = (e.reasoning_tokens, e.answer_tokens)
     end = ev[-1]
-    assert end.record is r and end.t == r.t_done
-    assert end.kind is (RequestKind.DONE if r.status is RequestStatus.OK else RequestKind.FAILED)
+    if r.status is RequestStatus.IN_FLIGHT:  # still on the wire at the last commit: no end event
+        assert not any(e.kind in ENDED for e in ev) and all(
+            e.record is None or not e.record.ended for e in ev
+        )
+        assert (end.reasoning_tokens, end.answer_tokens) == (r.reasoning_tokens, r.answer_tokens)
+    else:
+        assert end.record is r and end.t == r.t_done
+        assert end.kind is (RequestKind.DONE if r.status is RequestStatus.OK else RequestKind.FAILED)
     assert (RequestKind.QUEUED in [e.kind for e in ev]) == (r.t_sent > r.t_dispatch)  # type: ignore[operator]
     kinds = [e.kind for e in ev]
     assert kinds.count(RequestKind.FIRST_TOKEN) == 1
     assert kinds.count(RequestKind.FIRST_VISIBLE) == (1 if r.t_first_visible is not None else 0)
+    sent = ev[kinds.index(RequestKind.SENT)]
+    assert sent.record is not None and sent.record.status is RequestStatus.IN_FLIGHT
+    assert sent.record.t_sent == r.t_sent and sent.record.rid == r.rid
 
 
 def test_numpy_numbers_in_records_are_stored_as_numbers(tmp_path: Path) -> None:
@@ -455,20 +498,20 @@ def test_numpy_numbers_in_records_are_stored_as_numbers(tmp_path: Path) -> None:
     assert back.tokens_exact is True
 
 
-def test_an_unstorable_value_stops_the_recording_with_a_clear_error(tmp_path: Path) -> None:
+def test_a_value_sqlite_cannot_hold_costs_that_field_not_the_recording(tmp_path: Path) -> None:
+    """Before: an integer over 64 bits stopped the recording for the rest of the session."""
     good = RequestRecord(rid=1, cls="c", t_scheduled=1.0, t_done=1.5)
-    bad = RequestRecord(
-        rid=2, cls="c", t_scheduled=2.0, t_done=2.5, prompt_tokens=2**70
-    )  # too big for SQLite
+    bad = RequestRecord(rid=2, cls="c", t_scheduled=2.0, t_done=2.5, prompt_tokens=2**70)
+    later = RequestRecord(rid=3, cls="c", t_scheduled=3.0, t_done=3.5)
     path = tmp_path / "bad.db"
     errors: list[UserError] = []
     rec = Recorder(path, synth.info(), on_error=errors.append)
-    rec.handle(RequestEvent(RequestKind.DONE, 1.5, 1, "c", record=good))
-    rec.flush()
-    rec.handle(RequestEvent(RequestKind.DONE, 2.5, 2, "c", record=bad))
-    rec.flush()
-    assert len(errors) == 1 and "recording stopped after t=1.5 s" in errors[0].what
-    with pytest.raises(UserError):
-        rec.close(SessionState.DONE)
+    for r in (good, bad, later):
+        rec.handle(RequestEvent(RequestKind.DONE, r.t_done or 0.0, r.rid, "c", record=r))
+    rec.close(SessionState.DONE)
+    assert errors == [] and rec.error is None and rec.coerced == 1
     with open_recording(path) as got:
-        assert got.requests() == [good] and got.status is SessionState.DONE
+        a, b, c = got.requests()
+        assert a == good and c == later and got.status is SessionState.DONE
+        assert b.prompt_tokens is None and "prompt_tokens was too large" in (b.error or "")
+        assert any("prompt_tokens" in g.text and g.level == "warning" for g in got.logs())
