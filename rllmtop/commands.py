@@ -211,7 +211,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if args.headless:
         from rllmtop.metrics.analysis import asu_summary
-        from rllmtop.record.store import open_recording
+        from rllmtop.record.reader import open_recording
         from rllmtop.summary import text_table
 
         rec = open_recording(path)

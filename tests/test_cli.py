@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rllmtop.events import SessionState
-from rllmtop.record.store import open_recording
+from rllmtop.record.reader import open_recording
 
 FAST = """
 name = "cli-fast"

@@ -21,7 +21,7 @@ CORE = [
     "rllmtop.workload.http",
     "rllmtop.workload.schedule",
     "rllmtop.workload.heartbeat",
-    "rllmtop.record.store",
+    "rllmtop.record.reader",
     "rllmtop.record.replay",
     "rllmtop.record.export",
     "rllmtop.sim.engine",

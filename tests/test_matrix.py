@@ -174,7 +174,7 @@ def test_matrix_on_the_simulator_records_every_cell_and_compares(tmp_path: Path)
     """Two cells on the real simulator (small, fast): recordings, the comparison, the terminal tables."""
     import json
 
-    from rllmtop.record.store import open_recording
+    from rllmtop.record.reader import open_recording
 
     text = SCENARIO.format(matrix='[matrix]\nprofile = ["rllm-7b", "llm-7b"]').replace(
         'name = "easy"', 'name = "easy"\nmax_tokens = 2000'

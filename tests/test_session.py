@@ -12,7 +12,7 @@ import pytest
 from rllmtop.commands import build_session
 from rllmtop.engines.launcher import group_alive
 from rllmtop.events import RequestEvent, RequestKind, SessionState
-from rllmtop.record.store import open_recording
+from rllmtop.record.reader import open_recording
 from rllmtop.scenario import load_scenario
 
 

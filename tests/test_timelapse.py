@@ -13,7 +13,7 @@ import pytest
 from rllmtop.commands import build_session
 from rllmtop.events import SessionState
 from rllmtop.metrics.analysis import asu_summary
-from rllmtop.record.store import open_recording
+from rllmtop.record.reader import open_recording
 from rllmtop.scenario import load_scenario
 
 SCENARIO = """

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -163,8 +164,12 @@ def parse_promql(body: bytes, where: str, kind: str) -> tuple[list[_Series], lis
 
 
 def _show(metric: dict[str, str]) -> str:
-    inner = ",".join(f'{k}="{v}"' for k, v in sorted(metric.items()) if k not in ("__name__", "model_name"))
-    text = f"{metric.get('__name__', '')}{{{inner}}}"
+    """A series for a one-line message: label values escaped (a newline in a label never breaks a line)."""
+    inner = ",".join(
+        f"{k}={json.dumps(v)}" for k, v in sorted(metric.items()) if k not in ("__name__", "model_name")
+    )
+    name = json.dumps(metric.get("__name__", ""))[1:-1]
+    text = f"{name}{{{inner}}}"
     return text if len(text) <= 160 else text[:159] + "…"
 
 

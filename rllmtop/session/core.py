@@ -47,7 +47,7 @@ from rllmtop.session.load import LoadTarget, Sender, build_sender
 if TYPE_CHECKING:
     from rllmtop.engines.launcher import EngineProcess
     from rllmtop.record.replay import ReplaySource
-    from rllmtop.record.store import Recorder
+    from rllmtop.record.writer import Recorder
 
 __all__ = ["Session", "SessionOutcome", "SessionPlan", "default_record_path"]
 
@@ -138,8 +138,8 @@ class Session:
         self.outcome: SessionOutcome | None = None  # set once run() has torn everything down
         self._error: BaseException | None = None  # an unexpected exception (re-raised under --debug)
         if plan.replay_path is not None:
+            from rllmtop.record.reader import open_recording
             from rllmtop.record.replay import ReplaySource
-            from rllmtop.record.store import open_recording
 
             self.replay = ReplaySource(open_recording(plan.replay_path))
             self.replay.speed = plan.replay_speed
@@ -336,7 +336,7 @@ class Session:
         plan = self.plan
         info = self._initial_info()
         if plan.record_path is not None:
-            from rllmtop.record.store import Recorder
+            from rllmtop.record.writer import Recorder
 
             loop = asyncio.get_running_loop()
 

@@ -14,16 +14,33 @@ from typing import Protocol
 from rllmtop.clock import Clock, Publish
 from rllmtop.scenario import Scenario
 
-__all__ = ["LoadTarget", "Sender", "build_sender"]
+__all__ = ["Endpoint", "LoadTarget", "Sender", "build_sender"]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One engine the load may be sent to directly (client-side balancing)."""
+
+    engine_id: str  # EngineInfo.id: what RequestRecord.engine says
+    url: str  # base URL serving /v1 (secrets included: never published)
 
 
 @dataclass(frozen=True)
 class LoadTarget:
-    """Where the load goes: one URL (an engine, a router or a gateway), the model to name in requests."""
+    """Where the load goes.
+
+    ``balance == "none"``: every request goes to ``url`` (one engine, a router or a gateway); requests record
+    ``engine = url_engine`` ("" behind a router: which engine served it is unknown). Otherwise the sender
+    balances client-side over ``endpoints`` with that policy ("round_robin": request i goes to endpoint
+    i mod N; "least_in_flight": the endpoint with the fewest requests in flight from this sender, ties to
+    the lowest index) and records each request's engine."""
 
     url: str
     model: str
     api_key: str | None = None
+    url_engine: str = ""  # the EngineInfo.id behind ``url`` when it is one engine ("" for a router)
+    endpoints: tuple[Endpoint, ...] = ()
+    balance: str = "none"  # "none" | "round_robin" | "least_in_flight"
 
 
 class Sender(Protocol):

@@ -15,7 +15,7 @@ import pytest
 
 from rllmtop.events import RequestStatus, SessionState
 from rllmtop.metrics.analysis import counter_increase
-from rllmtop.record.store import open_recording
+from rllmtop.record.reader import open_recording
 from tools.vllm_cpu import VllmCpuEnv, api_server_command
 
 from .harness import ENGINE_ENV, SERVED_NAME, say

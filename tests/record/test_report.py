@@ -558,7 +558,7 @@ def test_cells_of_one_matrix_are_comparable_even_when_the_cell_varies_the_worklo
 
 
 def test_a_schema_1_recording_is_compared_by_the_provenance_its_reader_gives() -> None:
-    from rllmtop.record.store import open_recording
+    from rllmtop.record.reader import open_recording
 
     with open_recording(SAMPLE) as rec:
         assert rec.schema_version == 1 and rec.info.provenance is not None
@@ -667,7 +667,7 @@ def record_run(path: Path, run: R.RunData) -> Path:
     from itertools import groupby
 
     from rllmtop.events import RequestEvent, RequestKind, Scrape, SessionState, StateEvent
-    from rllmtop.record.store import Recorder
+    from rllmtop.record.writer import Recorder
 
     rec = Recorder(path, run.info)
     rec.handle(run.info)
@@ -683,7 +683,7 @@ def record_run(path: Path, run: R.RunData) -> Path:
 
 
 def test_build_report_from_a_recording_file(tmp_path: Path) -> None:
-    from rllmtop.record.store import open_recording
+    from rllmtop.record.reader import open_recording
 
     path = record_run(tmp_path / "run.db", synth_run())
     index = R.build_report(path, tmp_path / "out")
@@ -778,7 +778,7 @@ async def record_on_sim(tmp_path: Path, name: str, overrides: dict[str, object] 
 
 
 async def test_report_from_a_simulator_recording(tmp_path: Path) -> None:
-    from rllmtop.record.store import open_recording
+    from rllmtop.record.reader import open_recording
 
     path = await record_on_sim(tmp_path, "rllm")
     index = R.build_report(path, tmp_path / "out")

@@ -10,7 +10,7 @@ from tui_helpers import until
 
 from rllmtop.commands import build_session
 from rllmtop.events import SessionState
-from rllmtop.record.store import open_recording
+from rllmtop.record.reader import open_recording
 from rllmtop.scenario import EngineSpec, load_scenario
 from rllmtop.tui.app import build_app
 

@@ -11,7 +11,7 @@ from tui_helpers import screen_text, until
 
 from rllmtop.commands import build_session
 from rllmtop.events import Phase, SessionState
-from rllmtop.record.store import open_recording
+from rllmtop.record.reader import open_recording
 from rllmtop.scenario import load_scenario
 from rllmtop.tui.app import RllmtopApp, build_app
 from rllmtop.tui.widgets.board import RequestBoard

@@ -248,7 +248,7 @@ def demo_script() -> list[Record]:
 
 def write_recording(path: str, records: list[Record] | None = None) -> None:
     """Record ``records`` (default :func:`demo_script`) with the real recorder."""
-    from rllmtop.record.store import Recorder
+    from rllmtop.record.writer import Recorder
 
     recs = demo_script() if records is None else records
     first = recs[0]

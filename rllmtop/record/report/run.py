@@ -97,7 +97,7 @@ def _goodput_of(info: SessionInfo) -> dict[str, float]:
 def load_run(path: str | Path, label: str | None = None) -> RunData:
     """Read a recording: requests, the engine series the report draws (per engine for a fleet), the
     client heartbeat, the load start."""
-    from rllmtop.record.store import open_recording
+    from rllmtop.record.reader import open_recording
 
     p = Path(path)
     with open_recording(p) as rec:
