@@ -42,7 +42,7 @@ from rllmtop.metrics.analysis import AsuSummary, asu_summary, check_slos
 from rllmtop.redact import redact_url
 from rllmtop.scenario import EngineSpec, Scenario
 from rllmtop.session.engines import EngineSide, fit_max_tokens
-from rllmtop.session.load import LoadTarget, Sender, build_sender
+from rllmtop.session.load import LoadTarget, Sender, build_sender, sender_notes
 
 if TYPE_CHECKING:
     from rllmtop.engines.launcher import EngineProcess
@@ -433,6 +433,7 @@ class Session:
                     return SessionState.DONE
                 if run_task is not None and run_task in done:
                     run_task.result()  # re-raise runner errors (UserError -> FAILED)
+                    self._detail = self._detail or sender_notes(self.runner)[0]  # e.g. a worker died
                     return SessionState.INTERRUPTED if self._interrupted else SessionState.DONE
                 if self._stop.is_set() and run_task is None:
                     return SessionState.INTERRUPTED
@@ -520,6 +521,7 @@ class Session:
             summary=summary,
             slo_missed=missed,
             requests=len(self._records),
+            warnings=tuple(sender_notes(self.runner)[1]) if self.runner is not None else (),
         )
 
 
