@@ -144,7 +144,8 @@ def encode_items(records: Sequence[Record]) -> list[Any]:
 
 
 def decode_items(items: Sequence[Any], node: str = "") -> list[Record]:
-    """Inverse of :func:`encode_items`; ``node`` (when given) is stamped on every request record."""
+    """Inverse of :func:`encode_items` (it decodes in place: the items are used up); ``node`` (when given)
+    is stamped on every request record."""
     out: list[Record] = []
     append = out.append
     for v in items:
