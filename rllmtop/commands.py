@@ -210,19 +210,15 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         raise UserError(f"--speed {args.speed:g} is out of range", "use a speed from 0.25 to 64")
     path = Path(args.file)
     if args.headless:
-        from rllmtop.metrics.analysis import asu_summary
         from rllmtop.record.reader import open_recording
-        from rllmtop.summary import text_table
+        from rllmtop.session.results import recording_results
+        from rllmtop.summary import format_summary
 
-        rec = open_recording(path)
-        reqs = rec.requests()
-        print(f"{path}: {rec.info.scenario_name or 'session'} on {rec.info.engine_kind}, status {rec.status}")
-        if reqs:
-            s = asu_summary(reqs)
-            print(text_table(s))
-            print(f"stragglers: {s.straggler_rule}")
-        else:
-            print("no requests recorded")
+        with open_recording(path) as rec:
+            info, status = rec.info, rec.status
+        res = recording_results(path)
+        print(f"{path}: {info.scenario_name or 'session'} on {info.engine_kind}, status {status}")
+        print(format_summary(res.summary, res.warnings) if res.requests else "no requests recorded")
         return 0
     session = Session(SessionPlan(mode="replay", replay_path=path, replay_speed=args.speed))
     return _present(session, headless=False)

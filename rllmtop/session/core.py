@@ -15,6 +15,8 @@ import asyncio
 import dataclasses
 import json
 import math
+import shutil
+import tempfile
 import traceback
 import uuid
 from collections.abc import Callable
@@ -32,17 +34,17 @@ from rllmtop.events import (
     LogEvent,
     Record,
     RequestEvent,
-    RequestRecord,
     Reset,
     SessionInfo,
     SessionState,
     StateEvent,
 )
-from rllmtop.metrics.analysis import AsuSummary, asu_summary, check_slos
+from rllmtop.metrics.analysis import AsuSummary
 from rllmtop.redact import redact_url
 from rllmtop.scenario import EngineSpec, Scenario
 from rllmtop.session.engines import EngineSide, fit_max_tokens
 from rllmtop.session.load import LoadTarget, Sender, build_sender
+from rllmtop.session.results import recording_results
 
 if TYPE_CHECKING:
     from rllmtop.engines.launcher import EngineProcess
@@ -123,7 +125,8 @@ class Session:
         self.engine: EngineProcess | None = None  # the launched engine, if any (engines.engine)
         self._sinks: list[Sink] = []
         self._recorder: Recorder | None = None
-        self._records: list[RequestRecord] = []
+        self._scratch: Path | None = None  # the scratch recording's directory under --no-record
+        self._ended = 0  # requests that ended (their records are in the recording, not in memory)
         self._stop_requests = 0
         self._sink_failure: str | None = None
         self._stop = asyncio.Event()  # ends attach-only sessions and the scraper (re-made in run())
@@ -154,9 +157,9 @@ class Session:
 
     def publish(self, rec: Record) -> None:
         if isinstance(rec, RequestEvent) and rec.kind in ENDED and rec.record is not None:
-            self._records.append(rec.record)  # SENT carries the starting record: only final ones count
+            self._ended += 1  # SENT carries the starting record: only final ones count
         elif isinstance(rec, Reset):
-            self._records.clear()
+            self._ended = 0
         elif isinstance(rec, StateEvent):
             self.state = rec.state
         elif isinstance(rec, SessionInfo):
@@ -177,10 +180,6 @@ class Session:
         if state is self.state and not detail:
             return
         self.publish(StateEvent(self.clock.now(), state, detail))
-
-    @property
-    def request_records(self) -> list[RequestRecord]:
-        return self._records
 
     # ------------------------------------------------------------------ control
 
@@ -293,13 +292,15 @@ class Session:
         rec = self.replay
         self.info = rec.recording.info if hasattr(rec, "recording") else None
         await rec.run(self.publish, self._stop)
-        records = self._records
+        assert self.plan.replay_path is not None
+        res = recording_results(self.plan.replay_path)
         return SessionOutcome(
             state=self.state if self.state in TERMINAL_STATES else SessionState.DONE,
             detail="replay",
             record_path=self.plan.replay_path,
-            summary=asu_summary(records) if records else None,
-            requests=len(records),
+            summary=res.summary,
+            requests=res.requests,
+            warnings=res.warnings,
         )
 
     def _initial_info(self) -> SessionInfo:
@@ -335,16 +336,19 @@ class Session:
     async def _run_live(self) -> SessionOutcome:
         plan = self.plan
         info = self._initial_info()
-        if plan.record_path is not None:
-            from rllmtop.record.writer import Recorder
+        from rllmtop.record.writer import Recorder
 
-            loop = asyncio.get_running_loop()
+        record_path = plan.record_path
+        if record_path is None:  # --no-record: a scratch file, so the summary still comes from a recording
+            self._scratch = Path(tempfile.mkdtemp(prefix="rllmtop-"))
+            record_path = self._scratch / "session.db"
+        loop = asyncio.get_running_loop()
 
-            def on_error(e: UserError) -> None:  # called once, from the recorder's writer thread
-                loop.call_soon_threadsafe(self._sink_failed, f"{e.what} ({e.hint})" if e.hint else e.what)
+        def on_error(e: UserError) -> None:  # called once, from the recorder's writer thread
+            loop.call_soon_threadsafe(self._sink_failed, f"{e.what} ({e.hint})" if e.hint else e.what)
 
-            self._recorder = Recorder(plan.record_path, info, on_error=on_error)
-            self._sinks.insert(0, self._recorder.handle)
+        self._recorder = Recorder(record_path, info, on_error=on_error)
+        self._sinks.insert(0, self._recorder.handle)
         self.publish(info)
         self._set_state(SessionState.STARTING)
         final = SessionState.DONE
@@ -389,6 +393,8 @@ class Session:
         finally:
             final = await self._teardown(final, scrape_task)
             self.outcome = self._outcome(final)
+            if self._scratch is not None:
+                shutil.rmtree(self._scratch, ignore_errors=True)
         if self._cancelled:  # torn down and recorded in full; now honour the cancellation
             raise asyncio.CancelledError
         return self.outcome
@@ -507,19 +513,32 @@ class Session:
         return final
 
     def _outcome(self, final: SessionState) -> SessionOutcome:
+        """The summary, SLO verdicts and trust warnings, read back from the recording (a streaming pass: the
+        run itself keeps nothing per finished request)."""
         sc = self.plan.scenario
-        goodput = dict(sc.goodput) if sc is not None and sc.goodput else None
-        summary = asu_summary(self._records, goodput=goodput) if self._records else None
+        path = self._recorder.path if self._recorder is not None else None
+        summary: AsuSummary | None = None
         missed: tuple[str, ...] = ()
-        if summary is not None and sc is not None and sc.slo and final is SessionState.DONE:
-            missed = tuple(check_slos(summary.overall, sc.slo))
+        warnings: tuple[str, ...] = ()
+        n = self._ended
+        if path is not None and path.exists():
+            try:
+                res = recording_results(
+                    path,
+                    goodput=dict(sc.goodput) if sc is not None and sc.goodput else None,
+                    slo=sc.slo if sc is not None and final is SessionState.DONE else None,
+                )
+                summary, missed, warnings, n = res.summary, res.slo_missed, res.warnings, res.requests
+            except UserError as e:  # the recording failed on the way: say so, keep the outcome
+                warnings = (f"no summary: {e.what}",)
         return SessionOutcome(
             state=final,
             detail=self._detail,
             record_path=self.plan.record_path,
             summary=summary,
             slo_missed=missed,
-            requests=len(self._records),
+            requests=n,
+            warnings=warnings,
         )
 
 
