@@ -180,29 +180,6 @@ def draw_timeline(fig: Figure, td: TimelineData) -> str:
     )
 
 
-def _title(
-    sp: RequestSpans, i: int, bounds: dict[str, tuple[np.ndarray, np.ndarray]], stalls: list[str]
-) -> str:
-    cls = sp.classes[int(sp.cls[i])]
-    diff = sp.difficulty[i]
-    who = f"#{int(sp.rid[i])} {cls}" + (f" ({diff})" if diff and diff != cls else "")
-    parts = []
-    for phase in COLORS:
-        a, b = bounds[phase][0][i], bounds[phase][1][i]
-        if not (math.isnan(a) or math.isnan(b)):
-            parts.append(f"{phase} {fmt.seconds(b - a)}")
-    p = sp.prompt_tokens[i]
-    tokens = (
-        f"prompt {fmt.tokens(None if math.isnan(p) else p)} + reasoning {int(sp.reasoning_tokens[i])} + answer "
-        f"{int(sp.answer_tokens[i])} tokens"
-    )
-    end = "in flight" if sp.open[i] else sp.finish[i]
-    text = f"{who}: {', '.join(parts) or 'no phase'}; {end}; {tokens}"
-    if stalls:
-        text += "; " + "; ".join(stalls)
-    return text
-
-
 def timeline_svg(td: TimelineData, path: Path, title: str) -> int:
     """Write the SVG rendering (a group with a hover ``<title>`` per request); returns its size in bytes.
     O(n + stalls); written in one pass."""
@@ -271,30 +248,55 @@ def timeline_svg(td: TimelineData, path: Path, title: str) -> int:
     what = "lanes (requests that never overlap share one)" if td.packed else "requests, in start order"
     out.append(f'<text x="{left}" y="{g_top - 8}">{html.escape(what)}; hover a bar for the request</text>')
     sp = td.spans
-    bounds = sp.phase_bounds()
+    bounds = {k: (a.tolist(), b.tolist()) for k, (a, b) in sp.phase_bounds().items()}
     stalls_of: dict[int, list[tuple[float, float]]] = {}
-    for k in range(sp.stall_row.size):
-        stalls_of.setdefault(int(sp.stall_row[k]), []).append((float(sp.stall_t0[k]), float(sp.stall_t1[k])))
+    for k, a, b in zip(sp.stall_row.tolist(), sp.stall_t0.tolist(), sp.stall_t1.tolist(), strict=True):
+        stalls_of.setdefault(k, []).append((a, b))
     h = f"{max(row_h * 0.8, 0.4):.1f}"
-    for i in range(len(sp)):
-        y = f"{g_top + row_h * float(td.row[i]) + row_h * 0.1:.1f}"
-        stalls = stalls_of.get(i, [])
-        words = [f"stalled {fmt.seconds(b - a)} at {a:.1f} s (likely preemption)" for a, b in stalls]
+    names = [
+        c + (f" ({d})" if d and d != c else "")
+        for c, d in zip((sp.classes[k] for k in sp.cls.tolist()), sp.difficulty, strict=True)
+    ]
+    columns = zip(
+        sp.rid.tolist(),
+        names,
+        td.row.tolist(),
+        sp.status.tolist(),
+        sp.open.tolist(),
+        sp.finish,
+        sp.t_end.tolist(),
+        sp.prompt_tokens.tolist(),
+        sp.reasoning_tokens.tolist(),
+        sp.answer_tokens.tolist(),
+        strict=True,
+    )
+    phases = list(_CSS.items())
+    for i, (rid, name, row, status, opened, finish, t_end, pt, rt, at) in enumerate(columns):
+        y = f"{g_top + row_h * row + row_h * 0.1:.1f}"
         rects = []
-        for phase, css in _CSS.items():
+        parts = []
+        for phase, css in phases:
             a, b = bounds[phase][0][i], bounds[phase][1][i]
-            if math.isnan(a) or math.isnan(b):
+            if a != a or b != b:  # NaN: the phase did not happen
                 continue
+            parts.append(f"{phase} {fmt.seconds(b - a)}")
             rects.append(
                 f'<rect class="{css}" x="{X(a)}" y="{y}" width="{max((b - a) * scale, 0.3):.1f}" height="{h}"/>'
             )
-        for a, b in stalls:
+        words = ""
+        for a, b in stalls_of.get(i, ()):
             rects.append(
                 f'<rect class="s" x="{X(a)}" y="{y}" width="{max((b - a) * scale, 0.5):.1f}" height="{h}"/>'
             )
-        if sp.status[i] in (1, 2):
-            rects.append(f'<rect class="f" x="{X(float(sp.t_end[i]))}" y="{y}" width="1.5" height="{h}"/>')
-        out.append(f"<g><title>{html.escape(_title(sp, i, bounds, words))}</title>{''.join(rects)}</g>")
+            words += f"; stalled {fmt.seconds(b - a)} at {a:.1f} s (likely preemption)"
+        if status in (1, 2):
+            rects.append(f'<rect class="f" x="{X(t_end)}" y="{y}" width="1.5" height="{h}"/>')
+        prompt = fmt.MISSING if pt != pt else f"{pt:.0f}"
+        title = (
+            f"#{rid} {name}: {', '.join(parts) or 'no phase'}; {'in flight' if opened else finish}; prompt "
+            f"{prompt} + reasoning {rt:.0f} + answer {at:.0f} tokens{words}"
+        )
+        out.append(f"<g><title>{html.escape(title)}</title>{''.join(rects)}</g>")
     legend_y = height - 10
     x0 = left
     for phase, color in COLORS.items():
