@@ -276,7 +276,9 @@ def test_stall_rule_marks_long_gaps_against_the_requests_median() -> None:
     sp = A.request_spans([req(1, 0.0, gaps_s=gaps), req(2, 0.0, gaps_s=slow)])
     assert list(sp.stall_row) == [0]
     t6 = 0.1 + sum(gaps[:6])
-    assert sp.stall_t0[0] == pytest.approx(t6, abs=1e-5) and sp.stall_t1[0] == pytest.approx(t6 + 2.0, abs=1e-5)
+    assert sp.stall_t0[0] == pytest.approx(t6, abs=1e-5) and sp.stall_t1[0] == pytest.approx(
+        t6 + 2.0, abs=1e-5
+    )
 
 
 def test_lanes_never_overlap_and_are_as_few_as_the_peak_concurrency() -> None:
