@@ -11,6 +11,9 @@ the SLOs.
   doubling while levels meet the SLOs (halving while they miss), then *bisects* between the highest level
   that met them and the lowest that missed, until the two are within ``--tolerance`` of the former (a
   fraction; concurrencies: within 1), at most ``--max-levels`` levels in all;
+- a concurrency level caps the client at that many requests in flight; when the scenario counts its
+  requests (``load.num_prompts``) they are all due at once (rate inf, a closed loop, as ``vllm bench
+  serve`` runs a concurrency), else the scenario's own arrivals are kept under the cap;
 - a level meets the SLOs when its session ended done, it was not stopped early, and every run-level SLO
   (the scenario's ``[slo]`` and ``--slo``) holds on its recording; goodput is judged on the per-request
   SLOs (``--goodput``, else the scenario's, else those the latency SLOs imply: ``ttfvt_p99 = 30`` ->
@@ -52,6 +55,7 @@ from rllmtop.record.sweep import (
     SweepLevel,
     knee_of,
     level_entry,
+    missed_text,
     sweep_answer,
     sweep_table,
     write_sweep,
@@ -67,6 +71,7 @@ __all__ = [
 ]
 
 AXES = ("rate", "concurrency")
+_RATED = ("gamma", "poisson", "constant")
 MAX_LEVELS = 64
 
 
@@ -158,7 +163,8 @@ def next_level(levels: Sequence[SweepLevel], spec: SweepSpec, start: float) -> t
 
 class SaturationStop:
     """A session sink that stops the level when :class:`SaturationRule` fires: judged on every scrape
-    while the session is running or draining; on firing, a warning in the session's log (recorded) and
+    while the session is sending (RUNNING; a draining level offers no more load, so its queue cannot grow
+    and the goodput of its last, longest requests says nothing of the load); on firing, a warning in the session's log (recorded) and
     ``session.stop(force=True, reason=...)``, which ends the level now with the reason as its status
     detail. ``verdict`` holds what fired (None: it did not)."""
 
@@ -177,7 +183,7 @@ class SaturationStop:
 
     def __call__(self, rec: Record) -> None:
         if isinstance(rec, StateEvent):
-            self._live = rec.state in (SessionState.RUNNING, SessionState.DRAINING)
+            self._live = rec.state is SessionState.RUNNING
             return
         self.monitor.add(rec)
         if not isinstance(rec, Scrape) or not self._live or self.verdict is not None:
@@ -221,13 +227,18 @@ def _out_dir(out: str | Path | None, scenario: Scenario, stamp: str) -> Path:
     return d
 
 
-def _overrides(spec: SweepSpec, value: float, base: Mapping[str, Any]) -> dict[str, Any]:
+def _overrides(
+    spec: SweepSpec, value: float, base: Mapping[str, Any], closed: bool = False
+) -> dict[str, Any]:
+    """The level's overrides over the user's. ``closed``: a concurrency level sends all at once (rate inf),
+    as ``vllm bench serve``'s concurrency runs do."""
     o = dict(base)
     if spec.axis == "rate":
         o["request_rate"] = value
     else:
         o["max_concurrency"] = int(value)
-        o.setdefault("request_rate", math.inf)  # a closed loop: as vllm bench serve's concurrency runs
+        if closed:
+            o.setdefault("request_rate", math.inf)
     return o
 
 
@@ -238,21 +249,7 @@ def _value_label(spec: SweepSpec, v: float) -> str:
 def _level_line(lvl: SweepLevel) -> str:
     from rllmtop import fmt
 
-    if lvl.stopped_early:
-        verdict = f"stopped early: {lvl.stop_reason}"
-    elif lvl.meets_slo:
-        verdict = "met the SLOs"
-    else:
-        verdict = (
-            "missed "
-            + ", ".join(
-                str(m["key"]) + ("" if m.get("value") is None else f" ({m['value']:.3g})")
-                for m in lvl.missed
-                if m.get("limit") is not None
-            )
-            if any(m.get("limit") is not None for m in lvl.missed)
-            else f"missed ({lvl.status})"
-        )
+    verdict = missed_text(lvl)
     return (
         f"{lvl.status}, {lvl.requests} requests, goodput {fmt.rate(lvl.goodput_rps)} req/s, TTFVT p99 "
         f"{fmt.seconds(lvl.ttfvt_p99)}, E2E p99 {fmt.seconds(lvl.e2e_p99)}, KV mean/peak "
@@ -284,6 +281,16 @@ def run_sweep(
     user = dict(overrides or {})
     first_value = spec.grid[0] if spec.grid else None
     base = make(user)  # the scenario as given: a bad file or flag fails here, before anything runs
+    rated = base.arrival.process in _RATED and base.arrival.ramp_up_strategy is None
+    if spec.axis == "rate" and not rated:
+        raise UserError(
+            f"{base.path or base.name}: a rate sweep sets the request rate, but arrival.process = "
+            f"{base.arrival.process!r}" + (" with a ramp-up" if base.arrival.process in _RATED else ""),
+            "sweep --concurrencies instead, or use gamma, poisson or constant arrivals with a rate",
+        )
+    # concurrency levels: all at once (rate inf, a closed loop) when the scenario has a request count and a
+    # rate to replace; else its own arrivals, capped
+    closed = spec.axis == "concurrency" and rated and base.load.num_prompts is not None
     slo = {**dict(base.slo), **dict(spec.slo)}
     if spec.search and not slo:
         raise UserError(
@@ -294,12 +301,10 @@ def run_sweep(
     start = spec.start
     if start is None:
         rate = base.arrival.rate
-        start = rate if spec.axis == "rate" and math.isfinite(rate) and base.arrival.process in (
-            "gamma", "poisson", "constant"
-        ) else 1.0  # fmt: skip
+        start = rate if spec.axis == "rate" and math.isfinite(rate) else 1.0
     if first_value is None:
         first_value = start
-    make(_overrides(spec, first_value, user))  # the first level's overrides are valid for this scenario
+    make(_overrides(spec, first_value, user, closed))  # the first level's overrides are valid
     directory = _out_dir(out_dir, base, stamp)
     doc: dict[str, Any] = {
         "schema": SCHEMA,
@@ -363,9 +368,16 @@ def run_sweep(
                     break
                 value = found
             index += 1
-            lvl, session_code = _run_level(
-                make, spec, user, index, value, total, slo, goodput, directory, api_key, progress
-            )
+            try:
+                lvl, session_code = _run_level(
+                    make, spec, _overrides(spec, value, user, closed), index, value, total, slo, goodput,
+                    directory, api_key, progress,
+                )  # fmt: skip
+            except UserError as e:  # this level's scenario is out of bounds (a search went too far)
+                code = 2
+                why_end = f"level {index} ({_value_label(spec, value)}) could not run: {e.what}"
+                print(f"level {index}/{total}: {why_end}" + (f" ({e.hint})" if e.hint else ""), file=progress)
+                break
             levels.append(lvl)
             doc["clock"], doc["speed"] = _clock_of(directory / lvl.recording, doc)
             save()
@@ -425,7 +437,7 @@ def _clock_of(path: Path, doc: Mapping[str, Any]) -> tuple[str, float]:
 def _run_level(
     make: Callable[[Mapping[str, Any]], Scenario],
     spec: SweepSpec,
-    user: Mapping[str, Any],
+    level_overrides: Mapping[str, Any],
     index: int,
     value: float,
     total: str,
@@ -438,8 +450,7 @@ def _run_level(
     from rllmtop.headless import run_headless
     from rllmtop.session import Session, SessionPlan
 
-    sc = make(_overrides(spec, value, user))
-    sc = replace(sc, slo=dict(slo), goodput=dict(goodput))
+    sc = replace(make(level_overrides), slo=dict(slo), goodput=dict(goodput))
     stem = f"level-{index:02d}-{spec.axis}-{_safe(f'{value:g}')}"
     path = directory / f"{stem}.db"
     print(f"level {index}/{total}: {_value_label(spec, value)} -> {path}", file=progress, flush=True)

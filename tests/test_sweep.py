@@ -160,10 +160,10 @@ def test_answer_is_the_highest_meeting_below_the_lowest_miss_and_notes_noise() -
 def _fake_levels(results: Mapping[float, bool], crash_at: int | None = None, interrupt_at: int | None = None):  # type: ignore[no-untyped-def]
     seen: list[tuple[int, float, int]] = []
 
-    def run_level(make, spec, user, index, value, total, slo, goodput, directory, api_key, progress):  # type: ignore[no-untyped-def]
+    def run_level(make, spec, overrides, index, value, total, slo, goodput, directory, api_key, progress):  # type: ignore[no-untyped-def]
         doc = json.loads((directory / "sweep.json").read_text())
         seen.append((index, value, len(doc["levels"])))  # what was on disk before this level
-        sc = make(S._overrides(spec, value, user))
+        sc = make(overrides)
         assert sc.arrival.rate == value or spec.axis == "concurrency"
         if crash_at == index:
             raise RuntimeError("the machine died")
@@ -229,6 +229,27 @@ def test_progress_says_level_i_of_n_and_the_answer_goes_to_stdout(
     assert read_sweep(tmp_path / "sw")["answer"]["next_value"] == 7.0
 
 
+def test_a_level_whose_scenario_is_out_of_bounds_ends_the_sweep_saying_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, fake = _fake_levels({1.0: True})
+    monkeypatch.setattr(S, "_run_level", fake)
+    monkeypatch.setattr(S, "_clock_of", lambda path, doc: ("wall", 1.0))
+    p = write(tmp_path)
+
+    def make(o: Mapping[str, Any]):  # type: ignore[no-untyped-def]
+        if o.get("request_rate") == 2.0:
+            raise UserError("too many requests planned", "lower it")
+        return load_scenario(str(p), o)
+
+    out = io.StringIO()
+    spec = S.SweepSpec(grid=(1.0, 2.0), slo={"ttfvt_p99": 30}, report=False)
+    assert S.run_sweep(make, spec, out_dir=tmp_path / "sw", out=out, progress=io.StringIO()) == 2
+    doc = read_sweep(tmp_path / "sw")
+    assert doc["status"] == "failed" and "level 2 (rate 2 req/s) could not run: too many" in doc["detail"]
+    assert len(doc["levels"]) == 1 and "highest rate meeting the SLOs: 1 req/s" in out.getvalue()
+
+
 def test_a_search_needs_an_slo_and_owns_the_rate(tmp_path: Path) -> None:
     p = write(tmp_path)
     with pytest.raises(UserError, match="needs an SLO"):
@@ -241,6 +262,54 @@ def test_a_search_needs_an_slo_and_owns_the_rate(tmp_path: Path) -> None:
     assert main(["sweep", str(p), "--search", "max-rate", "--slo", "ttfvt_p95=3"]) == 2
     assert main(["sweep", str(p), "--search", "max-rate", "--slo", "ttfvt_p99=3", "--tolerance", "0"]) == 2
     assert not (tmp_path / "b").exists()  # refused before anything ran
+
+
+def test_concurrency_levels_are_a_closed_loop_when_the_scenario_counts_its_requests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    got: list[tuple[float, int | None]] = []
+
+    def run_level(make, spec, overrides, index, value, *rest):  # type: ignore[no-untyped-def]
+        sc = make(overrides)
+        got.append((sc.arrival.rate, sc.load.max_concurrency))
+        return lvl(index, value, True, concurrency=int(value), rate=None), 0
+
+    monkeypatch.setattr(S, "_run_level", run_level)
+    monkeypatch.setattr(S, "_clock_of", lambda path, doc: ("wall", 1.0))
+    p = write(tmp_path)
+    spec = S.SweepSpec(axis="concurrency", grid=(2.0, 4.0), report=False)
+    S.run_sweep(
+        lambda o: load_scenario(str(p), o),
+        spec,
+        out_dir=tmp_path / "a",
+        out=io.StringIO(),
+        progress=io.StringIO(),
+    )
+    assert got == [(math.inf, 2), (math.inf, 4)]
+    got.clear()
+    q = write(tmp_path, load="duration = 10", name="d.toml")  # no request count: its own arrivals, capped
+    S.run_sweep(
+        lambda o: load_scenario(str(q), o),
+        spec,
+        out_dir=tmp_path / "b",
+        out=io.StringIO(),
+        progress=io.StringIO(),
+    )
+    assert got == [(1.0, 2), (1.0, 4)]
+
+
+def test_a_rate_sweep_needs_arrivals_with_a_rate(tmp_path: Path) -> None:
+    p = tmp_path / "b.toml"
+    p.write_text(SCENARIO.format(speed=SPEED, load="num_prompts = 8").replace(
+        'process = "poisson"\nrate = 1', 'process = "burst"\nburst_size = 4'))  # fmt: skip
+    with pytest.raises(UserError, match="a rate sweep sets the request rate") as ei:
+        S.run_sweep(
+            lambda o: load_scenario(str(p), o),
+            S.SweepSpec(grid=(1.0,)),
+            out_dir=tmp_path / "x",
+            out=io.StringIO(),
+        )
+    assert "--concurrencies" in ei.value.hint and not (tmp_path / "x").exists()
 
 
 def test_an_existing_sweep_directory_is_not_overwritten(tmp_path: Path) -> None:
@@ -286,9 +355,13 @@ async def test_saturation_sink_stops_the_session_once_with_its_reason() -> None:
     assert len(logs) == 1 and logs[0].level == "warning" and "stopping this load level early" in logs[0].text
 
 
-async def test_saturation_sink_judges_nothing_before_the_load_runs() -> None:
+@pytest.mark.parametrize("state", [None, SessionState.STARTING, SessionState.DRAINING])
+async def test_saturation_sink_judges_only_while_the_load_is_sent(state: SessionState | None) -> None:
     fake = _FakeSession()
     sink = S.SaturationStop(fake, SaturationRule(window=5.0))
+    if state is not None:
+        sink(StateEvent(0.0, SessionState.RUNNING))
+        sink(StateEvent(0.0, state))
     for i in range(60):
         t = i * 0.25
         sink(Scrape(t, 0.001, True, samples=(MetricSample(t, "kv_cache_usage", 0.99),
@@ -384,9 +457,13 @@ def test_an_over_saturated_level_stops_early_and_says_why(tmp_path: Path) -> Non
             for lg in rec.logs()
         )
         assert rec.duration < 30 * time_u  # stopped well before the 60 s of sending (plus draining)
-        again = saturation_scan(rec.scrapes(full=True), rec.requests(), rule, offered_rate=d["rate"])
+        states = rec.states()
+        sending = next(st.t for st in states if st.state is SessionState.RUNNING)
+        stop_t = next(st.t for st in states if st.state is SessionState.INTERRUPTED)
+        again = saturation_scan(
+            rec.scrapes(full=True), rec.requests(), rule, offered_rate=d["rate"], sending=(sending, stop_t)
+        )
         assert again.fired and again.clause == "queue"  # the recording, re-judged, gives the same verdict
-        stop_t = next(st.t for st in rec.states() if st.state is SessionState.INTERRUPTED)
         assert again.t <= stop_t
 
 

@@ -2282,9 +2282,12 @@ def saturation_scan(
     *,
     offered_rate: float | None = None,
     goodput: Mapping[str, float] | None = None,
+    sending: tuple[float, float] | None = None,
 ) -> SaturationVerdict:
     """Judge a whole recorded run after the fact: the first moment (a scrape) the rule fires, else a
-    verdict that did not fire at the last scrape. The same monitor as live; O(scrapes x window readings)."""
+    verdict that did not fire at the last scrape. The same monitor as live; O(scrapes x window readings).
+    ``sending``: judge only at scrapes inside (start, end) of the load being sent (a sweep judges a level
+    only while it sends: the RUNNING state); None: at every scrape."""
     mon = SaturationMonitor(rule, offered_rate=offered_rate, goodput=goodput)
     ends = sorted(
         ((r.t_done if r.t_done is not None else (r.t_sent if r.t_sent is not None else r.t_scheduled)), i, r)
@@ -2298,6 +2301,8 @@ def saturation_scan(
             mon.add_request(ends[k][2])
             k += 1
         mon.add(s)
+        if sending is not None and not sending[0] <= s.t <= sending[1]:
+            continue
         last = mon.check(s.t)
         if last.fired:
             return last

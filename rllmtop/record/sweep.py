@@ -59,6 +59,7 @@ __all__ = [
     "is_sweep_dir",
     "knee_of",
     "level_entry",
+    "missed_text",
     "read_sweep",
     "sweep_answer",
     "sweep_table",
@@ -246,6 +247,24 @@ def _slo_text(key: str, value: float | None) -> str:
     return _secs(value)
 
 
+def missed_text(lvl: SweepLevel) -> str:
+    """Why a level did not meet the SLOs, in words: ``missed ttfvt_p99 (31.2 s)``, ``was stopped early
+    (over-saturated: ...)``, ``ended failed``; "met the SLOs" when it did."""
+    if lvl.meets_slo:
+        return "met the SLOs"
+    slo = [m for m in lvl.missed if m.get("limit") is not None]
+    if lvl.stopped_early:
+        text = f"was stopped early ({lvl.stop_reason})"
+        if slo:
+            text += " and missed " + ", ".join(str(m["key"]) for m in slo)
+        return text
+    if lvl.status != "done":
+        return f"ended {lvl.status}"
+    if not lvl.requests:
+        return "ended no request"
+    return "missed " + ", ".join(f"{m['key']} ({_slo_text(str(m['key']), m.get('value'))})" for m in slo)
+
+
 @dataclass(frozen=True)
 class Answer:
     """The highest level meeting the SLOs below the lowest level missing them (the pass/fail edge), and
@@ -267,13 +286,13 @@ class Answer:
         if b is None:
             head = f"no {what} met the SLOs"
             if self.next_up is not None:
-                head += f"; the lowest level, {self.next_up.label}, {self._missed(self.next_up)}"
+                head += f"; the lowest level, {self.next_up.label}, {missed_text(self.next_up)}"
         else:
             head = f"highest {what} meeting the SLOs: {b.label} ({self._facts(b)})"
             if self.next_up is not None:
-                head += f"; next level {self.next_up.label} {self._missed(self.next_up)}"
+                head += f"; next level {self.next_up.label} {missed_text(self.next_up)}"
             else:
-                head += "; no level above it was run, or every one met the SLOs"
+                head += "; every level run met the SLOs (none above it was run)"
         if self.above:
             head += (
                 "; note: "
@@ -293,20 +312,6 @@ class Answer:
             if key != "ttfvt_p99":
                 parts.append(f"{key} {_slo_text(key, v)}")
         return ", ".join(parts)
-
-    @staticmethod
-    def _missed(lvl: SweepLevel) -> str:
-        slo = [m for m in lvl.missed if m.get("limit") is not None]
-        if lvl.stopped_early:
-            text = f"was stopped early ({lvl.stop_reason})"
-            if slo:
-                text += " and missed " + ", ".join(str(m["key"]) for m in slo)
-            return text
-        if lvl.status != "done":
-            return f"ended {lvl.status}"
-        if not lvl.requests:
-            return "ended no request"
-        return "missed " + ", ".join(f"{m['key']} ({_slo_text(str(m['key']), m.get('value'))})" for m in slo)
 
     def as_dict(self) -> dict[str, Any]:
         return {
