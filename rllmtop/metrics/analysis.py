@@ -2314,7 +2314,8 @@ def saturation_scan(
 KNEE_RULE = (
     "the knee is the load level beyond which more offered load buys little more goodput: on the curve of "
     "goodput (requests/s meeting every per-request SLO; completed requests/s without goodput SLOs) against "
-    "the offered load, both scaled to 0..1 over the levels, the level farthest above the straight line from "
+    "the offered load, over the levels that ran to their end (a level stopped early measured only its "
+    "start), both scaled to 0..1, the level farthest above the straight line from "
     "the lowest to the highest level (the Kneedle method); none with fewer than 3 levels or when no level "
     "is more than 0.05 above that line"
 )

@@ -341,8 +341,9 @@ def sweep_answer(levels: Sequence[SweepLevel], axis: str, clock: str = "wall") -
 
 
 def knee_of(levels: Sequence[SweepLevel]) -> SweepLevel | None:
-    """The knee by :data:`rllmtop.metrics.analysis.KNEE_RULE` over the levels (goodput when every level
-    with data has one, else completed requests/s)."""
+    """The knee by :data:`rllmtop.metrics.analysis.KNEE_RULE` over the levels that ran to their end
+    (goodput when they have it, else completed requests/s)."""
+    levels = [lvl for lvl in levels if lvl.status == "done" and not lvl.stopped_early]
     use_goodput = any(lvl.goodput_rps is not None for lvl in levels)
     ys = [lvl.goodput_rps if use_goodput else lvl.request_throughput for lvl in levels]
     i = knee_index([lvl.value for lvl in levels], ys)

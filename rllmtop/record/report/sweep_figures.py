@@ -226,7 +226,8 @@ def _fig_pareto(fig: Figure, sf: SweepFigures) -> str:
     if not have.any():
         ax.text(0.5, 0.5, "no level has both a TTFVT and a throughput", transform=ax.transAxes, ha="center")
     else:
-        front = _pareto_front(tt, tps)
+        whole = np.array([x.status == "done" and not x.stopped_early for x in lv])  # ran to their end
+        front = _pareto_front(np.where(whole, tt, np.nan), tps)
         if front.size:
             ax.plot(tt[front], tps[front], "-", color="#7f7f7f", lw=1.2, zorder=2, label="Pareto front")
         _verdict_points(ax, sf, tt, tps)
@@ -241,12 +242,19 @@ def _fig_pareto(fig: Figure, sf: SweepFigures) -> str:
                     color="#333333",
                 )
         pos = tt[have & (tt > 0)]
-        if pos.size and pos.max() / pos.min() > 50:
+        if pos.size and pos.max() / pos.min() > 10:
             ax.set_xscale("log")
         ax.margins(x=0.1, y=0.1)  # room for the labels of the outermost points
+        top = float(np.nanmax(tt[have]))
         for key, limit in sf.slo.items():
-            if key.startswith("ttfvt_p"):
+            if not key.startswith("ttfvt_p"):
+                continue
+            if limit <= 2 * top:
                 ax.axvline(limit, color=STOPPED, ls="-.", lw=1, label=f"SLO {key} = {limit:g} s")
+            else:  # far right of every level: said in the legend, not drawn (it would squash the points)
+                ax.plot(
+                    [], [], ls="-.", color=STOPPED, lw=1, label=f"SLO {key} = {limit:g} s (beyond the axis)"
+                )
         ax.plot([], [], "o", color=MET, label="met the SLOs")
         ax.plot([], [], "o", mfc="white", mec=MISSED, mew=1.8, label="missed an SLO")
         ax.plot([], [], "x", color=STOPPED, mew=2, label="stopped early")
@@ -260,7 +268,8 @@ def _fig_pareto(fig: Figure, sf: SweepFigures) -> str:
         f"Each point is a load level (labelled with its {'rate' if sf.axis == 'rate' else 'concurrency'}): "
         f"output tokens {sf.per} (reasoning + answer, of requests that ended) against TTFVT p99. The grey "
         "line joins the Pareto front: the levels no other level beats on both (more throughput and a lower "
-        "TTFVT p99)."
+        "TTFVT p99), among the levels that ran to their end (one stopped early measured only its start: its "
+        "TTFVT counts only the requests that finished before the stop)."
     )
 
 
