@@ -8,6 +8,7 @@ rllmtop replay FILE                  replay a recording in the TUI
 rllmtop export FILE --format F       requests, samples and a per-second timeline as CSV/JSONL/Parquet
 rllmtop report FILE                  figures and ASU tables from a recording
 rllmtop compare A.db B.db ...        side-by-side ASU tables, significance tests, overlaid figures
+rllmtop sweep SCENARIO --rates ...   one recorded run per load level; the highest meeting the SLOs
 rllmtop scenarios                    list the shipped scenarios
 rllmtop sim serve|profiles           the simulated reasoning engine on its own
 """
@@ -58,6 +59,32 @@ def _add_load_overrides(p: argparse.ArgumentParser, *, simulator: bool = True, t
         action="store_true",
         help="cap a class's max_tokens at the engine's max_model_len (default: refuse to start)",
     )
+    g.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help="ask the engine to generate max_tokens tokens, ignoring end of sequence (load.ignore_eos)",
+    )
+    g.add_argument(
+        "--ramp-up-strategy",
+        metavar="linear|exponential",
+        help="move the arrival rate from --ramp-up-start-rate to --ramp-up-end-rate over the run",
+    )
+    g.add_argument(
+        "--ramp-up-start-rate",
+        "--ramp-up-start-rps",
+        dest="ramp_up_start_rate",
+        type=float,
+        metavar="R",
+        help="a ramp-up's first rate, requests/s",
+    )
+    g.add_argument(
+        "--ramp-up-end-rate",
+        "--ramp-up-end-rps",
+        dest="ramp_up_end_rate",
+        type=float,
+        metavar="R",
+        help="a ramp-up's last rate, requests/s",
+    )
     if simulator:
         g.add_argument(
             "--speed",
@@ -67,6 +94,31 @@ def _add_load_overrides(p: argparse.ArgumentParser, *, simulator: bool = True, t
         g.add_argument(
             "--profile", help="simulator only: hardware x model profile (see `rllmtop sim profiles`)"
         )
+
+
+def _add_results(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("results (the names `vllm bench serve` uses)")
+    g.add_argument(
+        "--percentile-metrics",
+        metavar="M,M",
+        help="latency columns of the summary: ttft,tpot,itl,e2el,ttfvt (default: TTFT, TTFVT, E2E)",
+    )
+    g.add_argument(
+        "--metric-percentiles",
+        metavar="Q,Q",
+        help="their percentiles, whole numbers, e.g. 25,50,99 (default 50,90,99)",
+    )
+    g.add_argument(
+        "--save-result",
+        action="store_true",
+        help="write a JSON summary with vllm bench serve's key names (times in ms) and rllmtop's own",
+    )
+    g.add_argument("--result-dir", metavar="DIR", help="where --save-result writes (default: here)")
+    g.add_argument(
+        "--result-filename",
+        metavar="NAME",
+        help="its file name (default: rllmtop-<rate>qps[-concurrency<N>]-<model>-<date>.json)",
+    )
 
 
 def _add_output(p: argparse.ArgumentParser, *, headless: bool = True) -> None:
@@ -102,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--matrix", action="store_true", help="run every cell of the scenario's [matrix], then compare"
     )
     _add_load_overrides(p)
+    _add_results(p)
     _add_output(p)
 
     p = sub.add_parser("attach", help="monitor a running vLLM/SGLang server")
@@ -109,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-url", metavar="URL", help="where /metrics lives if not at URL/metrics")
     p.add_argument("--scenario", help="also send this scenario's load to the server (default: watch only)")
     _add_load_overrides(p, simulator=False, target=False)
+    _add_results(p)
     _add_output(p)
 
     p = sub.add_parser(
@@ -135,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up if not ready after S seconds (default: the scenario's engine.startup_timeout, 900)",
     )
     _add_load_overrides(p, simulator=False, target=False)
+    _add_results(p)
     _add_output(p)
 
     p = sub.add_parser("replay", help="replay a recording in the TUI")
@@ -152,8 +207,64 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", metavar="DIR", help="output directory (default: next to FILE, <name>-export/)")
 
-    p = sub.add_parser("report", help="figures and ASU tables from a recording")
-    p.add_argument("file", help="a recording (.db)")
+    p = sub.add_parser(
+        "sweep",
+        help="run a scenario at rising load levels (each recorded); the highest that meets the SLOs",
+        epilog="A search brackets by doubling from --start, then bisects to --tolerance, at most "
+        "--max-levels levels. Each level stops early when the engine is over-saturated (the rule is in "
+        "sweep.json and the report).",
+    )
+    p.add_argument("scenario", help="a scenario file or the name of a shipped one")
+    lv = p.add_mutually_exclusive_group(required=True)
+    lv.add_argument("--rates", metavar="R,R,...", help="request rates to run, requests/s (e.g. 1,2,4,8)")
+    lv.add_argument(
+        "--concurrencies", metavar="N,N,...", help="client concurrency caps to run (e.g. 8,16,32)"
+    )
+    lv.add_argument(
+        "--search",
+        choices=["max-rate", "max-concurrency"],
+        help="search for the highest rate (or concurrency) meeting the SLOs",
+    )
+    p.add_argument(
+        "--slo",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="run-level SLOs a level must meet, as in [slo] (seconds): e.g. --slo ttfvt_p99=30 error_rate=0.01",
+    )
+    p.add_argument(
+        "--start",
+        type=float,
+        metavar="X",
+        help="a search's first level (default: the scenario's rate, else 1 req/s; concurrency 1)",
+    )
+    p.add_argument(
+        "--max-levels", type=int, default=10, metavar="N", help="a search runs at most N levels (default 10)"
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="a search stops when the highest level meeting the SLOs and the lowest missing them are within "
+        "this fraction of the former (default 0.1; concurrencies: within 1)",
+    )
+    p.add_argument(
+        "--out", metavar="DIR", help="the sweep directory (default: recordings/sweep-<scenario>-<UTC>/)"
+    )
+    p.add_argument(
+        "--saturation-window",
+        type=float,
+        metavar="S",
+        help="seconds the over-saturation rule looks back (default 20)",
+    )
+    p.add_argument(
+        "--no-early-stop", action="store_true", help="run every level to its end, even over-saturated"
+    )
+    p.add_argument("--no-report", action="store_true", help="do not write the sweep report at the end")
+    _add_load_overrides(p)
+
+    p = sub.add_parser("report", help="figures and ASU tables from a recording (or a sweep directory)")
+    p.add_argument("file", help="a recording (.db), or a sweep directory (holding sweep.json)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: reports/<name>/)")
     p.add_argument(
         "--goodput", nargs="+", metavar="KEY:SECONDS", help="judge goodput on these SLOs (seconds)"

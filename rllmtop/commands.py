@@ -37,7 +37,46 @@ def _run_controls(scenario: Scenario, args: argparse.Namespace) -> Scenario:
         scenario = dataclasses.replace(
             scenario, load=dataclasses.replace(scenario.load, clamp_max_tokens=True)
         )
+    if getattr(args, "ignore_eos", False):
+        scenario = dataclasses.replace(scenario, load=dataclasses.replace(scenario.load, ignore_eos=True))
+    goodput = _goodput(args)
+    if goodput:  # judged live and kept in the recording's session facts
+        scenario = dataclasses.replace(scenario, goodput=goodput)
     return scenario
+
+
+def _view(args: argparse.Namespace) -> Any:
+    """The summary's latency columns and percentiles (``--percentile-metrics``, ``--metric-percentiles``)."""
+    from rllmtop.summary import PCTS, SummaryView, parse_metric_percentiles, parse_percentile_metrics
+
+    metrics = getattr(args, "percentile_metrics", None)
+    pcts = getattr(args, "metric_percentiles", None)
+    return SummaryView(
+        parse_percentile_metrics(metrics) if metrics else (),
+        parse_metric_percentiles(pcts) if pcts else PCTS,
+    )
+
+
+def _save_result(args: argparse.Namespace, session: Session, view: Any) -> None:
+    """``--save-result``: the run's JSON summary (``vllm bench serve`` key names; see rllmtop.summary)."""
+    if not getattr(args, "save_result", False) or session.info is None:
+        return
+    from rllmtop.summary import result_json, write_result
+
+    outcome = session.outcome
+    sc = session.plan.scenario
+    result = result_json(
+        session.info,
+        session.request_records,
+        goodput=dict(sc.goodput) if sc is not None else None,
+        view=view,
+        status=outcome.state.value if outcome else "",
+        status_detail=outcome.detail if outcome else "",
+        warnings=outcome.warnings if outcome else (),
+        scenario=sc,
+        recording=str(outcome.record_path) if outcome and outcome.record_path else None,
+    )
+    print(f"result: {write_result(result, args.result_dir, args.result_filename)}")
 
 
 def _api_key(args: argparse.Namespace) -> str | None:
@@ -97,11 +136,11 @@ def build_session(
     return Session(plan)
 
 
-def _present(session: Session, headless: bool) -> int:
+def _present(session: Session, headless: bool, view: Any = None) -> int:
     if headless:
         from rllmtop.headless import run_headless
 
-        return run_headless(session)
+        return run_headless(session, view=view)
     from rllmtop.tui.app import build_app
 
     if not sys.stdin.isatty() or not sys.stdout.isatty():
@@ -120,14 +159,22 @@ def _present(session: Session, headless: bool) -> int:
     if isinstance(outcome, SessionOutcome):
         from rllmtop.headless import format_outcome
 
-        print(format_outcome(session, outcome))
+        print(format_outcome(session, outcome, view))
         return outcome.exit_code
     return 0
+
+
+def _present_and_save(args: argparse.Namespace, session: Session, headless: bool) -> int:
+    view = _view(args)
+    code = _present(session, headless, view)
+    _save_result(args, session, view)
+    return code
 
 
 def _cmd_run(args: argparse.Namespace, scenario_ref: str) -> int:
     from rllmtop.scenario import load_scenario
 
+    _view(args)  # a bad --percentile-metrics fails before anything starts
     scenario = _run_controls(load_scenario(scenario_ref, _overrides(args)), args)
     if getattr(args, "matrix", False):
         from rllmtop.matrix import run_matrix
@@ -144,10 +191,11 @@ def _cmd_run(args: argparse.Namespace, scenario_ref: str) -> int:
         api_key=_api_key(args),
         scrape_interval=getattr(args, "scrape_interval", None),
     )
-    return _present(session, args.headless)
+    return _present_and_save(args, session, args.headless)
 
 
 def _cmd_attach(args: argparse.Namespace) -> int:
+    _view(args)
     scenario = None
     if args.scenario:
         from rllmtop.scenario import load_scenario
@@ -163,7 +211,7 @@ def _cmd_attach(args: argparse.Namespace) -> int:
         scrape_interval=args.scrape_interval,
         duration=_watch_duration(args),
     )
-    return _present(session, args.headless)
+    return _present_and_save(args, session, args.headless)
 
 
 def _watch_duration(args: argparse.Namespace) -> float | None:
@@ -174,6 +222,7 @@ def _watch_duration(args: argparse.Namespace) -> float | None:
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
+    _view(args)
     scenario = None
     base = EngineSpec(kind=args.engine)
     if args.scenario:
@@ -202,7 +251,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         extra_engine_args=extra,
         duration=_watch_duration(args),
     )
-    return _present(session, args.headless)
+    return _present_and_save(args, session, args.headless)
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -236,8 +285,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from rllmtop.record.report import build_report
+    from rllmtop.record.sweep import build_sweep_report, is_sweep_dir
 
     path = Path(args.file)
+    if is_sweep_dir(path):
+        print(f"sweep report: {build_sweep_report(path, args.out, goodput=_goodput(args))}")
+        return 0
     out = Path(args.out) if args.out else Path("reports") / path.stem
     index = build_report(path, out, goodput=_goodput(args))
     print(f"report: {index}")
@@ -259,6 +312,57 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     print(c.text)
     print(f"comparison: {c.index}")
     return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from rllmtop.metrics.analysis import SaturationRule, parse_slo
+    from rllmtop.scenario import load_scenario
+    from rllmtop.sweep import MAX_LEVELS, SweepSpec, parse_levels, run_sweep
+
+    axis = "concurrency" if args.concurrencies or args.search == "max-concurrency" else "rate"
+    grid: tuple[float, ...] = ()
+    if args.rates:
+        grid = parse_levels(args.rates, "--rates")
+    elif args.concurrencies:
+        grid = parse_levels(args.concurrencies, "--concurrencies", integer=True)
+    ov = _overrides(args)
+    owned = "request_rate" if axis == "rate" else "max_concurrency"
+    if owned in ov or (axis == "rate" and "ramp_up_strategy" in ov):
+        flag = OVERRIDE_FLAGS["ramp_up_strategy" if owned not in ov else owned]
+        raise UserError(
+            f"{flag} conflicts with the sweep: each level sets its own {axis}",
+            "drop it; the levels come from --rates, --concurrencies or --search",
+        )
+    if not 1 <= args.max_levels <= MAX_LEVELS:
+        raise UserError(f"--max-levels {args.max_levels} is out of range", f"use 1 to {MAX_LEVELS}")
+    if not (math.isfinite(args.tolerance) and 0 < args.tolerance <= 1):
+        raise UserError(f"--tolerance {args.tolerance:g} is out of range", "a fraction above 0, at most 1")
+    if args.start is not None and not (math.isfinite(args.start) and args.start > 0):
+        raise UserError(f"--start {args.start:g} must be a positive number", "e.g. --start 1")
+    rule: SaturationRule | None = None
+    if not args.no_early_stop:
+        w = args.saturation_window
+        if w is not None and not (math.isfinite(w) and w > 0):
+            raise UserError(
+                f"--saturation-window {w:g} must be positive seconds", "e.g. --saturation-window 20"
+            )
+        rule = SaturationRule(window=w) if w is not None else SaturationRule()
+    spec = SweepSpec(
+        axis=axis,
+        grid=grid,
+        start=args.start,
+        max_levels=args.max_levels,
+        tolerance=args.tolerance,
+        slo=parse_slo(args.slo) if args.slo else {},
+        goodput=_goodput(args),
+        saturation=rule,
+        report=not args.no_report,
+    )
+
+    def make(overrides: Any) -> Scenario:
+        return _run_controls(load_scenario(args.scenario, overrides), args)
+
+    return run_sweep(make, spec, overrides=ov, out_dir=args.out, api_key=_api_key(args))
 
 
 def _cmd_scenarios() -> int:
@@ -297,6 +401,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return _cmd_report(args)
     if cmd == "compare":
         return _cmd_compare(args)
+    if cmd == "sweep":
+        return _cmd_sweep(args)
     if cmd == "scenarios":
         return _cmd_scenarios()
     raise UserError(f"unknown command {cmd!r}", "see rllmtop --help")

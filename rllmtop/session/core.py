@@ -196,10 +196,13 @@ class Session:
             return sc.provenance.planned_requests
         return None
 
-    def stop(self, force: bool = False) -> None:
+    def stop(self, force: bool = False, reason: str = "") -> None:
         """Stop the session. Gentle the first time: stop sending and let requests in flight finish within
         the scenario's grace period (``load.grace_period``); forced when ``force`` or when a stop was already
-        requested: cancel them now. Safe to call from any thread (the TUI runs the session on its own)."""
+        requested: cancel them now. Safe to call from any thread (the TUI runs the session on its own).
+        ``reason``: why, in one line, kept as the final status detail (a sweep's over-saturation stop)."""
+        if reason and not self._detail:
+            self._detail = reason
         loop = self._loop
         if loop is not None and not loop.is_closed():
             try:
