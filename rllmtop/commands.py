@@ -67,7 +67,7 @@ def _save_result(args: argparse.Namespace, session: Session, view: Any) -> None:
     sc = session.plan.scenario
     result = result_json(
         session.info,
-        session.request_records,
+        list(session.ended_requests()),
         goodput=dict(sc.goodput) if sc is not None else None,
         view=view,
         status=outcome.state.value if outcome else "",

@@ -92,7 +92,7 @@ def format_outcome(session: Session, outcome: SessionOutcome, view: SummaryView 
     if view is None or view.default:
         lines.append(format_summary(outcome.summary, outcome.warnings))
     else:
-        summary = view.summary(session.request_records, outcome.summary)
+        summary = view.summary(session.ended_requests(), outcome.summary)
         columns = view.columns(summary) if summary is not None else None
         lines.append(format_summary(summary, outcome.warnings, columns))
     for miss in outcome.slo_missed:

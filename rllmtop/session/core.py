@@ -19,7 +19,8 @@ import shutil
 import tempfile
 import traceback
 import uuid
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +35,7 @@ from rllmtop.events import (
     LogEvent,
     Record,
     RequestEvent,
+    RequestRecord,
     Reset,
     SessionInfo,
     SessionState,
@@ -182,6 +184,21 @@ class Session:
         self.publish(StateEvent(self.clock.now(), state, detail))
 
     # ------------------------------------------------------------------ control
+
+    @property
+    def results_path(self) -> Path | None:
+        """The recording the results are read from (a scratch file under --no-record, removed with the
+        session), for faces that need the requests again (``--save-result``, chosen percentiles)."""
+        return self._recorder.path if self._recorder is not None else self.plan.replay_path
+
+    def ended_requests(self) -> Iterator[RequestRecord]:
+        """Every request that ended, read back from the recording (a streaming pass)."""
+        path = self.results_path
+        if path is None or not path.exists():
+            return iter(())
+        from rllmtop.record.reader import open_recording
+
+        return (r for r in open_recording(path).iter_requests(in_flight=False))
 
     @property
     def planned_requests(self) -> int | None:
@@ -345,6 +362,7 @@ class Session:
         if record_path is None:  # --no-record: a scratch file, so the summary still comes from a recording
             self._scratch = Path(tempfile.mkdtemp(prefix="rllmtop-"))
             record_path = self._scratch / "session.db"
+            weakref.finalize(self, shutil.rmtree, self._scratch, True)  # gone with the session
         loop = asyncio.get_running_loop()
 
         def on_error(e: UserError) -> None:  # called once, from the recorder's writer thread
@@ -396,8 +414,6 @@ class Session:
         finally:
             final = await self._teardown(final, scrape_task)
             self.outcome = self._outcome(final)
-            if self._scratch is not None:
-                shutil.rmtree(self._scratch, ignore_errors=True)
         if self._cancelled:  # torn down and recorded in full; now honour the cancellation
             raise asyncio.CancelledError
         return self.outcome
