@@ -11,6 +11,7 @@ rllmtop compare A.db B.db ...        side-by-side ASU tables, significance tests
 rllmtop sweep SCENARIO --rates ...   one recorded run per load level; the highest meeting the SLOs
 rllmtop scenarios                    list the shipped scenarios
 rllmtop sim serve|profiles           the simulated reasoning engine on its own
+rllmtop sim calibrate REC.db -o P    fit a simulator profile to recordings of a real engine
 """
 
 from __future__ import annotations
@@ -283,7 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("scenarios", help="list the shipped scenarios")
 
     p = sub.add_parser(
-        "sim", help="the embedded simulated reasoning engine (`rllmtop sim --help`)", add_help=False
+        "sim",
+        help="the embedded simulated reasoning engine (`rllmtop sim --help`); "
+        "`rllmtop sim calibrate REC.db -o P.toml` fits a profile to recordings",
+        add_help=False,
     )
     p.add_argument("sim_args", nargs=argparse.REMAINDER)
     return parser
@@ -291,6 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # `rllmtop sim calibrate ...` reads recordings (client side); it hands the simulator's profile loader
+    # in to check what it wrote
+    if argv[:2] == ["sim", "calibrate"]:
+        from rllmtop.calibrate import main as calibrate_main
+        from rllmtop.sim.profiles import load_profile_file
+
+        return calibrate_main(argv[2:], verify=load_profile_file)
     # `rllmtop sim ...` is the simulator's own CLI (it can live as its own program)
     if argv and argv[0] == "sim":
         from rllmtop.sim.cli import main as sim_main
