@@ -99,9 +99,13 @@ async def soak(n: int, rate: float, speed: float, workdir: Path) -> None:
     middle = min(busy, key=lambda s: abs(s[1] - ended / 2))
     end = busy[-1]
     growth = (end[2] - middle[2]) / middle[2] * 100
-    print(f"soak: {n} requests at {rate:g} req/s (simulated), speed {speed:g}, {wall:.0f} s wall, {outcome.state.value}")
-    print(f"  RSS start {start[2]:.1f} MB ({start[1]} ended), middle {middle[2]:.1f} MB ({middle[1]} ended), "
-          f"end {end[2]:.1f} MB ({end[1]} ended); middle -> end {growth:+.1f}% (target within 10%)")
+    print(
+        f"soak: {n} requests at {rate:g} req/s (simulated), speed {speed:g}, {wall:.0f} s wall, {outcome.state.value}"
+    )
+    print(
+        f"  RSS start {start[2]:.1f} MB ({start[1]} ended), middle {middle[2]:.1f} MB ({middle[1]} ended), "
+        f"end {end[2]:.1f} MB ({end[1]} ended); middle -> end {growth:+.1f}% (target within 10%)"
+    )
     print(f"  requests sent {sent}, ended {ended}, recorded {recorded}")
     print(f"  load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 

@@ -1,6 +1,6 @@
 """``rllmtop sim calibrate REC.db [...] -o profile.toml``: a simulator profile fitted to recordings of an engine.
 
-Reads recordings only through :mod:`rllmtop.record.store` (so every recording schema it reads works) and
+Reads recordings only through :mod:`rllmtop.record.reader` (so every recording schema it reads works) and
 writes a profile TOML that starts from a built-in profile (``base = ...``) and overrides what was measured:
 
 - **Iteration time** (``[timing.fitted]``): the simulator's own model of one engine step,
@@ -59,7 +59,7 @@ from scipy import optimize, special
 
 from rllmtop.errors import UserError
 from rllmtop.events import MetricSample, RequestRecord, RequestStatus, SessionInfo, decode_gaps
-from rllmtop.record.store import open_recording
+from rllmtop.record.reader import open_recording
 
 __all__ = ["Calibration", "calibrate", "main", "profile_toml"]
 

@@ -425,7 +425,7 @@ def run_sweep(
 
 def _clock_of(path: Path, doc: Mapping[str, Any]) -> tuple[str, float]:
     """The clock the levels ran on (from a level's recording; every level of a sweep has the same)."""
-    from rllmtop.record.store import open_recording
+    from rllmtop.record.reader import open_recording
 
     try:
         with open_recording(path) as rec:

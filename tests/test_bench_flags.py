@@ -192,7 +192,7 @@ def test_write_result_names_an_unwritable_directory(tmp_path: Path) -> None:
 def test_run_headless_save_result_matches_the_recording(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from rllmtop.record.store import open_recording
+    from rllmtop.record.reader import open_recording
 
     p = scenario(tmp_path)
     rec = tmp_path / "r.db"

@@ -25,7 +25,7 @@ from rllmtop.events import (
     SessionState,
     encode_gaps,
 )
-from rllmtop.record.store import Recorder
+from rllmtop.record.writer import Recorder
 from rllmtop.scenario import load_scenario
 from rllmtop.sim.engine import Engine, EngineConfig, Request
 from rllmtop.sim.outputs import OutputPlan

@@ -374,7 +374,7 @@ async def test_saturation_sink_judges_only_while_the_load_is_sent(state: Session
 
 def _read_back(directory: Path, doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Each level's facts recomputed from its recording alone (not from sweep.json)."""
-    from rllmtop.record.store import open_recording
+    from rllmtop.record.reader import open_recording
 
     out = []
     for d in doc["levels"]:
@@ -434,7 +434,7 @@ def test_max_rate_search_on_the_default_profile_finds_the_edge_and_says_it_in_on
 def test_an_over_saturated_level_stops_early_and_says_why(tmp_path: Path) -> None:
     """20 simulated req/s against an engine serving ~5.7 for 60 simulated seconds: the waiting queue only
     grows with the cache full, so the level stops after about one window (10 simulated s), recorded."""
-    from rllmtop.record.store import open_recording
+    from rllmtop.record.reader import open_recording
 
     rate_u, time_u = _units()
     p = write(tmp_path, load=f"duration = {60 * time_u:g}")

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from rllmtop.events import RequestStatus, decode_gaps
-from rllmtop.record.store import open_recording
+from rllmtop.record.reader import open_recording
 from rllmtop.sim.profiles import EngineOptions, load_profile_file
 from rllmtop.sim.virtual import Arrival, run_virtual
 from rllmtop.workload.prompts import generate_set
