@@ -2,7 +2,7 @@
 
 rllmtop                              the default scenario on the embedded simulator, in the TUI
 rllmtop run SCENARIO [--headless]    run a scenario (TUI unless --headless)
-rllmtop attach URL                   monitor a running vLLM/SGLang server (load only with --scenario)
+rllmtop attach URL [URL ...]         monitor running vLLM/SGLang servers (load only with --scenario)
 rllmtop launch vllm|sglang MODEL     launch an engine, monitor it, tear it down
 rllmtop replay FILE                  replay a recording in the TUI
 rllmtop export FILE --format F       requests, samples and a per-second timeline as CSV/JSONL/Parquet
@@ -158,10 +158,55 @@ def build_parser() -> argparse.ArgumentParser:
     _add_results(p)
     _add_output(p)
 
-    p = sub.add_parser("attach", help="monitor a running vLLM/SGLang server")
-    p.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8000")
-    p.add_argument("--metrics-url", metavar="URL", help="where /metrics lives if not at URL/metrics")
-    p.add_argument("--scenario", help="also send this scenario's load to the server (default: watch only)")
+    p = sub.add_parser(
+        "attach",
+        help="monitor running vLLM/SGLang servers (one, a fleet, a router's workers, or via Prometheus)",
+        epilog="A fleet: list every engine (each is scraped at its own /metrics). The load of --scenario goes "
+        "to --load-url (a router or gateway) or is balanced over the engines (--balance). A single URL that "
+        "is a router (vllm-router, SGLang's router) is recognised: its workers are watched and the load "
+        "goes to it. With --prometheus the engines come from the Prometheus server's series.",
+    )
+    p.add_argument(
+        "urls",
+        nargs="*",
+        metavar="URL",
+        help="engine base URLs, e.g. http://127.0.0.1:8000 (optional with --prometheus)",
+    )
+    fleet = p.add_argument_group("fleets")
+    fleet.add_argument(
+        "--metrics-url",
+        metavar="URL",
+        action="append",
+        help="where an engine's /metrics lives if not at URL/metrics; repeat in URL order, '-' for the default",
+    )
+    fleet.add_argument(
+        "--gpu-metrics-url",
+        metavar="URL",
+        action="append",
+        help="a dcgm-exporter /metrics for an engine's GPUs; repeat in URL order, '-' for none",
+    )
+    fleet.add_argument(
+        "--load-url",
+        metavar="URL",
+        help="send the scenario's load to this router/gateway (metrics still come from the engines)",
+    )
+    fleet.add_argument(
+        "--balance",
+        choices=["round_robin", "least_in_flight"],
+        help="send the scenario's load straight to the engines, balanced client-side",
+    )
+    fleet.add_argument(
+        "--prometheus",
+        metavar="URL",
+        help="read the engines' series from this Prometheus server (engines discovered from them)",
+    )
+    fleet.add_argument(
+        "--prometheus-selector",
+        metavar="SEL",
+        default="",
+        help="label selector narrowing the Prometheus series, e.g. '{job=\"vllm\"}'",
+    )
+    p.add_argument("--scenario", help="also send this scenario's load (default: watch only)")
     _add_load_overrides(p, simulator=False, target=False)
     _add_results(p)
     _add_output(p)

@@ -201,7 +201,7 @@ def _cmd_attach(args: argparse.Namespace) -> int:
         from rllmtop.scenario import load_scenario
 
         scenario = _run_controls(load_scenario(args.scenario, _overrides(args)), args)
-    engine = EngineSpec(kind="url", url=args.url.rstrip("/"), metrics_url=args.metrics_url)
+    engine = _attach_engine(args, has_load=scenario is not None)
     session = build_session(
         scenario,
         mode="attach",
@@ -212,6 +212,87 @@ def _cmd_attach(args: argparse.Namespace) -> int:
         duration=_watch_duration(args),
     )
     return _present_and_save(args, session, args.headless)
+
+
+def _attach_engine(args: argparse.Namespace, *, has_load: bool) -> EngineSpec:
+    """The engine spec of ``attach URL [URL ...]`` and its fleet flags (checked here, before a session
+    or a recording exists)."""
+    from rllmtop.engines.adapters import normalize_base_url
+    from rllmtop.scenario import EngineEndpoint, PrometheusSpec
+    from rllmtop.scenario.engine import check_prometheus_selector
+    from rllmtop.session.fleet import check_fleet
+
+    urls = [u.rstrip("/") for u in args.urls]
+    for u in (*urls, args.load_url or "", args.prometheus or ""):
+        if u:
+            normalize_base_url(u)  # a UserError naming a URL that is not http(s)
+    dupes = sorted({u for u in urls if urls.count(u) > 1})
+    if dupes:
+        raise UserError(f"{dupes[0]} is listed twice", "give each engine once")
+    if not urls and not args.prometheus:
+        raise UserError(
+            "attach needs an engine URL (or --prometheus URL)",
+            "rllmtop attach http://HOST:PORT [http://HOST2:PORT ...]",
+        )
+
+    def per_url(flag: str, given: list[str] | None) -> list[str]:
+        given = list(given or [])
+        if len(given) > len(urls):
+            raise UserError(
+                f"{len(given)} {flag} for {len(urls)} engine URL(s)",
+                f"give {flag} once per URL, in URL order ('-' keeps the default)",
+            )
+        out = ["" if g == "-" else g.rstrip("/") for g in given] + [""] * (len(urls) - len(given))
+        for g in out:
+            if g:
+                normalize_base_url(g)
+        return out
+
+    metrics = per_url("--metrics-url", args.metrics_url)
+    gpus = per_url("--gpu-metrics-url", args.gpu_metrics_url)
+    balance = args.balance or "none"
+    load_url = args.load_url.rstrip("/") if args.load_url else None
+    if args.prometheus:
+        problem = check_prometheus_selector(args.prometheus_selector) if args.prometheus_selector else None
+        if problem is not None:
+            raise UserError(
+                f"--prometheus-selector {args.prometheus_selector!r} is not a label selector: {problem}",
+                "e.g. --prometheus-selector '{job=\"vllm\"}'",
+            )
+        if any(metrics) or any(gpus):
+            raise UserError(
+                "--metrics-url / --gpu-metrics-url with --prometheus: the series come from Prometheus",
+                "drop them (GPU series from a dcgm-exporter Prometheus scrapes are read from it too)",
+            )
+        if len(urls) > 1 and balance == "none":
+            raise UserError(
+                f"{len(urls)} engine URLs with --prometheus: with Prometheus, URLs say where the load goes",
+                "add --balance round_robin to balance over them, or give the router with --load-url",
+            )
+        interval = args.scrape_interval if args.scrape_interval is not None else 1.0
+        spec = EngineSpec(
+            kind="url",
+            url=load_url,
+            endpoints=tuple(EngineEndpoint(u) for u in urls),
+            balance=balance,
+            prometheus=PrometheusSpec(
+                args.prometheus.rstrip("/"), selector=args.prometheus_selector, interval=interval
+            ),
+        )
+    elif len(urls) == 1 and load_url is None and not gpus[0] and balance == "none":
+        spec = EngineSpec(kind="url", url=urls[0], metrics_url=metrics[0] or None)
+    else:
+        spec = EngineSpec(
+            kind="url",
+            url=load_url,
+            endpoints=tuple(
+                EngineEndpoint(u, metrics_url=m or None, gpu_metrics_url=g or None)
+                for u, m, g in zip(urls, metrics, gpus, strict=True)
+            ),
+            balance=balance,
+        )
+    check_fleet(spec, has_load=has_load)
+    return spec
 
 
 def _watch_duration(args: argparse.Namespace) -> float | None:

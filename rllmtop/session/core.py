@@ -396,7 +396,7 @@ class Session:
                 self.plan = dataclasses.replace(plan, scenario=sc)
             scrape_task = asyncio.get_running_loop().create_task(engines.watch(self._stop))
             self._set_state(SessionState.RUNNING)
-            final = await self._drive(LoadTarget(started.load_url, started.model, plan.api_key))
+            final = await self._drive(started.target)
         except UserError as e:
             final = SessionState.FAILED
             self._detail = e.what
@@ -520,6 +520,8 @@ class Session:
             self._detail = self._sink_failure
         if final is SessionState.DONE and self._interrupted:
             final = SessionState.INTERRUPTED
+        if engines is not None and engines.degraded and final is not SessionState.ENGINE_DIED:
+            self._detail = "; ".join(x for x in (self._detail, engines.degraded) if x)
         self._set_state(final, self._detail)
         if self._recorder is not None:
             try:
