@@ -150,7 +150,9 @@ class Collector:
         self._changed.set()
 
     def scrapes(self, engine: str | None = None) -> list[Scrape]:
-        return [r for r in self.records if isinstance(r, Scrape) and (engine is None or r.engine_id == engine)]
+        return [
+            r for r in self.records if isinstance(r, Scrape) and (engine is None or r.engine_id == engine)
+        ]
 
     async def until(self, cond: object, timeout: float = 30.0) -> None:
         """Until ``cond()`` is true (checked after each record)."""

@@ -44,7 +44,9 @@ def test_fleet_kind_names_a_mixed_fleet() -> None:
 def test_members_of_an_attach_spec() -> None:
     spec = EngineSpec(
         kind="url",
-        endpoints=(EngineEndpoint(A, metrics_url=A + "/m", gpu_metrics_url="http://g:9400/metrics", name="a"),),
+        endpoints=(
+            EngineEndpoint(A, metrics_url=A + "/m", gpu_metrics_url="http://g:9400/metrics", name="a"),
+        ),
     )
     (m,) = members_of(spec)
     assert (m.url, m.metrics_url, m.gpu_metrics_url, m.name) == (A, A + "/m", "http://g:9400/metrics", "a")
@@ -108,7 +110,9 @@ def _args(*argv: str) -> EngineSpec:
 def test_attach_flags_build_the_fleet() -> None:
     one = _args(A, "--metrics-url", B + "/metrics")
     assert (one.url, one.metrics_url, one.endpoints) == (A, B + "/metrics", ())
-    spec = _args(A, B, C, "--metrics-url", "-", "--metrics-url", C + "/m", "--gpu-metrics-url", "http://g:9400/metrics")
+    spec = _args(
+        A, B, C, "--metrics-url", "-", "--metrics-url", C + "/m", "--gpu-metrics-url", "http://g:9400/metrics"
+    )
     assert [e.url for e in spec.endpoints] == [A, B, C] and spec.url is None
     assert [e.metrics_url for e in spec.endpoints] == [None, C + "/m", None]
     assert [e.gpu_metrics_url for e in spec.endpoints] == ["http://g:9400/metrics", None, None]

@@ -20,7 +20,7 @@ from rllmtop.engines.launcher import group_alive
 from rllmtop.events import LogEvent, SessionInfo, SessionState
 from rllmtop.record.reader import open_recording
 from rllmtop.scenario import EngineEndpoint, EngineSpec, load_scenario
-from tests.fleet.fleet_procs import Collector, free_port, sims, sglang_engine
+from tests.fleet.fleet_procs import Collector, free_port, sglang_engine, sims
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -180,7 +180,10 @@ async def test_a_mixed_simulator_and_sglang_fleet(tmp_path: Path) -> None:
             )
             assert outcome.state is SessionState.DONE, outcome.detail
     rec = open_recording(db)
-    assert {e.id: (e.kind, e.version) for e in rec.info.engines} == {a: ("sim", "0.1.0"), sg: ("sglang", "0.5.2")}
+    assert {e.id: (e.kind, e.version) for e in rec.info.engines} == {
+        a: ("sim", "0.1.0"),
+        sg: ("sglang", "0.5.2"),
+    }
     assert rec.info.engine_kind == "sglang+sim" and rec.info.model == "rllm-7b"
     sg_ok = [s for s in rec.scrapes(full=True) if s.engine_id == sg and s.ok]
     assert sg_ok
