@@ -164,6 +164,32 @@ def _ray_error(e: BaseException) -> str:
     return _one_line(first + (f" ({detail})" if detail else ""))
 
 
+PROBE_TIMEOUT = 5.0
+"""Seconds to reach a cluster's GCS port before Ray is asked (Ray itself retries for minutes)."""
+
+
+async def _probe(address: str) -> None:
+    """A ``HOST:PORT`` address must accept a TCP connection (else ray.init would retry for minutes);
+    ``auto`` and ``ray://`` addresses are left to Ray."""
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        port_n = int(port)
+    except ValueError:
+        return  # not HOST:PORT: Ray says what it makes of it
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port_n), PROBE_TIMEOUT)
+    except TimeoutError:
+        raise ConnectionError(f"no answer from {host}:{port_n} within {PROBE_TIMEOUT:g} s") from None
+    except OSError as e:
+        raise ConnectionError(f"{host}:{port_n}: {e.strerror or e}") from None
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
 def _is_loopback(host: str) -> bool:
     if host in ("localhost", ""):
         return True
@@ -216,6 +242,8 @@ class RaySender(WorkerPool):
                 ray.init(address=addr, log_to_driver=False, logging_level=logging.ERROR, **kw)
 
             try:
+                if addr is not None:
+                    await _probe(addr)
                 await asyncio.to_thread(init)
             except Exception as e:
                 raise UserError(

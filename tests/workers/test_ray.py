@@ -84,7 +84,8 @@ async def test_one_worker_per_node_sends_the_same_requests(
     assert nodes is None or {w.node for w in started} <= nodes
     # same machine: the measured offsets are tiny (the NTP-style estimate, within its round trip)
     assert all(w.clock_offset is not None and abs(w.clock_offset) < 0.005 for w in started)
-    assert not outcome.warnings
+    # no offset or death warning (the machine's own trust warnings, e.g. client delay on a loaded box, may be)
+    assert not s.runner.warnings and not any("clock" in w or "died" in w for w in outcome.warnings)
     assert max(r.send_lag for r in b.values() if r.send_lag is not None) < 0.25
     assert wait_gone(s.runner.pids) == []  # no actor left behind
     assert not ray.is_initialized()  # the sender connected, so it disconnected
