@@ -171,3 +171,30 @@ def test_exit_codes_and_stderr_tails_read_as_words(tmp_path: Path) -> None:
     f.write_text("boom --api-key sk-secret123\n")
     assert "sk-secret123" not in W._last_line(str(f))
     assert W._last_line(str(tmp_path / "missing")) == ""
+
+
+def test_a_large_or_uncertain_node_clock_offset_is_warned_in_words(tmp_path: Path) -> None:
+    from rllmtop.clock import Clock
+    from rllmtop.workload.ray_workers import OFFSET_WARN, RaySender
+
+    from .helpers import scenario
+
+    logged: list[LogEvent] = []
+    s = RaySender(
+        scenario(tmp_path, n=5),
+        address="auto",
+        base_url="http://127.0.0.1:1",
+        model="m",
+        api_key=None,
+        clock=Clock(),
+        publish=lambda r: logged.append(r) if isinstance(r, LogEvent) else None,
+    )
+    w = W._Worker(id=1, planned=5, node="abc123")
+    s._note_offset(w, OFFSET_WARN / 2, 0.0004, "10.0.0.2")  # small and well measured: nothing to say
+    assert not s.warnings and not [e for e in logged if e.level == "warning"]
+    s._note_offset(w, 0.0421, 0.0004, "10.0.0.2")
+    assert len(s.warnings) == 1
+    assert "node abc123 (10.0.0.2)'s clock is +42.1 ms off" in s.warnings[0] and "chrony/NTP" in s.warnings[0]
+    s._note_offset(w, 0.0, 0.030, "10.0.0.2")  # a 30 ms round trip: known to +-15 ms only
+    assert len(s.warnings) == 2 and "only known to ± 15.0 ms" in s.warnings[1]
+    assert [e.text for e in logged if e.level == "warning"] == s.warnings
