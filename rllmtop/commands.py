@@ -354,6 +354,19 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return _present(session, headless=False)
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from rllmtop.record.reader import open_recording
+
+    path = Path(args.file)
+    with open_recording(path) as rec:
+        report = rec.verify()
+        status = rec.status
+    print(f"{path}: schema {rec.schema_version}, status {status}: {report.summary}")
+    for line in report.problems:
+        print(f"  {line}")
+    return 0 if report.ok else 1
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from rllmtop.record.export import export_recording
 
@@ -476,6 +489,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return _cmd_launch(args)
     if cmd == "replay":
         return _cmd_replay(args)
+    if cmd == "verify":
+        return _cmd_verify(args)
     if cmd == "export":
         return _cmd_export(args)
     if cmd == "report":
