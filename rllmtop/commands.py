@@ -347,7 +347,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         with open_recording(path) as rec:
             info, status = rec.info, rec.status
         res = recording_results(path)
-        print(f"{path}: {info.scenario_name or 'session'} on {info.engine_kind}, status {status}")
+        clock = f"; times in {info.clock} seconds (speed {info.speed:g})" if info.clock != "wall" else ""
+        print(f"{path}: {info.scenario_name or 'session'} on {info.engine_kind}, status {status}{clock}")
         print(format_summary(res.summary, res.warnings) if res.requests else "no requests recorded")
         return 0
     session = Session(SessionPlan(mode="replay", replay_path=path, replay_speed=args.speed))

@@ -103,6 +103,7 @@ def test_run_headless_records_and_summarises(tmp_path: Path) -> None:
     p = rllmtop("run", str(scenario(tmp_path)), "--headless", "--record", str(db))
     assert p.returncode == 0, p.stderr
     assert "rllmtop: done" in p.stdout
+    assert "simulated (speed 40); every time below is on that clock" in p.stdout  # which clock, said
     assert "TTFVT p50/90/99" in p.stdout and "easy" in p.stdout
     assert f"recording: {db}" in p.stdout
     rec = open_recording(db)
@@ -285,6 +286,7 @@ def test_replay_headless_prints_the_recorded_summary(recorded: Path) -> None:
     p = rllmtop("replay", str(recorded), "--headless")
     assert p.returncode == 0, p.stderr
     assert "cli-fast on sim" in p.stdout and "TTFVT" in p.stdout
+    assert "times in simulated seconds (speed 40)" in p.stdout
 
 
 def test_replay_errors(tmp_path: Path, recorded: Path) -> None:
