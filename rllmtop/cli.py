@@ -22,7 +22,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from rllmtop.errors import UserError
+from rllmtop.errors import run_command
 
 __all__ = ["main"]
 
@@ -368,28 +368,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.engine_args = engine_args
     debug = args.debug or bool(os.environ.get("RLLMTOP_DEBUG"))
-    try:
+
+    def dispatch() -> int:
         from rllmtop import commands
 
         return commands.dispatch(args)
-    except UserError as e:
-        if debug:
-            raise
-        print(f"rllmtop: {e.what}", file=sys.stderr)
-        if e.hint:
-            print(f"  hint: {e.hint}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("rllmtop: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # a bug: one line, not a traceback (--debug shows it)
-        if debug:
-            raise
-        print(
-            f"rllmtop: internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]}", file=sys.stderr
-        )
-        print("  hint: run with --debug for the traceback, and please report it", file=sys.stderr)
-        return 2
+
+    return run_command("rllmtop", dispatch, debug=debug)
 
 
 if __name__ == "__main__":  # pragma: no cover
