@@ -29,6 +29,7 @@ __all__ = [
     "router_binary",
     "sglang_engine",
     "sims",
+    "sims_each",
     "start_router",
     "stop",
 ]
@@ -40,8 +41,16 @@ SGLANG_METRICS = (FIXTURES / "sglang-0.5" / "metrics_dp2_tp2.txt").read_text()
 @contextlib.contextmanager
 def sims(n: int, *args: str) -> Iterator[list[tuple[subprocess.Popen[bytes], str]]]:
     """``n`` simulators started in parallel (``args`` for each; ``{i}`` in an arg is the index)."""
-    with ThreadPoolExecutor(n) as pool:
-        futures = [pool.submit(start_sim, *(a.replace("{i}", str(i)) for a in args)) for i in range(n)]
+    with sims_each([[a.replace("{i}", str(i)) for a in args] for i in range(n)]) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def sims_each(arg_lists: list[list[str]]) -> Iterator[list[tuple[subprocess.Popen[bytes], str]]]:
+    """One simulator per argument list, started in parallel, in that order; all stopped at the end (and
+    the started ones when another fails to start)."""
+    with ThreadPoolExecutor(len(arg_lists)) as pool:
+        futures = [pool.submit(start_sim, *args) for args in arg_lists]
         started = []
         errors = []
         for f in futures:
