@@ -9,7 +9,8 @@ so one sender or many send the same conversations:
 - turn 0 asks the arrival's prompt (the class mix); turn k > 0 asks item ``hash(seed, arrival, k) mod size``
   of the class's prompt set (:func:`turn_item`);
 - the think time before turn k > 0 is exponential with mean ``think_time`` seconds (session seconds, so a
-  time-lapse run of the simulator compresses it like every other time) (:func:`think_time`).
+  time-lapse run of the simulator compresses it like every other time) (:func:`think_time`);
+- a failed turn ends its conversation, and so does ``load.duration``: a turn due after it is not sent.
 
 Request ids: with a conversation class in the scenario, ``rid = arrival index x 64 + turn`` (``STRIDE``; at
 most 64 turns, ``MAX_TURNS``) for every request of the run, single-turn classes included (turn 0); without

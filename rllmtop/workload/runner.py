@@ -12,7 +12,8 @@ Where requests go: one URL, or client-side balancing over a fleet's engines (``b
 per endpoint; every record names its ``engine``). Traces with lengths send a prompt synthesized to the
 row's input length (``synth``) and ask for its output length. A conversation class sends each arrival's
 turns closed-loop: the next turn is due ``think_time`` after the previous answer ended, and is paced like a
-scheduled request (``conversation``).
+scheduled request (``conversation``); ``load.duration`` ends every sending, so a turn due after it is not
+sent (its conversation ends there; the count is logged).
 
 Clock: everything is on the session clock, which in a time-lapse run of the simulator runs at speed K
 (session seconds = wall seconds x K): schedule times, the per-request timeout, every time in a record and
@@ -340,6 +341,8 @@ class Runner:
         self._capped: set[int] = set()  # classes whose max_tokens capped a trace's output length (logged)
         self._turns: list[tuple[float, int, _Conv, int]] = []  # later turns due: (deadline, rid, conv, cls)
         self._open = 0  # conversations that will send another turn (queued in _turns, or one in flight)
+        self._send_end = math.inf  # monotonic end of load.duration: no turn is sent after it
+        self._turns_cut = 0  # later turns not sent: due after load.duration
         self._active: dict[int, _Req] = {}
         self._queue: deque[_Req] = deque()
         self._stopped = False
@@ -395,6 +398,8 @@ class Runner:
         sc = self.scenario
         clock = self.clock
         self._t_base = self._start_at if self._start_at is not None else clock.now() + clock.session(_SETUP)
+        if sc.load.duration is not None:
+            self._send_end = clock.to_monotonic(self._t_base + sc.load.duration)
         self._chunks = sched.chunks()
         a = sc.arrival
         how = {
@@ -636,6 +641,12 @@ class Runner:
     def _sending_over(self) -> None:
         if not self.sending_done.is_set():
             self.sending_done.set()
+            if self._turns_cut:
+                self._log(
+                    "info",
+                    f"{self._turns_cut} conversation turn(s) not sent: due after load.duration = "
+                    f"{self.scenario.load.duration:g} s",
+                )
         if not self._active and not self._queue:
             self._finished.set()
 
@@ -843,6 +854,10 @@ class Runner:
         think = think_time(spec, self.scenario.seed, conv.arrival, nxt)
         end = st.t_done if st is not None and st.t_done is not None else time.monotonic()
         deadline = end + self.clock.wall(think)
+        if deadline >= self._send_end:  # load.duration ends all sending, later turns included
+            self._open -= 1
+            self._turns_cut += conv.turns - nxt
+            return
         heapq.heappush(self._turns, (deadline, conv.rid0 + nxt, conv, req.cls))
         if deadline < self._client.due_at and not self._backlog:
             self._arm(deadline)
