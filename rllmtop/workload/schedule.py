@@ -28,7 +28,7 @@ from rllmtop.workload.conversation import STRIDE, has_conversations, turn_counts
 from rllmtop.workload.prompts import PromptItem, PromptMix, load_scenario_prompts
 from rllmtop.workload.traces import Trace, check_bounds, read_trace
 
-__all__ = ["Schedule", "ScheduleChunk", "request_seed"]
+__all__ = ["Schedule", "ScheduleChunk", "preflight", "request_seed"]
 
 
 def request_seed(scenario_seed: int, rid: int) -> int:
@@ -38,6 +38,16 @@ def request_seed(scenario_seed: int, rid: int) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
     return (z ^ (z >> 31)) & 0x7FFFFFFF
+
+
+def preflight(scenario: Scenario) -> None:
+    """Read and check the files the schedule needs (the classes' prompt sets; an arrival trace, and the
+    part of it the run replays against the run limits), so that a bad file is one UserError naming the
+    file, line and field before any engine starts (the trace is read once: the run reuses it).
+    """
+    items = load_scenario_prompts(scenario)
+    if scenario.arrival.process == "trace":
+        _ = Schedule(scenario, items).total
 
 
 @dataclass(frozen=True, slots=True)

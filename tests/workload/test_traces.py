@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from rllmtop.errors import UserError
-from rllmtop.scenario import ArrivalSpec
+from rllmtop.scenario import ArrivalSpec, load_scenario
 from rllmtop.workload import traces
 from rllmtop.workload.arrivals import schedule
+from rllmtop.workload.schedule import preflight
 from rllmtop.workload.traces import read_trace
 
 from .make_trace_samples import SAMPLES
@@ -268,3 +269,22 @@ def test_fuzzed_samples_parse_or_fail_cleanly(tmp_path: Path) -> None:
                 assert tr.input_tokens.min() >= 0 and tr.output_tokens.min() >= 1
             cases += 1
     assert cases == 360
+
+
+def test_preflight_names_the_bad_row_before_anything_starts(tmp_path: Path) -> None:
+    (tmp_path / "bg.csv").write_text("Timestamp,Request tokens,Response tokens\n0.5,12,30\n1.0,abc,30\n")
+    sc_path = tmp_path / "s.toml"
+    sc_path.write_text(
+        "[arrival]\nprocess = 'trace'\ntrace_file = 'bg.csv'\ntrace_format = 'burstgpt'\n"
+        "[[classes]]\nname = 't'\nprompts = 'math-easy'\nmax_tokens = 256\n"
+    )
+    sc = load_scenario(str(sc_path))  # the loader checks the file is there, not its rows
+    with pytest.raises(UserError) as ei:
+        preflight(sc)
+    assert (
+        ei.value.what
+        == f"arrival trace {tmp_path / 'bg.csv'}, line 3: Request tokens is 'abc', not a token count"
+    )
+    assert "Request tokens" in ei.value.hint
+    (tmp_path / "bg.csv").write_text("Timestamp,Request tokens,Response tokens\n0.5,12,30\n1.0,7,30\n")
+    preflight(sc)
