@@ -7,6 +7,8 @@ import csv
 import datetime
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -288,3 +290,20 @@ def test_preflight_names_the_bad_row_before_anything_starts(tmp_path: Path) -> N
     assert "Request tokens" in ei.value.hint
     (tmp_path / "bg.csv").write_text("Timestamp,Request tokens,Response tokens\n0.5,12,30\n1.0,7,30\n")
     preflight(sc)
+
+
+@pytest.mark.slow
+def test_bad_trace_from_the_cli_is_one_message(tmp_path: Path) -> None:
+    """The whole path: `rllmtop run` on a scenario whose trace has a bad row ends with exit code 2 and the
+    message naming file, line and column, no traceback (today after the simulator started: the trace is
+    read when sending starts unless the command calls schedule.preflight first)."""
+    (tmp_path / "bg.csv").write_text("Timestamp,Request tokens,Response tokens\n0.5,12,30\n1.0,abc,30\n")
+    (tmp_path / "bad.toml").write_text(
+        "[engine]\nkind = 'sim'\nspeed = 20\n[arrival]\nprocess = 'trace'\ntrace_file = 'bg.csv'\n"
+        "trace_format = 'burstgpt'\n[[classes]]\nname = 't'\nprompts = 'math-easy'\nmax_tokens = 256\n"
+    )
+    cmd = [sys.executable, "-m", "rllmtop", "run", str(tmp_path / "bad.toml"), "--headless", "--no-record"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    out = p.stdout + p.stderr
+    assert p.returncode == 2 and "Traceback" not in out, out
+    assert f"arrival trace {tmp_path / 'bg.csv'}, line 3: Request tokens is 'abc', not a token count" in out
