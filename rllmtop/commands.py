@@ -115,6 +115,10 @@ def build_session(
         if scenario is None:
             raise UserError("nothing to run: no scenario and no engine", "give a scenario or an engine URL")
         engine = scenario.engine
+    if scenario is not None and mode != "replay":
+        from rllmtop.workload.schedule import preflight
+
+        preflight(scenario)  # a bad prompt file or trace is one message before any engine starts
     if scrape_interval is not None:
         interval = scrape_interval
         if not (math.isfinite(interval) and 0.05 <= interval <= 60):

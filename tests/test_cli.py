@@ -420,3 +420,18 @@ def test_sigkill_keeps_every_request_sent_with_its_state_at_the_last_commit(tmp_
     in_flight = [r for r in rows.values() if r.status is RequestStatus.IN_FLIGHT]
     assert in_flight, "hard requests at speed 1 run for seconds: some were in flight at the kill"
     assert any(r.reasoning_tokens > 0 for r in in_flight)  # their progress at the last commit is kept
+
+
+def test_a_bad_trace_is_refused_before_any_engine_starts(tmp_path: Path) -> None:
+    """The schedule's files are read and checked before the engine is launched: one message naming the
+    file and column, and no engine start-up line (before, the simulator started first)."""
+    trace = tmp_path / "t.csv"
+    trace.write_text("timestamp,x\nabc,1\n")
+    f = tmp_path / "bt.toml"
+    f.write_text(
+        f'name = "bt"\n[engine]\nkind = "sim"\n[arrival]\nprocess = "trace"\ntrace_file = "{trace}"\n'
+        'trace_format = "burstgpt"\n[[classes]]\nname = "a"\nprompts = "math-easy"\nmax_tokens = 64\n'
+    )
+    p = rllmtop("run", str(f), "--headless", "--no-record")
+    assert_user_error(p, str(trace), "Timestamp")
+    assert "starting" not in p.stderr and "engine:" not in p.stderr
