@@ -86,6 +86,8 @@ def format_outcome(session: Session, outcome: SessionOutcome, view: SummaryView 
         if info.model:
             head += f", model {info.model}"
     head += f" | {session.now():.1f} s"
+    if info is not None and info.clock != "wall":
+        head += f" {info.clock} (speed {info.speed:g}); every time below is on that clock"
     if outcome.detail:
         head += f" | {outcome.detail}"
     lines.append(head)

@@ -41,7 +41,7 @@ import math
 import struct
 import warnings
 from collections import Counter, defaultdict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -727,6 +727,36 @@ def _none_nan(v: float | None) -> float:
 # ------------------------------------------------------------------------------------------ goodput
 
 
+def _parse_pairs(
+    items: Sequence[str],
+    flag: str,
+    sep: str,
+    keys: Collection[str],
+    hint: str,
+    check: Callable[[str, str, str], float],
+    *,
+    form: str,
+    unknown: str,
+) -> dict[str, float]:
+    """KEY<sep>VALUE items of a CLI flag -> {key: value}; ``check(item, key, value)`` turns a value into a
+    number or raises UserError. One message per kind of mistake, naming the item."""
+    out: dict[str, float] = {}
+    for item in items:
+        key, found, value = item.partition(sep)
+        key = key.strip().lower()
+        if not found or not key or not value.strip():
+            raise UserError(f"{flag} {item!r} is not {form}", hint)
+        if key not in keys:
+            raise UserError(f"{flag} {item!r}: unknown {unknown} {key!r}", hint)
+        v = check(item, key, value)
+        if key in out:
+            raise UserError(f"{flag} names {key!r} twice", hint)
+        out[key] = v
+    if not out:
+        raise UserError(f"{flag} needs at least one {form} item", hint)
+    return out
+
+
 def parse_goodput(spec: str | Sequence[str]) -> dict[str, float]:
     """The CLI form ``--goodput ttfvt:30 e2el:120`` -> ``{"ttfvt": 30.0, "e2el": 120.0}``.
 
@@ -736,26 +766,17 @@ def parse_goodput(spec: str | Sequence[str]) -> dict[str, float]:
     items = spec.split() if isinstance(spec, str) else [t for s in spec for t in str(s).split()]
     keys = ", ".join(GOODPUT_KEYS)
     hint = f"write KEY:SECONDS items, e.g. --goodput ttfvt:30 e2el:120 (keys: {keys}; seconds)"
-    out: dict[str, float] = {}
-    for item in items:
-        key, sep, value = item.partition(":")
-        key = key.strip().lower()
-        if not sep or not key or not value.strip():
-            raise UserError(f"--goodput {item!r} is not KEY:SECONDS", hint)
-        if key not in GOODPUT_KEYS:
-            raise UserError(f"--goodput {item!r}: unknown key {key!r}", hint)
+
+    def check(item: str, key: str, value: str) -> float:
         try:
             v = float(value)
         except ValueError:
             raise UserError(f"--goodput {item!r}: {value!r} is not a number of seconds", hint) from None
         if not math.isfinite(v) or v <= 0:
             raise UserError(f"--goodput {item!r}: the limit must be a positive number of seconds", hint)
-        if key in out:
-            raise UserError(f"--goodput names {key!r} twice", hint)
-        out[key] = v
-    if not out:
-        raise UserError("--goodput needs at least one KEY:SECONDS item", hint)
-    return out
+        return v
+
+    return _parse_pairs(items, "--goodput", ":", GOODPUT_KEYS, hint, check, form="KEY:SECONDS", unknown="key")
 
 
 def parse_slo(spec: str | Sequence[str], flag: str = "--slo") -> dict[str, float]:
@@ -765,14 +786,8 @@ def parse_slo(spec: str | Sequence[str], flag: str = "--slo") -> dict[str, float
     items = (spec.replace(",", " ").split() if isinstance(spec, str) else
              [t for s in spec for t in str(s).replace(",", " ").split()])  # fmt: skip
     hint = f"write KEY=VALUE items, e.g. {flag} ttfvt_p99=30 (keys as in [slo]: {', '.join(SLO_KEYS)})"
-    out: dict[str, float] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip().lower()
-        if not sep or not key or not value.strip():
-            raise UserError(f"{flag} {item!r} is not KEY=VALUE", hint)
-        if key not in SLO_KEYS:
-            raise UserError(f"{flag} {item!r}: unknown SLO key {key!r}", hint)
+
+    def check(item: str, key: str, value: str) -> float:
         try:
             v = float(value)
         except ValueError:
@@ -780,12 +795,9 @@ def parse_slo(spec: str | Sequence[str], flag: str = "--slo") -> dict[str, float
         if not math.isfinite(v) or v < 0 or (key in ("error_rate", "accuracy") and v > 1):
             what = "a fraction from 0 to 1" if key in ("error_rate", "accuracy") else "a number >= 0"
             raise UserError(f"{flag} {item!r}: the limit must be {what}", hint)
-        if key in out:
-            raise UserError(f"{flag} names {key!r} twice", hint)
-        out[key] = v
-    if not out:
-        raise UserError(f"{flag} needs at least one KEY=VALUE item", hint)
-    return out
+        return v
+
+    return _parse_pairs(items, flag, "=", SLO_KEYS, hint, check, form="KEY=VALUE", unknown="SLO key")
 
 
 _SLO_TO_GOODPUT = {"ttft": "ttft", "ttfvt": "ttfvt", "e2e": "e2el"}

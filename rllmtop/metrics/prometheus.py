@@ -447,7 +447,11 @@ class PrometheusSource:
         if status not in (200, 400, 422, 503):
             raise PrometheusError(f"{where}: HTTP {status}")
         try:
-            series, problems = parse_promql(bytes(body), where, "vector" if api == "query" else "matrix")
+            # off the event loop: a 64-engine answer with histograms is ~100 ms of parsing, and the load
+            # generator may share this loop (its sends would wait for it)
+            series, problems = await asyncio.to_thread(
+                parse_promql, bytes(body), where, "vector" if api == "query" else "matrix"
+            )
         except PrometheusError as e:
             if status in (400, 422) and self.selector:
                 raise PrometheusError(f"{e} (check --prometheus-selector {self.selector!r})") from None
