@@ -9,7 +9,10 @@ Three senders, one surface (:class:`Sender`), so the session never knows which o
   (:class:`~rllmtop.workload.ray_workers.RaySender`; needs ``rllmtop[ray]``).
 
 Every sender sends the same seeded schedule (``Schedule.part`` splits it by request index), so the
-choice changes who sends a request, never which requests are sent or when.
+choice changes who sends a request, never which requests are sent or when. Client-side balancing
+(``LoadTarget.balance``) travels with the target to every sender: ``round_robin`` splits by global arrival
+index (the same split whatever the number of senders), ``least_in_flight`` counts each sender's own
+requests in flight.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from typing import Protocol
 
 from rllmtop.clock import Clock, Publish
 from rllmtop.events import LogEvent
-from rllmtop.redact import redact_url
 from rllmtop.scenario import Scenario
 
 __all__ = ["Endpoint", "LoadTarget", "Sender", "build_sender", "sender_notes"]
@@ -83,20 +85,10 @@ def build_sender(scenario: Scenario, target: LoadTarget, *, clock: Clock, publis
     """The sender for ``scenario`` (see the module doc)."""
     load = scenario.load
     kw = dict(base_url=target.url, model=target.model, api_key=target.api_key, clock=clock, publish=publish)
-    if target.balance != "none" and (load.ray is not None or load.workers != 1):
-        publish(
-            LogEvent(
-                clock.now(),
-                "rllmtop",
-                "warning",
-                f"client-side balancing ({target.balance}) is not carried to worker processes yet: "
-                f"every worker sends to {redact_url(target.url)}",
-            )
-        )
     if load.ray is not None:
         from rllmtop.workload.ray_workers import RaySender
 
-        return RaySender(scenario, address=load.ray, per_node=load.workers, **kw)  # type: ignore[arg-type]
+        return RaySender(scenario, address=load.ray, per_node=load.workers, target=target, **kw)  # type: ignore[arg-type]
     n = load.workers
     if n == 0:
         from rllmtop.workload.workers import auto_workers
@@ -106,7 +98,7 @@ def build_sender(scenario: Scenario, target: LoadTarget, *, clock: Clock, publis
     if n > 1:
         from rllmtop.workload.workers import ProcessSender
 
-        return ProcessSender(scenario, workers=n, **kw)  # type: ignore[arg-type]
+        return ProcessSender(scenario, workers=n, target=target, **kw)  # type: ignore[arg-type]
     from rllmtop.workload.runner import Runner
 
-    return Runner(scenario, **kw)  # type: ignore[arg-type]
+    return Runner(scenario, target=target, **kw)  # type: ignore[arg-type]

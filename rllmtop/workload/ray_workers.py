@@ -259,13 +259,17 @@ class RaySender(WorkerPool):
                 "add a worker node (`ray start --address HEAD:6379`)",
             )
         nodes.sort(key=lambda n: (n.get("NodeManagerAddress", ""), n["NodeID"]))
-        host = urlsplit(self.base_url).hostname or ""
-        if _is_loopback(host):
+        t = self.target
+        urls = [self.base_url]
+        if t is not None and getattr(t, "balance", "none") != "none":
+            urls += [e.url for e in getattr(t, "endpoints", ())]
+        near = [u for u in urls if _is_loopback(urlsplit(u).hostname or "")]
+        if near:
             local = _local_addresses()
             far = [n["NodeManagerAddress"] for n in nodes if n.get("NodeManagerAddress") not in local]
             if far:
                 raise UserError(
-                    f"the engine URL {redact_url(self.base_url)} is a loopback address, which Ray nodes "
+                    f"the engine URL {redact_url(near[0])} is a loopback address, which Ray nodes "
                     f"on other machines ({', '.join(sorted(set(far))[:3])}) cannot reach",
                     "serve the engine on an address the cluster can reach and give it (--base-url, or the "
                     "scenario's engine.url)",

@@ -247,6 +247,9 @@ class WorkerSpec:
     speed: float  # session seconds per wall second
     started_at: float  # Unix time of session t = 0
     t0: float | None = None  # the session's monotonic t0 (same host); None: mapped through the clock offset
+    target: Any = (
+        None  # the session's LoadTarget when it balances over endpoints (secrets inside: never shown)
+    )
 
 
 class WorkerCore:
@@ -326,6 +329,7 @@ class WorkerCore:
         if not self._stop:
             self.runner = Runner(
                 s.scenario,
+                target=s.target,
                 base_url=s.base_url,
                 model=s.model,
                 api_key=s.api_key,
@@ -536,8 +540,10 @@ class WorkerPool:
         clock: Clock,
         publish: Publish,
         workers: int,
+        target: Any = None,
     ) -> None:
         self.scenario = scenario
+        self.target = target  # a LoadTarget: balanced over its endpoints by every worker's runner
         self.base_url = base_url
         self.model = model
         self._api_key = api_key
@@ -662,6 +668,7 @@ class WorkerPool:
             speed=c.speed,
             started_at=c.started_at,
             t0=t0,
+            target=self.target,
         )
 
     def _on_message(self, w: _Worker, msg: tuple[Any, ...]) -> None:

@@ -243,3 +243,37 @@ def test_the_cli_refuses_a_bad_worker_count(tmp_path: Path) -> None:
         )
         assert r.returncode == 2 and f"--workers {bad}: not a worker count" in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
+
+
+async def test_client_side_balancing_travels_to_the_workers(tmp_path: Path, outside_sim: str) -> None:
+    from rllmtop.clock import Clock
+    from rllmtop.events import ENDED, RequestEvent
+    from rllmtop.session.load import Endpoint, LoadTarget, build_sender
+
+    ended: list[RequestRecord] = []
+
+    def publish(r: object) -> None:
+        if isinstance(r, RequestEvent) and r.kind in ENDED and r.record is not None:
+            ended.append(r.record)
+
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(outside_sim + "/v1/models", timeout=10) as resp:
+        model = json.load(resp)["data"][0]["id"]
+    target = LoadTarget(
+        outside_sim,
+        model,
+        endpoints=(Endpoint("e0", outside_sim), Endpoint("e1", outside_sim), Endpoint("e2", outside_sim)),
+        balance="round_robin",
+    )
+    sender = build_sender(
+        scenario(tmp_path, n=60, rate=80.0, workers=2), target, clock=Clock(), publish=publish
+    )
+    assert isinstance(sender, ProcessSender)
+    await asyncio.wait_for(sender.run(), 120)
+    assert sorted(r.rid for r in ended) == list(range(60))
+    # round robin by global arrival index: the split one sender would make, whatever sent it
+    assert all(r.engine == f"e{r.rid % 3}" and r.worker == r.rid % 2 + 1 for r in ended)
+    assert all(r.status is RequestStatus.OK for r in ended), {(r.status, r.error) for r in ended}
+    assert wait_gone(sender.pids) == []
