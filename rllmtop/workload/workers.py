@@ -604,15 +604,15 @@ class WorkerPool:
         """Build the schedule once, start the workers, send, and return when every worker has ended."""
         try:
             await self._prepare()
-            sched = await asyncio.to_thread(_whole_schedule, self.scenario)
-            self.planned = sched.total
-            parts = [sched.part(k, self.count) for k in range(self.count)]
+            sched, parts = await asyncio.to_thread(_split, self.scenario, self.count)
+            self.planned = sum(p.planned for p in parts)  # conversations: every turn counted
             for k, part in enumerate(parts):
-                self.workers[k + 1] = _Worker(k + 1, len(part))
+                self.workers[k + 1] = _Worker(k + 1, part.planned)
+            what = "arrival" if sched.stride > 1 else "request"
             self._log(
                 "info",
                 f"sending {self.planned} requests from {self.count} {self.kind}s "
-                f"(one seeded schedule, request i sent by {self.kind} i mod {self.count} + 1)",
+                f"(one seeded schedule, {what} i sent by {self.kind} i mod {self.count} + 1)",
             )
             if not self._stopping:
                 await self._launch(parts)
@@ -859,10 +859,15 @@ class WorkerPool:
         self._publish(LogEvent(self.clock.now(), "client", level, text))
 
 
-def _whole_schedule(scenario: Scenario) -> Schedule:
+def _split(scenario: Scenario, n: int) -> tuple[Schedule, list[Schedule]]:
+    """The whole schedule (counted once here: every part inherits the count) and its ``n`` parts, each
+    with its planned request count (conversations' later turns included)."""
     s = Schedule(scenario)
-    _ = s.total  # counted once here; every part inherits it
-    return s
+    _ = s.total
+    parts = [s.part(k, n) for k in range(n)]
+    for p in parts:
+        _ = p.planned
+    return s, parts
 
 
 def _exit_text(code: int | None) -> str:

@@ -277,3 +277,32 @@ async def test_client_side_balancing_travels_to_the_workers(tmp_path: Path, outs
     assert all(r.engine == f"e{r.rid % 3}" and r.worker == r.rid % 2 + 1 for r in ended)
     assert all(r.status is RequestStatus.OK for r in ended), {(r.status, r.error) for r in ended}
     assert wait_gone(sender.pids) == []
+
+
+async def test_conversations_stay_with_their_worker_and_every_turn_is_counted(
+    tmp_path: Path, outside_sim: str
+) -> None:
+    f = tmp_path / "conv.toml"
+    f.write_text(
+        "seed = 3\n[arrival]\nprocess = 'constant'\nrate = 40\n[load]\nnum_prompts = 12\nworkers = 2\n"
+        "[[classes]]\nname = 'chat'\nprompts = 'math-easy'\nmax_tokens = 200\nweight = 3\n"
+        "[classes.conversation]\nturns = 1\nturns_max = 4\nthink_time = 0\n"
+        "[[classes]]\nname = 'one'\nprompts = 'mcq'\nmax_tokens = 100\nweight = 1\n"
+    )
+    from rllmtop.scenario import load_scenario
+
+    s = session(load_scenario(str(f)), outside_sim, tmp_path / "conv.db")
+    outcome = await asyncio.wait_for(s.run(), 120)
+    assert outcome.state is SessionState.DONE, outcome.detail
+    assert isinstance(s.runner, ProcessSender)
+    reqs = open_recording(tmp_path / "conv.db").requests()
+    assert s.runner.planned == len(reqs) > 12  # later turns counted in the plan, not only the 12 arrivals
+    assert sum(w.planned for w in s.runner.workers.values()) == len(reqs)
+    by_conv: dict[int, set[int]] = {}
+    for r in reqs:
+        assert r.status is RequestStatus.OK, r.error
+        if r.conversation is not None:
+            by_conv.setdefault(r.conversation, set()).add(r.worker)
+    assert by_conv and all(len(ws) == 1 for ws in by_conv.values())  # every turn from one worker
+    assert all(ws == {a % 2 + 1} for a, ws in by_conv.items())
+    assert wait_gone(s.runner.pids) == []
