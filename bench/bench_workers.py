@@ -2,7 +2,8 @@
 
     python bench/bench_workers.py                                  # parts held + codec, 1 and 2 workers
     python bench/bench_workers.py --part held --workers 1,2 --levels 1000,2000,3000,4000
-    python bench/bench_workers.py --part held --ray local --workers 1   # Ray actors (rllmtop[ray])
+    unshare -n bash -c 'ip link set lo up && .venv/bin/python bench/bench_workers.py --part held --ray cluster \
+        --workers 1'                   # Ray actors, one per node of a 2-node local cluster (loopback only)
     python bench/bench_workers.py --part codec
 
 Part ``held``: for each sender (``0`` = the in-process Runner, ``N`` = N worker processes) and each level L,
@@ -11,7 +12,8 @@ seconds, so L streams are in flight after the ramp. Reported per level: steady-w
 successful write minus the scheduled time, minus cap wait and connect; per request), paced chunks/s
 delivered (chunks received over the steady window), the senders' CPU per 1,000 chunks per worker (each
 worker's own ``process_time``, as it reports it when done; the in-process runner's likewise) and each
-worker's peak RSS. The most streams held with send-lag p99 < 5 ms, and its chunks/s, is the figure; the ratio
+worker's peak RSS (VmHWM: its own since exec; for the in-process runner the bench process's peak so
+far, records included, an upper bound). The most streams held with send-lag p99 < 5 ms, and its chunks/s, is the figure; the ratio
 2 workers / 1 worker is printed (target >= 1.7x).
 
 The SSE server (bench/sse_server.py's paced ticker) runs as ``--servers`` processes sharing one port
@@ -132,15 +134,13 @@ async def _run(
     elif workers >= 1:
         sender = W.ProcessSender(sc, workers=workers, **kw)
     else:
-        import resource
-
         from rllmtop.workload.runner import Runner
 
         sender = Runner(sc, **kw)
         cpu0 = time.process_time()
         await sender.run()
-        rss = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-        return records, [{"cpu_s": time.process_time() - cpu0, "max_rss_kb": rss}]
+        # the bench process's own peak so far (it also holds the records): an upper bound
+        return records, [{"cpu_s": time.process_time() - cpu0, "max_rss_kb": W._max_rss_kb()}]
     await sender.run()
     return records, [w.usage for w in sender.workers.values()]
 
@@ -249,7 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hold", type=float, default=10.0, help="seconds each held stream lasts")
     ap.add_argument("--interval", type=float, default=0.050, help="seconds between chunks of a stream")
     ap.add_argument("--servers", type=int, default=2, help="SSE server processes sharing the port")
-    ap.add_argument("--ray", metavar="ADDRESS", help="send through Ray actors at ADDRESS (local: start one)")
+    ap.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="send through Ray actors at ADDRESS (--workers per node); 'cluster': start a local 2-node "
+        "cluster (ray.cluster_utils.Cluster; only in a loopback-only network namespace, see above)",
+    )
     ap.add_argument("--codec-events", type=int, default=20000)
     args = ap.parse_args(argv)
     with contextlib.suppress(ImportError, ValueError, OSError):
@@ -262,15 +267,37 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.part in ("codec", "both"):
         part_codec(args.codec_events)
-    if args.part in ("held", "both"):
-        part_held(
-            [int(x) for x in args.workers.split(",")],
-            [int(x) for x in args.levels.split(",")],
-            args.hold,
-            args.interval,
-            args.servers,
-            args.ray,
-        )
+    cluster = None
+    if args.ray == "cluster":
+        import socket
+
+        if [name for _, name in socket.if_nameindex()] != ["lo"]:
+            raise SystemExit("--ray cluster runs in a loopback-only network namespace: see the usage above")
+        from ray.cluster_utils import Cluster
+
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        args.ray = cluster.address
+        args.workers = ",".join(x for x in args.workers.split(",") if x != "0") or "1"
+    try:
+        if args.part in ("held", "both"):
+            part_held(
+                [int(x) for x in args.workers.split(",")],
+                [int(x) for x in args.levels.split(",")],
+                args.hold,
+                args.interval,
+                args.servers,
+                args.ray,
+            )
+    finally:
+        if cluster is not None:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+            cluster.shutdown()
     print(f"load average at end {os.getloadavg()[0]:.2f}")
     return 0
 

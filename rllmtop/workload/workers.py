@@ -357,6 +357,16 @@ class WorkerCore:
 
 
 def _max_rss_kb() -> int | None:
+    """This process's peak resident set, KiB: ``VmHWM`` of /proc/self/status (this program's own memory
+    since its exec). Not ``getrusage``'s ``ru_maxrss``, which Linux carries over an exec from the process
+    that forked it: a worker started by a 100 MiB session would report at least 100 MiB."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
 

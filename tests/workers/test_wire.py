@@ -198,3 +198,17 @@ def test_a_large_or_uncertain_node_clock_offset_is_warned_in_words(tmp_path: Pat
     s._note_offset(w, 0.0, 0.030, "10.0.0.2")  # a 30 ms round trip: known to +-15 ms only
     assert len(s.warnings) == 2 and "only known to ± 15.0 ms" in s.warnings[1]
     assert [e.text for e in logged if e.level == "warning"] == s.warnings
+
+
+def test_a_workers_peak_memory_is_its_own_not_its_parents() -> None:
+    import subprocess
+    import sys
+
+    ballast = bytearray(300 << 20)  # the parent's peak RSS: >= 300 MiB (pages touched below)
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+    code = "from rllmtop.workload.workers import _max_rss_kb; print(_max_rss_kb())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    del ballast
+    kib = int(out.stdout)
+    assert 0 < kib < 150 * 1024  # a fresh interpreter importing rllmtop: tens of MiB, not the parent's 300
