@@ -111,6 +111,12 @@ def _scope(s: ViewSnapshot, fleet: str) -> str:
     return f"{fleet} of {n}" if n >= 2 else ""
 
 
+def kv_scope(s: ViewSnapshot) -> str:
+    """The KV chart's legend: the fleet's KV is the capacity-weighted mean when every engine says its
+    capacity, else the plain mean (``analysis.kv_weights``)."""
+    return _scope(s, "capacity-weighted" if s.kv_capacity_weighted else "mean")
+
+
 def kv_chart(s: ViewSnapshot) -> ChartData:
     return _chart(
         s,
@@ -121,7 +127,7 @@ def kv_chart(s: ViewSnapshot) -> ChartData:
         mark_label="preempted",
         mark_total=s.preemptions_run,
         y_fmt=_pct,
-        scope=_scope(s, "mean"),
+        scope=kv_scope(s),
     )
 
 

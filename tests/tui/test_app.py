@@ -384,7 +384,7 @@ async def test_asu_panel_shows_cut_and_warnings_in_words() -> None:
         await until(pilot, lambda: bool(panel.alerts), what="the warning")
         assert "cut" in panel.columns and "acc" in panel.columns
         text = screen_text(app)
-        assert "up to 120 ms of client delay" in text
+        assert "up to 120ms of client delay" in text  # analysis.client_delay_verdict's sentence
         assert "client loop lateness" in text
         header = app.query_one("#header").text  # type: ignore[attr-defined]
         assert "⚠ client late" in header
@@ -413,4 +413,64 @@ async def test_kv_chart_counts_preemptions_in_the_window_and_the_run() -> None:
         assert "preempted 18 in window / 118 run" in screen_text(app)  # issue 10.8: which count is which
         await pilot.resize_terminal(160, 48)
         await until(pilot, lambda: "preempted 18 win / 118 run" in screen_text(app), what="the short form")
+        s.finish()
+
+
+async def test_the_board_shows_a_worker_column_once_several_workers_sent() -> None:
+    from rllmtop.events import RequestEvent, RequestKind, WorkerEvent
+
+    recs = script(4)
+    recs += [
+        WorkerEvent(0.1, 1, "started", node="node-b", pid=7),
+        RequestEvent(RequestKind.SENT, 3.0, 40, "math", worker=1),
+    ]
+    s = ScriptedSession(recs)
+    app = app_for(s)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await play(pilot, s, 2.0)
+        board = app.query_one(RequestBoard)
+        assert not board.show_workers and "worker" not in screen_text(app)  # one sender: no column
+        await play(pilot, s, 3.5)
+        await until(pilot, lambda: board.show_workers, what="the worker column")
+        await pilot.pause()
+        lines = screen_text(app).splitlines()
+        head = next(ln for ln in lines if " id class" in ln)
+        assert "worker" in head and head.index("worker") < head.index("phase")
+        assert any(" 40 math" in ln and "1@node-b" in ln for ln in lines)
+        assert any(ln.split("│")[1].split()[2:3] == ["0"] for ln in lines if "│" in ln and " mcq " in ln)
+        s.finish()
+
+
+async def test_a_dead_worker_is_in_the_event_log_and_the_header() -> None:
+    from rllmtop.events import WorkerEvent
+
+    recs = script(4)
+    recs.append(WorkerEvent(2.0, 2, "died", node="n2", pid=9, detail="exit code -9"))
+    s = ScriptedSession(recs)
+    app = app_for(s)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await play(pilot, s, 3.0)
+        header = app.query_one("#header")
+        await until(pilot, lambda: "⚠ worker died" in header.text, what="the header's warning")  # type: ignore[attr-defined]
+        await pilot.press("3")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "worker 2 (node n2) died: exit code -9" in text
+        s.finish()
+
+
+async def test_the_asu_panel_shows_goodput_from_the_session_info() -> None:
+    import json
+
+    recs = script(8)
+    recs[0] = info(extra=(("profile", "rllm-7b"), ("goodput", json.dumps({"e2el": 2.5}))))
+    s = ScriptedSession(recs)
+    app = app_for(s)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await play(pilot, s, 8.0)
+        panel = app.query_one(AsuPanel)
+        await until(pilot, lambda: "good" in panel.columns, what="the goodput column")
+        snap = app.snapshot
+        assert snap is not None and snap.asu is not None and snap.asu.goodput == {"e2el": 2.5}
+        assert "goodput (e2el <= 2.50s)" in screen_text(app)
         s.finish()
