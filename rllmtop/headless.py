@@ -1,7 +1,9 @@
 """Headless face: progress lines while the session runs, the ASU summary at the end, an exit code.
 
 Progress goes to stderr (one line a second on a terminal, overwritten in place; a line every 10 s otherwise,
-so CI logs stay short); the summary goes to stdout.
+so CI logs stay short); the summary goes to stdout. The view's warnings in words (the client was late, the
+simulator drifted, a sender worker died, a worker's clock is off: ``LiveView.alerts``, the TUI's very
+sentences) are checked every second and each is printed once, as a ``warning:`` line, when it first fires.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class _Progress:
         self.out = out
         self.tty = out.isatty()
         self._last_len = 0
+        self._said: set[str] = set()  # alert keys already printed
 
     def handle(self, rec: Record) -> None:
         if isinstance(rec, StateEvent):
@@ -56,6 +59,14 @@ class _Progress:
         self.out.write(text + "\n")
         self.out.flush()
 
+    def alerts(self) -> None:
+        """Print each of the view's warnings once, when it first fires."""
+        now = self.session.now()
+        for a in self.view.alerts(now):
+            if a.key not in self._said:
+                self._said.add(a.key)
+                self.line(f"[{now:7.1f}s] warning: {a.text}")
+
     def tick(self) -> None:
         text = self.view.progress_line(self.session.now())
         if self.tty:
@@ -67,10 +78,15 @@ class _Progress:
         self.out.flush()
 
     async def loop(self) -> None:
-        period = 1.0 if self.tty else 10.0
+        every = 1 if self.tty else 10  # seconds between progress lines; warnings are looked at each second
+        n = 0
         while True:
-            await asyncio.sleep(period)
-            self.tick()
+            await asyncio.sleep(1.0)
+            self.alerts()
+            n += 1
+            if n >= every:
+                n = 0
+                self.tick()
 
 
 def format_outcome(session: Session, outcome: SessionOutcome) -> str:
@@ -118,7 +134,9 @@ async def _run(session: Session, progress_out: TextIO) -> SessionOutcome:
             installed.append(sig)
     ticker = loop.create_task(progress.loop())
     try:
-        return await session.run()
+        outcome = await session.run()
+        progress.alerts()  # one that fired in the last second
+        return outcome
     finally:
         ticker.cancel()
         for sig in installed:
