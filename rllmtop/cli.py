@@ -2,14 +2,16 @@
 
 rllmtop                              the default scenario on the embedded simulator, in the TUI
 rllmtop run SCENARIO [--headless]    run a scenario (TUI unless --headless)
-rllmtop attach URL                   monitor a running vLLM/SGLang server (load only with --scenario)
+rllmtop attach URL [URL ...]         monitor running vLLM/SGLang servers (load only with --scenario)
 rllmtop launch vllm|sglang MODEL     launch an engine, monitor it, tear it down
 rllmtop replay FILE                  replay a recording in the TUI
 rllmtop export FILE --format F       requests, samples and a per-second timeline as CSV/JSONL/Parquet
 rllmtop report FILE                  figures and ASU tables from a recording
 rllmtop compare A.db B.db ...        side-by-side ASU tables, significance tests, overlaid figures
+rllmtop sweep SCENARIO --rates ...   one recorded run per load level; the highest meeting the SLOs
 rllmtop scenarios                    list the shipped scenarios
 rllmtop sim serve|profiles           the simulated reasoning engine on its own
+rllmtop sim calibrate REC.db -o P    fit a simulator profile to recordings of a real engine
 """
 
 from __future__ import annotations
@@ -58,6 +60,32 @@ def _add_load_overrides(p: argparse.ArgumentParser, *, simulator: bool = True, t
         action="store_true",
         help="cap a class's max_tokens at the engine's max_model_len (default: refuse to start)",
     )
+    g.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help="ask the engine to generate max_tokens tokens, ignoring end of sequence (load.ignore_eos)",
+    )
+    g.add_argument(
+        "--ramp-up-strategy",
+        metavar="linear|exponential",
+        help="move the arrival rate from --ramp-up-start-rate to --ramp-up-end-rate over the run",
+    )
+    g.add_argument(
+        "--ramp-up-start-rate",
+        "--ramp-up-start-rps",
+        dest="ramp_up_start_rate",
+        type=float,
+        metavar="R",
+        help="a ramp-up's first rate, requests/s",
+    )
+    g.add_argument(
+        "--ramp-up-end-rate",
+        "--ramp-up-end-rps",
+        dest="ramp_up_end_rate",
+        type=float,
+        metavar="R",
+        help="a ramp-up's last rate, requests/s",
+    )
     if simulator:
         g.add_argument(
             "--speed",
@@ -67,6 +95,31 @@ def _add_load_overrides(p: argparse.ArgumentParser, *, simulator: bool = True, t
         g.add_argument(
             "--profile", help="simulator only: hardware x model profile (see `rllmtop sim profiles`)"
         )
+
+
+def _add_results(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("results (the names `vllm bench serve` uses)")
+    g.add_argument(
+        "--percentile-metrics",
+        metavar="M,M",
+        help="latency columns of the summary: ttft,tpot,itl,e2el,ttfvt (default: TTFT, TTFVT, E2E)",
+    )
+    g.add_argument(
+        "--metric-percentiles",
+        metavar="Q,Q",
+        help="their percentiles, whole numbers, e.g. 25,50,99 (default 50,90,99)",
+    )
+    g.add_argument(
+        "--save-result",
+        action="store_true",
+        help="write a JSON summary with vllm bench serve's key names (times in ms) and rllmtop's own",
+    )
+    g.add_argument("--result-dir", metavar="DIR", help="where --save-result writes (default: here)")
+    g.add_argument(
+        "--result-filename",
+        metavar="NAME",
+        help="its file name (default: rllmtop-<rate>qps[-concurrency<N>]-<model>-<date>.json)",
+    )
 
 
 def _add_output(p: argparse.ArgumentParser, *, headless: bool = True) -> None:
@@ -102,13 +155,60 @@ def build_parser() -> argparse.ArgumentParser:
         "--matrix", action="store_true", help="run every cell of the scenario's [matrix], then compare"
     )
     _add_load_overrides(p)
+    _add_results(p)
     _add_output(p)
 
-    p = sub.add_parser("attach", help="monitor a running vLLM/SGLang server")
-    p.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8000")
-    p.add_argument("--metrics-url", metavar="URL", help="where /metrics lives if not at URL/metrics")
-    p.add_argument("--scenario", help="also send this scenario's load to the server (default: watch only)")
+    p = sub.add_parser(
+        "attach",
+        help="monitor running vLLM/SGLang servers (one, a fleet, a router's workers, or via Prometheus)",
+        epilog="A fleet: list every engine (each is scraped at its own /metrics). The load of --scenario goes "
+        "to --load-url (a router or gateway) or is balanced over the engines (--balance). A single URL that "
+        "is a router (vllm-router, SGLang's router) is recognised: its workers are watched and the load "
+        "goes to it. With --prometheus the engines come from the Prometheus server's series.",
+    )
+    p.add_argument(
+        "urls",
+        nargs="*",
+        metavar="URL",
+        help="engine base URLs, e.g. http://127.0.0.1:8000 (optional with --prometheus)",
+    )
+    fleet = p.add_argument_group("fleets")
+    fleet.add_argument(
+        "--metrics-url",
+        metavar="URL",
+        action="append",
+        help="where an engine's /metrics lives if not at URL/metrics; repeat in URL order, '-' for the default",
+    )
+    fleet.add_argument(
+        "--gpu-metrics-url",
+        metavar="URL",
+        action="append",
+        help="a dcgm-exporter /metrics for an engine's GPUs; repeat in URL order, '-' for none",
+    )
+    fleet.add_argument(
+        "--load-url",
+        metavar="URL",
+        help="send the scenario's load to this router/gateway (metrics still come from the engines)",
+    )
+    fleet.add_argument(
+        "--balance",
+        choices=["round_robin", "least_in_flight"],
+        help="send the scenario's load straight to the engines, balanced client-side",
+    )
+    fleet.add_argument(
+        "--prometheus",
+        metavar="URL",
+        help="read the engines' series from this Prometheus server (engines discovered from them)",
+    )
+    fleet.add_argument(
+        "--prometheus-selector",
+        metavar="SEL",
+        default="",
+        help="label selector narrowing the Prometheus series, e.g. '{job=\"vllm\"}'",
+    )
+    p.add_argument("--scenario", help="also send this scenario's load (default: watch only)")
     _add_load_overrides(p, simulator=False, target=False)
+    _add_results(p)
     _add_output(p)
 
     p = sub.add_parser(
@@ -135,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up if not ready after S seconds (default: the scenario's engine.startup_timeout, 900)",
     )
     _add_load_overrides(p, simulator=False, target=False)
+    _add_results(p)
     _add_output(p)
 
     p = sub.add_parser("replay", help="replay a recording in the TUI")
@@ -152,8 +253,64 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", metavar="DIR", help="output directory (default: next to FILE, <name>-export/)")
 
-    p = sub.add_parser("report", help="figures and ASU tables from a recording")
-    p.add_argument("file", help="a recording (.db)")
+    p = sub.add_parser(
+        "sweep",
+        help="run a scenario at rising load levels (each recorded); the highest that meets the SLOs",
+        epilog="A search brackets by doubling from --start, then bisects to --tolerance, at most "
+        "--max-levels levels. Each level stops early when the engine is over-saturated (the rule is in "
+        "sweep.json and the report).",
+    )
+    p.add_argument("scenario", help="a scenario file or the name of a shipped one")
+    lv = p.add_mutually_exclusive_group(required=True)
+    lv.add_argument("--rates", metavar="R,R,...", help="request rates to run, requests/s (e.g. 1,2,4,8)")
+    lv.add_argument(
+        "--concurrencies", metavar="N,N,...", help="client concurrency caps to run (e.g. 8,16,32)"
+    )
+    lv.add_argument(
+        "--search",
+        choices=["max-rate", "max-concurrency"],
+        help="search for the highest rate (or concurrency) meeting the SLOs",
+    )
+    p.add_argument(
+        "--slo",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="run-level SLOs a level must meet, as in [slo] (seconds): e.g. --slo ttfvt_p99=30 error_rate=0.01",
+    )
+    p.add_argument(
+        "--start",
+        type=float,
+        metavar="X",
+        help="a search's first level (default: the scenario's rate, else 1 req/s; concurrency 1)",
+    )
+    p.add_argument(
+        "--max-levels", type=int, default=10, metavar="N", help="a search runs at most N levels (default 10)"
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="a search stops when the highest level meeting the SLOs and the lowest missing them are within "
+        "this fraction of the former (default 0.1; concurrencies: within 1)",
+    )
+    p.add_argument(
+        "--out", metavar="DIR", help="the sweep directory (default: recordings/sweep-<scenario>-<UTC>/)"
+    )
+    p.add_argument(
+        "--saturation-window",
+        type=float,
+        metavar="S",
+        help="seconds the over-saturation rule looks back (default 20)",
+    )
+    p.add_argument(
+        "--no-early-stop", action="store_true", help="run every level to its end, even over-saturated"
+    )
+    p.add_argument("--no-report", action="store_true", help="do not write the sweep report at the end")
+    _add_load_overrides(p)
+
+    p = sub.add_parser("report", help="figures and ASU tables from a recording (or a sweep directory)")
+    p.add_argument("file", help="a recording (.db), or a sweep directory (holding sweep.json)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: reports/<name>/)")
     p.add_argument(
         "--goodput", nargs="+", metavar="KEY:SECONDS", help="judge goodput on these SLOs (seconds)"
@@ -172,7 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("scenarios", help="list the shipped scenarios")
 
     p = sub.add_parser(
-        "sim", help="the embedded simulated reasoning engine (`rllmtop sim --help`)", add_help=False
+        "sim",
+        help="the embedded simulated reasoning engine (`rllmtop sim --help`); "
+        "`rllmtop sim calibrate REC.db -o P.toml` fits a profile to recordings",
+        add_help=False,
     )
     p.add_argument("sim_args", nargs=argparse.REMAINDER)
     return parser
@@ -180,6 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # `rllmtop sim calibrate ...` reads recordings (client side); it hands the simulator's profile loader
+    # in to check what it wrote
+    if argv[:2] == ["sim", "calibrate"]:
+        from rllmtop.calibrate import main as calibrate_main
+        from rllmtop.sim.profiles import load_profile_file
+
+        return calibrate_main(argv[2:], verify=load_profile_file)
     # `rllmtop sim ...` is the simulator's own CLI (it can live as its own program)
     if argv and argv[0] == "sim":
         from rllmtop.sim.cli import main as sim_main

@@ -37,7 +37,46 @@ def _run_controls(scenario: Scenario, args: argparse.Namespace) -> Scenario:
         scenario = dataclasses.replace(
             scenario, load=dataclasses.replace(scenario.load, clamp_max_tokens=True)
         )
+    if getattr(args, "ignore_eos", False):
+        scenario = dataclasses.replace(scenario, load=dataclasses.replace(scenario.load, ignore_eos=True))
+    goodput = _goodput(args)
+    if goodput:  # judged live and kept in the recording's session facts
+        scenario = dataclasses.replace(scenario, goodput=goodput)
     return scenario
+
+
+def _view(args: argparse.Namespace) -> Any:
+    """The summary's latency columns and percentiles (``--percentile-metrics``, ``--metric-percentiles``)."""
+    from rllmtop.summary import PCTS, SummaryView, parse_metric_percentiles, parse_percentile_metrics
+
+    metrics = getattr(args, "percentile_metrics", None)
+    pcts = getattr(args, "metric_percentiles", None)
+    return SummaryView(
+        parse_percentile_metrics(metrics) if metrics else (),
+        parse_metric_percentiles(pcts) if pcts else PCTS,
+    )
+
+
+def _save_result(args: argparse.Namespace, session: Session, view: Any) -> None:
+    """``--save-result``: the run's JSON summary (``vllm bench serve`` key names; see rllmtop.summary)."""
+    if not getattr(args, "save_result", False) or session.info is None:
+        return
+    from rllmtop.summary import result_json, write_result
+
+    outcome = session.outcome
+    sc = session.plan.scenario
+    result = result_json(
+        session.info,
+        list(session.ended_requests()),
+        goodput=dict(sc.goodput) if sc is not None else None,
+        view=view,
+        status=outcome.state.value if outcome else "",
+        status_detail=outcome.detail if outcome else "",
+        warnings=outcome.warnings if outcome else (),
+        scenario=sc,
+        recording=str(outcome.record_path) if outcome and outcome.record_path else None,
+    )
+    print(f"result: {write_result(result, args.result_dir, args.result_filename)}")
 
 
 def _api_key(args: argparse.Namespace) -> str | None:
@@ -97,11 +136,11 @@ def build_session(
     return Session(plan)
 
 
-def _present(session: Session, headless: bool) -> int:
+def _present(session: Session, headless: bool, view: Any = None) -> int:
     if headless:
         from rllmtop.headless import run_headless
 
-        return run_headless(session)
+        return run_headless(session, view=view)
     from rllmtop.tui.app import build_app
 
     if not sys.stdin.isatty() or not sys.stdout.isatty():
@@ -120,14 +159,22 @@ def _present(session: Session, headless: bool) -> int:
     if isinstance(outcome, SessionOutcome):
         from rllmtop.headless import format_outcome
 
-        print(format_outcome(session, outcome))
+        print(format_outcome(session, outcome, view))
         return outcome.exit_code
     return 0
+
+
+def _present_and_save(args: argparse.Namespace, session: Session, headless: bool) -> int:
+    view = _view(args)
+    code = _present(session, headless, view)
+    _save_result(args, session, view)
+    return code
 
 
 def _cmd_run(args: argparse.Namespace, scenario_ref: str) -> int:
     from rllmtop.scenario import load_scenario
 
+    _view(args)  # a bad --percentile-metrics fails before anything starts
     scenario = _run_controls(load_scenario(scenario_ref, _overrides(args)), args)
     if getattr(args, "matrix", False):
         from rllmtop.matrix import run_matrix
@@ -144,16 +191,17 @@ def _cmd_run(args: argparse.Namespace, scenario_ref: str) -> int:
         api_key=_api_key(args),
         scrape_interval=getattr(args, "scrape_interval", None),
     )
-    return _present(session, args.headless)
+    return _present_and_save(args, session, args.headless)
 
 
 def _cmd_attach(args: argparse.Namespace) -> int:
+    _view(args)
     scenario = None
     if args.scenario:
         from rllmtop.scenario import load_scenario
 
         scenario = _run_controls(load_scenario(args.scenario, _overrides(args)), args)
-    engine = EngineSpec(kind="url", url=args.url.rstrip("/"), metrics_url=args.metrics_url)
+    engine = _attach_engine(args, has_load=scenario is not None)
     session = build_session(
         scenario,
         mode="attach",
@@ -163,7 +211,88 @@ def _cmd_attach(args: argparse.Namespace) -> int:
         scrape_interval=args.scrape_interval,
         duration=_watch_duration(args),
     )
-    return _present(session, args.headless)
+    return _present_and_save(args, session, args.headless)
+
+
+def _attach_engine(args: argparse.Namespace, *, has_load: bool) -> EngineSpec:
+    """The engine spec of ``attach URL [URL ...]`` and its fleet flags (checked here, before a session
+    or a recording exists)."""
+    from rllmtop.engines.adapters import normalize_base_url
+    from rllmtop.scenario import EngineEndpoint, PrometheusSpec
+    from rllmtop.scenario.engine import check_prometheus_selector
+    from rllmtop.session.fleet import check_fleet
+
+    urls = [u.rstrip("/") for u in args.urls]
+    for u in (*urls, args.load_url or "", args.prometheus or ""):
+        if u:
+            normalize_base_url(u)  # a UserError naming a URL that is not http(s)
+    dupes = sorted({u for u in urls if urls.count(u) > 1})
+    if dupes:
+        raise UserError(f"{dupes[0]} is listed twice", "give each engine once")
+    if not urls and not args.prometheus:
+        raise UserError(
+            "attach needs an engine URL (or --prometheus URL)",
+            "rllmtop attach http://HOST:PORT [http://HOST2:PORT ...]",
+        )
+
+    def per_url(flag: str, given: list[str] | None) -> list[str]:
+        given = list(given or [])
+        if len(given) > len(urls):
+            raise UserError(
+                f"{len(given)} {flag} for {len(urls)} engine URL(s)",
+                f"give {flag} once per URL, in URL order ('-' keeps the default)",
+            )
+        out = ["" if g == "-" else g.rstrip("/") for g in given] + [""] * (len(urls) - len(given))
+        for g in out:
+            if g:
+                normalize_base_url(g)
+        return out
+
+    metrics = per_url("--metrics-url", args.metrics_url)
+    gpus = per_url("--gpu-metrics-url", args.gpu_metrics_url)
+    balance = args.balance or "none"
+    load_url = args.load_url.rstrip("/") if args.load_url else None
+    if args.prometheus:
+        problem = check_prometheus_selector(args.prometheus_selector) if args.prometheus_selector else None
+        if problem is not None:
+            raise UserError(
+                f"--prometheus-selector {args.prometheus_selector!r} is not a label selector: {problem}",
+                "e.g. --prometheus-selector '{job=\"vllm\"}'",
+            )
+        if any(metrics) or any(gpus):
+            raise UserError(
+                "--metrics-url / --gpu-metrics-url with --prometheus: the series come from Prometheus",
+                "drop them (GPU series from a dcgm-exporter Prometheus scrapes are read from it too)",
+            )
+        if len(urls) > 1 and balance == "none":
+            raise UserError(
+                f"{len(urls)} engine URLs with --prometheus: with Prometheus, URLs say where the load goes",
+                "add --balance round_robin to balance over them, or give the router with --load-url",
+            )
+        interval = args.scrape_interval if args.scrape_interval is not None else 1.0
+        spec = EngineSpec(
+            kind="url",
+            url=load_url,
+            endpoints=tuple(EngineEndpoint(u) for u in urls),
+            balance=balance,
+            prometheus=PrometheusSpec(
+                args.prometheus.rstrip("/"), selector=args.prometheus_selector, interval=interval
+            ),
+        )
+    elif len(urls) == 1 and load_url is None and not gpus[0] and balance == "none":
+        spec = EngineSpec(kind="url", url=urls[0], metrics_url=metrics[0] or None)
+    else:
+        spec = EngineSpec(
+            kind="url",
+            url=load_url,
+            endpoints=tuple(
+                EngineEndpoint(u, metrics_url=m or None, gpu_metrics_url=g or None)
+                for u, m, g in zip(urls, metrics, gpus, strict=True)
+            ),
+            balance=balance,
+        )
+    check_fleet(spec, has_load=has_load)
+    return spec
 
 
 def _watch_duration(args: argparse.Namespace) -> float | None:
@@ -174,6 +303,7 @@ def _watch_duration(args: argparse.Namespace) -> float | None:
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
+    _view(args)
     scenario = None
     base = EngineSpec(kind=args.engine)
     if args.scenario:
@@ -202,7 +332,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         extra_engine_args=extra,
         duration=_watch_duration(args),
     )
-    return _present(session, args.headless)
+    return _present_and_save(args, session, args.headless)
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -210,19 +340,15 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         raise UserError(f"--speed {args.speed:g} is out of range", "use a speed from 0.25 to 64")
     path = Path(args.file)
     if args.headless:
-        from rllmtop.metrics.analysis import asu_summary
         from rllmtop.record.reader import open_recording
-        from rllmtop.summary import text_table
+        from rllmtop.session.results import recording_results
+        from rllmtop.summary import format_summary
 
-        rec = open_recording(path)
-        reqs = rec.requests()
-        print(f"{path}: {rec.info.scenario_name or 'session'} on {rec.info.engine_kind}, status {rec.status}")
-        if reqs:
-            s = asu_summary(reqs)
-            print(text_table(s))
-            print(f"stragglers: {s.straggler_rule}")
-        else:
-            print("no requests recorded")
+        with open_recording(path) as rec:
+            info, status = rec.info, rec.status
+        res = recording_results(path)
+        print(f"{path}: {info.scenario_name or 'session'} on {info.engine_kind}, status {status}")
+        print(format_summary(res.summary, res.warnings) if res.requests else "no requests recorded")
         return 0
     session = Session(SessionPlan(mode="replay", replay_path=path, replay_speed=args.speed))
     return _present(session, headless=False)
@@ -240,8 +366,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from rllmtop.record.report import build_report
+    from rllmtop.record.sweep import build_sweep_report, is_sweep_dir
 
     path = Path(args.file)
+    if is_sweep_dir(path):
+        print(f"sweep report: {build_sweep_report(path, args.out, goodput=_goodput(args))}")
+        return 0
     out = Path(args.out) if args.out else Path("reports") / path.stem
     index = build_report(path, out, goodput=_goodput(args))
     print(f"report: {index}")
@@ -263,6 +393,57 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     print(c.text)
     print(f"comparison: {c.index}")
     return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from rllmtop.metrics.analysis import SaturationRule, parse_slo
+    from rllmtop.scenario import load_scenario
+    from rllmtop.sweep import MAX_LEVELS, SweepSpec, parse_levels, run_sweep
+
+    axis = "concurrency" if args.concurrencies or args.search == "max-concurrency" else "rate"
+    grid: tuple[float, ...] = ()
+    if args.rates:
+        grid = parse_levels(args.rates, "--rates")
+    elif args.concurrencies:
+        grid = parse_levels(args.concurrencies, "--concurrencies", integer=True)
+    ov = _overrides(args)
+    owned = "request_rate" if axis == "rate" else "max_concurrency"
+    if owned in ov or (axis == "rate" and "ramp_up_strategy" in ov):
+        flag = OVERRIDE_FLAGS["ramp_up_strategy" if owned not in ov else owned]
+        raise UserError(
+            f"{flag} conflicts with the sweep: each level sets its own {axis}",
+            "drop it; the levels come from --rates, --concurrencies or --search",
+        )
+    if not 1 <= args.max_levels <= MAX_LEVELS:
+        raise UserError(f"--max-levels {args.max_levels} is out of range", f"use 1 to {MAX_LEVELS}")
+    if not (math.isfinite(args.tolerance) and 0 < args.tolerance <= 1):
+        raise UserError(f"--tolerance {args.tolerance:g} is out of range", "a fraction above 0, at most 1")
+    if args.start is not None and not (math.isfinite(args.start) and args.start > 0):
+        raise UserError(f"--start {args.start:g} must be a positive number", "e.g. --start 1")
+    rule: SaturationRule | None = None
+    if not args.no_early_stop:
+        w = args.saturation_window
+        if w is not None and not (math.isfinite(w) and w > 0):
+            raise UserError(
+                f"--saturation-window {w:g} must be positive seconds", "e.g. --saturation-window 20"
+            )
+        rule = SaturationRule(window=w) if w is not None else SaturationRule()
+    spec = SweepSpec(
+        axis=axis,
+        grid=grid,
+        start=args.start,
+        max_levels=args.max_levels,
+        tolerance=args.tolerance,
+        slo=parse_slo(args.slo) if args.slo else {},
+        goodput=_goodput(args),
+        saturation=rule,
+        report=not args.no_report,
+    )
+
+    def make(overrides: Any) -> Scenario:
+        return _run_controls(load_scenario(args.scenario, overrides), args)
+
+    return run_sweep(make, spec, overrides=ov, out_dir=args.out, api_key=_api_key(args))
 
 
 def _cmd_scenarios() -> int:
@@ -301,6 +482,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return _cmd_report(args)
     if cmd == "compare":
         return _cmd_compare(args)
+    if cmd == "sweep":
+        return _cmd_sweep(args)
     if cmd == "scenarios":
         return _cmd_scenarios()
     raise UserError(f"unknown command {cmd!r}", "see rllmtop --help")

@@ -18,7 +18,7 @@ from rllmtop._loop import run as run_loop
 from rllmtop.events import LogEvent, Record, SessionInfo, StateEvent
 from rllmtop.redact import redact_url
 from rllmtop.session import Session, SessionOutcome
-from rllmtop.summary import format_summary
+from rllmtop.summary import SummaryView, format_summary
 from rllmtop.view import LiveView
 
 __all__ = ["format_outcome", "run_headless"]
@@ -89,7 +89,8 @@ class _Progress:
                 self.tick()
 
 
-def format_outcome(session: Session, outcome: SessionOutcome) -> str:
+def format_outcome(session: Session, outcome: SessionOutcome, view: SummaryView | None = None) -> str:
+    """The end-of-run lines; ``view``: which latency columns and percentiles the table shows."""
     info = session.info
     lines = []
     head = f"rllmtop: {outcome.state.value}"
@@ -104,7 +105,12 @@ def format_outcome(session: Session, outcome: SessionOutcome) -> str:
     if outcome.detail:
         head += f" | {outcome.detail}"
     lines.append(head)
-    lines.append(format_summary(outcome.summary, outcome.warnings))
+    if view is None or view.default:
+        lines.append(format_summary(outcome.summary, outcome.warnings))
+    else:
+        summary = view.summary(session.ended_requests(), outcome.summary)
+        columns = view.columns(summary) if summary is not None else None
+        lines.append(format_summary(summary, outcome.warnings, columns))
     for miss in outcome.slo_missed:
         lines.append(f"SLO missed: {miss}")
     if outcome.record_path is not None:
@@ -145,8 +151,14 @@ async def _run(session: Session, progress_out: TextIO) -> SessionOutcome:
             progress.line("")
 
 
-def run_headless(session: Session, *, out: TextIO | None = None, progress_out: TextIO | None = None) -> int:
+def run_headless(
+    session: Session,
+    *,
+    out: TextIO | None = None,
+    progress_out: TextIO | None = None,
+    view: SummaryView | None = None,
+) -> int:
     """Run to the end, print the summary, return the exit code (see SessionOutcome.exit_code)."""
     outcome = run_loop(_run(session, progress_out or sys.stderr))
-    print(format_outcome(session, outcome), file=out or sys.stdout)
+    print(format_outcome(session, outcome, view), file=out or sys.stdout)
     return outcome.exit_code

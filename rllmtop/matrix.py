@@ -141,7 +141,8 @@ def _run_cell(cell: MatrixCell, api_key: str | None, out: TextIO, progress: Text
     )
     t = time.monotonic()
     code = run_headless(session, out=out, progress_out=progress)
-    return CellResult(cell, session.state, code, len(session.request_records), time.monotonic() - t)
+    n = session.outcome.requests if session.outcome is not None else 0
+    return CellResult(cell, session.state, code, n, time.monotonic() - t)
 
 
 def _exit_code(results: list[CellResult]) -> int:

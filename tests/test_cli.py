@@ -363,3 +363,58 @@ def test_the_simulator_starts_beside_a_folder_named_rllmtop(tmp_path: Path) -> N
         stdin=subprocess.DEVNULL,
     )
     assert p.returncode == 0, p.stderr
+
+
+def test_sigkill_keeps_every_request_sent_with_its_state_at_the_last_commit(tmp_path: Path) -> None:
+    """Issue 11.2: killed mid-run, the file holds every request sent before the last commit (0.5 s), the ones
+    still in flight included, with their progress then; the engine goes with rllmtop (its guard)."""
+    import time
+
+    from rllmtop.events import RequestStatus
+    from rllmtop.scenario import load_scenario
+    from rllmtop.workload.schedule import Schedule
+
+    body = (
+        FAST.format(extra="")
+        .replace("num_prompts = 8", "num_prompts = 400")
+        .replace("speed = 40", "speed = 1")
+        .replace('process = "gamma"\nrate = 20\nburstiness = 0.5', 'process = "constant"\nrate = 10')
+        .replace("max_tokens = 512", "max_tokens = 4096")
+        .replace("math-easy", "math-hard")
+    )
+    f = tmp_path / "kill.toml"
+    f.write_text(body)
+    db = tmp_path / "kill.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rllmtop", "run", str(f), "--headless", "--record", str(db)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "] running" in line:
+            break
+    time.sleep(4.0)  # let a few dozen requests go out (the schedule is the clock here, not an event)
+    killed_at = time.time()
+    proc.kill()
+    proc.wait(30)
+    rec = open_recording(db)
+    assert rec.status is SessionState.INCOMPLETE
+    t_kill = killed_at - rec.info.started_at
+    sched = Schedule(load_scenario(str(f)))
+    rows = {r.rid: r for r in rec.requests()}
+    runner_start = min(r.t_scheduled for r in rows.values())  # the schedule's t=0 on the session clock
+    due = [
+        int(rid)
+        for c in sched.chunks()
+        for rid, t in zip(c.rids, c.times, strict=True)
+        if runner_start + float(t) < t_kill - 1.5  # sent at least three commit intervals before the kill
+    ]
+    assert len(due) >= 20
+    missing = [rid for rid in due if rid not in rows]
+    assert missing == [], f"{len(missing)} requests sent before the last commit are not in the file"
+    in_flight = [r for r in rows.values() if r.status is RequestStatus.IN_FLIGHT]
+    assert in_flight, "hard requests at speed 1 run for seconds: some were in flight at the kill"
+    assert any(r.reasoning_tokens > 0 for r in in_flight)  # their progress at the last commit is kept

@@ -38,6 +38,7 @@ LAYERS: tuple[tuple[str, int], ...] = (
     ("rllmtop.record.report", 7),
     ("rllmtop.record.export", 7),
     ("rllmtop.record.sweep", 7),
+    ("rllmtop.calibrate", 7),  # reads finished recordings, writes a simulator profile
     # runs of runs
     ("rllmtop.matrix", 8),
     ("rllmtop.sweep", 8),

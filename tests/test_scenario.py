@@ -358,6 +358,9 @@ def test_override_errors_name_the_flag(tmp_path: Path) -> None:
         "base_url",
         "speed",
         "profile",
+        "ramp_up_strategy",
+        "ramp_up_start_rate",
+        "ramp_up_end_rate",
     }
 
 

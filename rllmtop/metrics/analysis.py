@@ -61,14 +61,19 @@ from rllmtop.events import (
 from rllmtop.scenario import GOODPUT_KEYS, SLO_KEYS
 
 __all__ = [
+    "CACHE_MOMENTS_RULE",
     "CLIENT_DELAY_S",
     "EMPTY_DIST",
+    "KNEE_RULE",
     "KV_FULL",
     "MIN_TEST_N",
     "PCTS",
+    "PHASES",
     "SLO_KEYS",
     "AsuState",
     "AsuSummary",
+    "CacheHolder",
+    "CacheMoment",
     "ClassSummary",
     "ClientDelayVerdict",
     "DistGroup",
@@ -78,32 +83,51 @@ __all__ = [
     "LiveAsu",
     "MannWhitney",
     "RequestColumns",
+    "RequestSpans",
+    "SaturationMonitor",
+    "SaturationRule",
+    "SaturationVerdict",
     "SimDriftVerdict",
+    "SloMiss",
+    "StallRule",
     "StragglerBaselines",
     "StragglerRule",
     "Timeline",
     "asu_summary",
+    "cache_holders",
+    "cache_moments",
     "check_slos",
+    "chunk_gaps",
     "client_delay_verdict",
     "counter_increase",
     "counter_rates",
     "engine_summaries",
     "engine_summary",
     "engine_timelines",
+    "goodput_from_slo",
     "goodput_mask",
     "histogram_quantile",
     "histogram_window",
     "holm",
+    "knee_index",
     "kv_weights",
     "mann_whitney",
     "merge_histograms",
+    "over_saturated",
     "parse_goodput",
+    "parse_slo",
+    "peak_load",
     "percentiles",
     "reasoning_distribution",
+    "request_spans",
     "samples_by_engine",
+    "saturation_scan",
     "scrape_step",
     "sim_drift_verdict",
+    "slo_misses",
+    "slo_value",
     "timeline",
+    "tokens_so_far",
     "trust_warnings",
 ]
 
@@ -734,6 +758,52 @@ def parse_goodput(spec: str | Sequence[str]) -> dict[str, float]:
     return out
 
 
+def parse_slo(spec: str | Sequence[str], flag: str = "--slo") -> dict[str, float]:
+    """The CLI form ``--slo ttfvt_p99=30 error_rate=0.01`` (or comma-separated) -> ``{"ttfvt_p99": 30.0,
+    "error_rate": 0.01}``: run-level SLOs as a scenario's ``[slo]`` table takes them (:data:`SLO_KEYS`;
+    latencies in seconds, rates as fractions, ``output_tps`` in tokens/s). UserError naming the bad item."""
+    items = (spec.replace(",", " ").split() if isinstance(spec, str) else
+             [t for s in spec for t in str(s).replace(",", " ").split()])  # fmt: skip
+    hint = f"write KEY=VALUE items, e.g. {flag} ttfvt_p99=30 (keys as in [slo]: {', '.join(SLO_KEYS)})"
+    out: dict[str, float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().lower()
+        if not sep or not key or not value.strip():
+            raise UserError(f"{flag} {item!r} is not KEY=VALUE", hint)
+        if key not in SLO_KEYS:
+            raise UserError(f"{flag} {item!r}: unknown SLO key {key!r}", hint)
+        try:
+            v = float(value)
+        except ValueError:
+            raise UserError(f"{flag} {item!r}: {value!r} is not a number", hint) from None
+        if not math.isfinite(v) or v < 0 or (key in ("error_rate", "accuracy") and v > 1):
+            what = "a fraction from 0 to 1" if key in ("error_rate", "accuracy") else "a number >= 0"
+            raise UserError(f"{flag} {item!r}: the limit must be {what}", hint)
+        if key in out:
+            raise UserError(f"{flag} names {key!r} twice", hint)
+        out[key] = v
+    if not out:
+        raise UserError(f"{flag} needs at least one KEY=VALUE item", hint)
+    return out
+
+
+_SLO_TO_GOODPUT = {"ttft": "ttft", "ttfvt": "ttfvt", "e2e": "e2el"}
+
+
+def goodput_from_slo(slo: Mapping[str, float]) -> dict[str, float]:
+    """Per-request goodput SLOs implied by run-level latency SLOs: ``ttfvt_p99 = 30`` -> ``ttfvt: 30``
+    (a request is good when its own TTFVT is within the limit); ttft and e2e likewise, the tightest limit
+    when several percentiles of one metric are given. Other keys imply none."""
+    out: dict[str, float] = {}
+    for key, limit in slo.items():
+        metric, _, stat = key.rpartition("_")
+        g = _SLO_TO_GOODPUT.get(metric)
+        if g is not None and stat.startswith("p") and limit > 0:
+            out[g] = min(limit, out.get(g, math.inf))
+    return out
+
+
 def _check_goodput(slo: Mapping[str, float] | None) -> dict[str, float]:
     out = dict(slo or {})
     for k, v in out.items():
@@ -985,11 +1055,12 @@ def _class_summary(
     strag: int,
     run_span: float,
     has_goodput: bool,
+    pcts: Sequence[int] = PCTS,
 ) -> ClassSummary:
     """``ok``/``every``: masks of the class's ok / ended rows of the columns ``d``."""
 
     def p(key: str, mask: np.ndarray | None = None) -> dict[int, float | None]:
-        return percentiles(d[key][ok if mask is None else mask])
+        return percentiles(d[key][ok if mask is None else mask], pcts)
 
     rate = has_goodput and run_span > 0
     return ClassSummary(
@@ -1031,6 +1102,7 @@ def _summary(
     unfinished: int = 0,
     recent: int | None = None,
     derived: Mapping[str, np.ndarray] | None = None,
+    pcts: Sequence[int] = PCTS,
 ) -> AsuSummary:
     """Percentiles and stragglers over ``cols`` (ended requests), counts from ``counts``."""
     d = dict(derived if derived is not None else cols.derived())
@@ -1051,9 +1123,11 @@ def _summary(
     classes = []
     for name, c in counts.items():
         m = names == name
-        classes.append(_class_summary(name, c, d, ok & m, m, int(strag[m].sum()), run_span, has_goodput))
+        classes.append(
+            _class_summary(name, c, d, ok & m, m, int(strag[m].sum()), run_span, has_goodput, pcts)
+        )
     every = np.ones(len(cols), dtype=bool)
-    overall = _class_summary("all", total, d, ok, every, int(strag.sum()), run_span, has_goodput)
+    overall = _class_summary("all", total, d, ok, every, int(strag.sum()), run_span, has_goodput, pcts)
     return AsuSummary(overall, tuple(classes), rule.describe(), dict(slo), run_span, unfinished, recent)
 
 
@@ -1062,13 +1136,16 @@ def asu_summary(
     rule: StragglerRule | None = None,
     *,
     goodput: Mapping[str, float] | None = None,
+    pcts: Sequence[int] | None = None,
 ) -> AsuSummary:
     """ASU numbers per class (in first-seen order) and overall, over the requests that ended.
 
     ``requests``: records (any iterable, read once: a recording's ``iter_requests()``), or columns
     (:class:`RequestColumns`, or a mapping of RequestRecord field names to numpy columns). ``goodput``:
-    per-request SLOs (GOODPUT_KEYS, seconds). Memory: ~110 bytes per request (the columns), never the
+    per-request SLOs (GOODPUT_KEYS, seconds). ``pcts``: percentiles to compute besides :data:`PCTS`
+    (``--metric-percentiles``; 0..100). Memory: ~110 bytes per request (the columns), never the
     records; time O(n log n + streamed chunks). Requests that never ended count in ``unfinished``."""
+    qs = _pcts(pcts)
     rule = rule or StragglerRule()
     slo = _check_goodput(goodput)
     cols = _columns(requests)
@@ -1078,7 +1155,17 @@ def asu_summary(
         cols = cols.take(ended)
     d = cols.derived()
     counts = _counts_by_class(cols, d, slo)
-    return _summary(cols, counts, rule, slo, unfinished=unfinished, derived=d)
+    return _summary(cols, counts, rule, slo, unfinished=unfinished, derived=d, pcts=qs)
+
+
+def _pcts(extra: Sequence[int] | None) -> tuple[int, ...]:
+    """:data:`PCTS` and ``extra``, sorted (ValueError outside 0..100)."""
+    qs = set(PCTS)
+    for q in extra or ():
+        if not (isinstance(q, int) and not isinstance(q, bool) and 0 <= q <= 100):
+            raise ValueError(f"percentile {q!r} is not a whole number from 0 to 100")
+        qs.add(q)
+    return tuple(sorted(qs))
 
 
 @dataclass(frozen=True, eq=False)
@@ -1174,33 +1261,62 @@ class LiveAsu:
         return self.freeze().summary()
 
 
+@dataclass(frozen=True, slots=True)
+class SloMiss:
+    """One run-level SLO a summary missed: its key, the measured value (None: no data), the limit."""
+
+    key: str
+    value: float | None
+    limit: float
+    text: str  # one line, as :func:`check_slos` says it
+
+
+def slo_value(summary: ClassSummary, key: str) -> float | None:
+    """The number an SLO key (:data:`SLO_KEYS`) is judged on (seconds, a fraction or tokens/s); None when
+    there is no data. Unknown keys raise ValueError."""
+    if key not in SLO_KEYS:
+        raise ValueError(f"unknown SLO {key!r}; allowed: {', '.join(sorted(SLO_KEYS))}")
+    if key == "error_rate":
+        return summary.error_rate
+    if key == "accuracy":
+        return summary.accuracy
+    if key == "output_tps":
+        return summary.output_tps
+    metric, stat = key.rsplit("_", 1)
+    vals: Mapping[int, float | None] = getattr(summary, metric)
+    return vals.get(int(stat[1:]))
+
+
+def slo_misses(summary: ClassSummary, slo: Mapping[str, float]) -> list[SloMiss]:
+    """The SLOs of ``slo`` that ``summary`` missed, in order (empty when all are met). A maximum is missed
+    above its limit, a minimum (accuracy, output_tps) below it or without data; a latency without data is
+    missed; an error rate without requests is not. Unknown keys raise ValueError."""
+    missed: list[SloMiss] = []
+    for key, limit in slo.items():
+        v = slo_value(summary, key)
+        if key == "error_rate":
+            if v is not None and v > limit:
+                missed.append(SloMiss(key, v, limit, f"error_rate {v:.3f} > {limit:g}"))
+        elif key == "accuracy":
+            if v is None or v < limit:
+                missed.append(
+                    SloMiss(key, v, limit, f"accuracy {'n/a' if v is None else f'{v:.3f}'} < {limit:g}")
+                )
+        elif key == "output_tps":
+            if v is None or v < limit:
+                missed.append(
+                    SloMiss(key, v, limit, f"output_tps {'n/a' if v is None else f'{v:.1f}'} < {limit:g}")
+                )
+        elif v is None:
+            missed.append(SloMiss(key, v, limit, f"{key}: no data"))
+        elif v > limit:
+            missed.append(SloMiss(key, v, limit, f"{key} {v:.3f}s > {limit:g}s"))
+    return missed
+
+
 def check_slos(summary: ClassSummary, slo: Mapping[str, float]) -> list[str]:
     """One line per missed SLO (empty when all are met). Unknown keys raise ValueError."""
-    missed: list[str] = []
-    for key, limit in slo.items():
-        if key not in SLO_KEYS:
-            raise ValueError(f"unknown SLO {key!r}; allowed: {', '.join(sorted(SLO_KEYS))}")
-        if key == "error_rate":
-            v = summary.error_rate
-            if v is not None and v > limit:
-                missed.append(f"error_rate {v:.3f} > {limit:g}")
-        elif key == "accuracy":
-            v = summary.accuracy
-            if v is None or v < limit:
-                missed.append(f"accuracy {'n/a' if v is None else f'{v:.3f}'} < {limit:g}")
-        elif key == "output_tps":
-            v = summary.output_tps
-            if v is None or v < limit:
-                missed.append(f"output_tps {'n/a' if v is None else f'{v:.1f}'} < {limit:g}")
-        else:
-            metric, stat = key.rsplit("_", 1)
-            vals = getattr(summary, metric)
-            v = vals.get(int(stat[1:]))
-            if v is None:
-                missed.append(f"{key}: no data")
-            elif v > limit:
-                missed.append(f"{key} {v:.3f}s > {limit:g}s")
-    return missed
+    return [m.text for m in slo_misses(summary, slo)]
 
 
 # ------------------------------------------------------------------------------------------ trust verdicts
@@ -1942,3 +2058,728 @@ def holm(pvalues: Sequence[float | None]) -> list[float | None]:
         running = max(running, min(1.0, (m - rank) * p))
         out[i] = running
     return out
+
+
+# ------------------------------------------------------------------------------------------ over-saturation
+
+
+@dataclass(frozen=True)
+class SaturationRule:
+    """When a load level is over-saturated (a sweep stops it early). Either clause, judged over the last
+    ``window`` session seconds:
+
+    - **queue**: the engine's waiting queue kept growing while its KV cache was full. Growing: the
+      least-squares slope of ``requests_waiting`` over the window is > 0 and the median of its last
+      quarter of readings exceeds the median of its first quarter by at least ``min_growth`` requests.
+      Full: some reading of ``kv_cache_usage`` in the window is >= ``kv_full``, or the engine preempted
+      a request in it (recompute preemption frees blocks, so usage dips right after). Arrivals beyond
+      what the engine serves show up as exactly this: a queue that only grows, with the cache full.
+    - **goodput**: at least ``min_ended`` requests ended in the window and those meeting every goodput
+      SLO, per second, are fewer than ``collapse`` x the offered rate (needs goodput SLOs and a rate).
+
+    Nothing is judged before the window is covered: at least ``min_readings`` engine readings spanning
+    80% of it (a level shorter than the window is never stopped).
+
+    A fleet is judged as one engine: waiting queues and preemptions summed, KV usage weighted by capacity
+    (equal weights unless every engine serves its capacity)."""
+
+    window: float = 20.0
+    kv_full: float = 0.95
+    min_growth: float = 5.0
+    min_readings: int = 8
+    collapse: float = 0.1
+    min_ended: int = 5
+
+    def describe(self) -> str:
+        """The rule in one line."""
+        return (
+            f"over-saturated when, over the last {self.window:g} s, the engine's waiting queue kept growing "
+            f"(slope > 0, up by >= {self.min_growth:g} requests) while its KV cache was full (a reading >= "
+            f"{100 * self.kv_full:.0f}%, or a preemption), or when >= {self.min_ended} requests ended in "
+            f"that window and those meeting the goodput SLOs came to < {100 * self.collapse:.0f}% of the "
+            "offered rate"
+        )
+
+
+@dataclass(frozen=True)
+class SaturationVerdict:
+    fired: bool
+    t: float  # when it was judged (session seconds)
+    clause: str = ""  # "queue" | "goodput" | "" (not fired)
+    reason: str = ""  # one line: why it fired, or why not (what was missing)
+
+
+def over_saturated(
+    now: float,
+    rule: SaturationRule,
+    *,
+    t: np.ndarray | Sequence[float],
+    kv: np.ndarray | Sequence[float],
+    waiting: np.ndarray | Sequence[float],
+    preemptions: np.ndarray | Sequence[float] | None = None,
+    ended: np.ndarray | Sequence[float] | None = None,
+    good: np.ndarray | Sequence[bool] | None = None,
+    offered_rate: float | None = None,
+) -> SaturationVerdict:
+    """Judge :class:`SaturationRule` at ``now`` (pure). ``t``/``kv``/``waiting``/``preemptions``: the
+    engine's readings (ascending ``t``; KV usage 0..1, the waiting queue, the cumulative preemption
+    counter; NaN where not served). ``ended``/``good``: end times of requests and whether each met every
+    goodput SLO. Readings after ``now`` are ignored. O(readings)."""
+    w = rule.window
+    ta = np.asarray(t, dtype=float)
+    sel = (ta > now - w - 1e-9) & (ta <= now + 1e-9)
+    tt = ta[sel]
+    if tt.size < max(rule.min_readings, 2) or tt[-1] - tt[0] < 0.8 * w:
+        return SaturationVerdict(False, now, "", f"not judged: fewer than {w:g} s of engine readings yet")
+    wq = np.asarray(waiting, dtype=float)[sel]
+    kq = np.asarray(kv, dtype=float)[sel]
+    have = ~np.isnan(wq)
+    tt_w, wq = tt[have], wq[have]
+    if tt_w.size >= max(rule.min_readings, 2) and tt_w[-1] - tt_w[0] >= 0.8 * w:
+        q = max(1, tt_w.size // 4)
+        head, tail = float(np.median(wq[:q])), float(np.median(wq[-q:]))
+        slope = float(np.polyfit(tt_w - tt_w[0], wq, 1)[0]) if np.ptp(wq) > 0 else 0.0
+        kv_seen = kq[~np.isnan(kq)]
+        kv_peak = float(kv_seen.max()) if kv_seen.size else math.nan
+        pre = 0.0
+        if preemptions is not None:
+            pq = np.asarray(preemptions, dtype=float)[sel]
+            pq = pq[~np.isnan(pq)]
+            pre = counter_increase(pq.tolist()) if pq.size >= 2 else 0.0
+        full = (kv_seen.size > 0 and kv_peak >= rule.kv_full) or pre > 0
+        if slope > 0 and tail - head >= rule.min_growth and full:
+            why = (
+                f"KV usage reached {fmt.percent(kv_peak, 0)}"
+                if kv_seen.size and kv_peak >= rule.kv_full
+                else f"{pre:.0f} preemption(s)"
+            )
+            return SaturationVerdict(
+                True,
+                now,
+                "queue",
+                f"over-saturated: the waiting queue grew from {head:.0f} to {tail:.0f} requests over the last "
+                f"{w:g} s ({slope:+.2f}/s) with the KV cache full ({why})",
+            )
+    if ended is not None and good is not None and offered_rate is not None and 0 < offered_rate < math.inf:
+        e = np.asarray(ended, dtype=float)
+        g = np.asarray(good, dtype=bool)
+        m = (e > now - w) & (e <= now)
+        n = int(m.sum())
+        k = int(g[m].sum())
+        if n >= rule.min_ended and k / w < rule.collapse * offered_rate:
+            return SaturationVerdict(
+                True,
+                now,
+                "goodput",
+                f"goodput collapsed: {k} of the {n} requests that ended in the last {w:g} s met the "
+                f"goodput SLOs ({fmt.rate(k / w)} req/s, under {100 * rule.collapse:.0f}% of the offered "
+                f"{fmt.rate(offered_rate)} req/s)",
+            )
+    return SaturationVerdict(False, now)
+
+
+def _scrape_point(s: Scrape) -> tuple[float, float, float, float]:
+    """(KV usage, waiting, preemption counter, KV capacity) of one engine's scrape; NaN where not served.
+    Label sets (DP ranks) are summed, KV usage averaged over them."""
+    kv: list[float] = []
+    waiting = pre = cap = math.nan
+    for m in s.samples:
+        if m.name == "kv_cache_usage":
+            kv.append(m.value)
+        elif m.name == "requests_waiting":
+            waiting = m.value if math.isnan(waiting) else waiting + m.value
+        elif m.name == "preemptions_total":
+            pre = m.value if math.isnan(pre) else pre + m.value
+        elif m.name in ("kv_total_blocks", "kv_total_tokens") and math.isnan(cap):
+            cap = m.value
+    return (sum(kv) / len(kv) if kv else math.nan), waiting, pre, cap
+
+
+class SaturationMonitor:
+    """:func:`over_saturated` fed from a session's records, in bounded memory: the readings and request
+    ends of the last window only (O(window / scrape interval + requests ended in a window)).
+
+    ``add`` takes any record (scrapes and ended requests are used); ``check(now)`` judges. Live (a sweep's
+    sink) and offline (:func:`saturation_scan`, over a recording) it is the same code, so a recording
+    re-judged gives the verdict the live run acted on."""
+
+    def __init__(
+        self,
+        rule: SaturationRule | None = None,
+        *,
+        offered_rate: float | None = None,
+        goodput: Mapping[str, float] | None = None,
+    ) -> None:
+        self.rule = rule or SaturationRule()
+        self.offered_rate = offered_rate
+        self.goodput = _check_goodput(goodput)
+        self._last: dict[str, tuple[float, float, float, float]] = {}
+        self._points: deque[tuple[float, float, float, float]] = deque()
+        self._ends: deque[tuple[float, bool]] = deque()
+
+    def add(self, rec: object) -> None:
+        if isinstance(rec, Scrape):
+            if rec.ok and not rec.stale:
+                self.add_scrape(rec)
+        elif isinstance(rec, RequestRecord):
+            self.add_request(rec)
+        else:
+            r = getattr(rec, "record", None)
+            if isinstance(r, RequestRecord) and r.ended:
+                self.add_request(r)
+
+    def add_scrape(self, s: Scrape) -> None:
+        self._last[s.engine_id] = _scrape_point(s)
+        pts = list(self._last.values())
+        kv = np.array([p[0] for p in pts])
+        caps = np.array([p[3] for p in pts])
+        wts = caps if np.all(caps > 0) else np.ones(len(pts))
+        have = ~np.isnan(kv)
+        k = float(np.sum(kv[have] * wts[have]) / np.sum(wts[have])) if have.any() else math.nan
+        self._points.append((s.t, k, _nan_total(p[1] for p in pts), _nan_total(p[2] for p in pts)))
+        self._trim(s.t)
+
+    def add_request(self, r: RequestRecord) -> None:
+        if not r.ended:
+            return
+        t = r.t_done if r.t_done is not None else (r.t_sent if r.t_sent is not None else r.t_scheduled)
+        good = bool(goodput_mask([r], self.goodput)[0]) if self.goodput else r.status is RequestStatus.OK
+        self._ends.append((t, good))
+
+    def _trim(self, now: float) -> None:
+        lo = now - self.rule.window - 1.0
+        while self._points and self._points[0][0] < lo:
+            self._points.popleft()
+        while self._ends and self._ends[0][0] < lo:
+            self._ends.popleft()
+
+    def check(self, now: float) -> SaturationVerdict:
+        self._trim(now)
+        pts = self._points
+        ends = self._ends
+        return over_saturated(
+            now,
+            self.rule,
+            t=[p[0] for p in pts],
+            kv=[p[1] for p in pts],
+            waiting=[p[2] for p in pts],
+            preemptions=[p[3] for p in pts],
+            ended=[e[0] for e in ends] if self.goodput else None,
+            good=[e[1] for e in ends] if self.goodput else None,
+            offered_rate=self.offered_rate,
+        )
+
+
+def _nan_total(values: Iterable[float]) -> float:
+    vals = [v for v in values if not math.isnan(v)]
+    return float(sum(vals)) if vals else math.nan
+
+
+def saturation_scan(
+    scrapes: Iterable[Scrape],
+    requests: Iterable[RequestRecord],
+    rule: SaturationRule | None = None,
+    *,
+    offered_rate: float | None = None,
+    goodput: Mapping[str, float] | None = None,
+    sending: tuple[float, float] | None = None,
+) -> SaturationVerdict:
+    """Judge a whole recorded run after the fact: the first moment (a scrape) the rule fires, else a
+    verdict that did not fire at the last scrape. The same monitor as live; O(scrapes x window readings).
+    ``sending``: judge only at scrapes inside (start, end) of the load being sent (a sweep judges a level
+    only while it sends: the RUNNING state); None: at every scrape."""
+    mon = SaturationMonitor(rule, offered_rate=offered_rate, goodput=goodput)
+    ends = sorted(
+        ((r.t_done if r.t_done is not None else (r.t_sent if r.t_sent is not None else r.t_scheduled)), i, r)
+        for i, r in enumerate(requests)
+        if r.ended
+    )
+    k = 0
+    last = SaturationVerdict(False, 0.0)
+    for s in sorted(scrapes, key=lambda x: x.t):
+        while k < len(ends) and ends[k][0] <= s.t:
+            mon.add_request(ends[k][2])
+            k += 1
+        mon.add(s)
+        if sending is not None and not sending[0] <= s.t <= sending[1]:
+            continue
+        last = mon.check(s.t)
+        if last.fired:
+            return last
+    return last
+
+
+# ------------------------------------------------------------------------------------------ the knee
+
+KNEE_RULE = (
+    "the knee is the load level beyond which more offered load buys little more goodput: on the curve of "
+    "goodput (requests/s meeting every per-request SLO; completed requests/s without goodput SLOs) against "
+    "the offered load, over the levels that ran to their end (a level stopped early measured only its "
+    "start), both scaled to 0..1, the level farthest above the straight line from "
+    "the lowest to the highest level (the Kneedle method); none with fewer than 3 levels or when no level "
+    "is more than 0.05 above that line"
+)
+
+
+def knee_index(x: Sequence[float], y: Sequence[float | None], *, min_height: float = 0.05) -> int | None:
+    """The index (into ``x``/``y``) of the knee of a concave curve by :data:`KNEE_RULE`; None when there is
+    none. Points with a missing/NaN ``y`` are left out."""
+    pts = [
+        (float(a), float(b), i)
+        for i, (a, b) in enumerate(zip(x, y, strict=True))
+        if b is not None and math.isfinite(float(b)) and math.isfinite(float(a))
+    ]
+    pts.sort()
+    if len(pts) < 3:
+        return None
+    xs = np.array([p[0] for p in pts])
+    ys = np.array([p[1] for p in pts])
+    if np.ptp(xs) <= 0 or np.ptp(ys) <= 0:
+        return None
+    xn = (xs - xs.min()) / np.ptp(xs)
+    yn = (ys - ys.min()) / np.ptp(ys)
+    chord = yn[0] + (yn[-1] - yn[0]) * (xn - xn[0]) / (xn[-1] - xn[0])
+    height = yn - chord
+    best = int(np.argmax(height))
+    if height[best] <= min_height:
+        return None
+    return pts[best][2]
+
+
+# ------------------------------------------------------------------------------------------ request timelines
+
+
+@dataclass(frozen=True)
+class StallRule:
+    """A long stall in a request's stream: a gap between two of its chunks longer than ``factor`` times
+    the request's median gap and longer than ``min_s`` session seconds. On an engine under KV pressure
+    that is most likely a preemption (the request was evicted and recomputed); it can also be a stalled
+    network or engine."""
+
+    factor: float = 10.0
+    min_s: float = 1.0
+
+    def describe(self) -> str:
+        return (
+            f"a gap between two chunks > {self.factor:g}x the request's median gap and > {self.min_s:g} s: "
+            "a likely preemption"
+        )
+
+
+PHASES = ("queued", "waiting", "thinking", "answering")
+"""The phases of a request's life a timeline draws (then ``done``/``failed`` at its end): queued in the
+client (its schedule to its start: concurrency-cap wait and send lag), sent and waiting for a first token
+(engine queue and prefill), thinking (first token to first visible token), answering (to the end)."""
+
+
+@dataclass(frozen=True)
+class RequestSpans:
+    """Per request, the times its timeline draws (session seconds; NaN = never), rows in start order.
+
+    Phase boundaries: ``t_queued`` (due: its schedule) -> ``t_start`` (its latency start) ->
+    ``t_first_token`` -> ``t_first_visible`` -> ``t_end`` (its end, or ``now`` while in flight:
+    ``open``). A phase that never began is empty (e.g. no visible token: thinking lasts to the end).
+    Stalls by :class:`StallRule`: ``stall_row[k]`` (a row index) stalled from ``stall_t0[k]`` to
+    ``stall_t1[k]``. Build with :func:`request_spans`; the report's Gantt chart and a TUI page draw this."""
+
+    rid: np.ndarray  # int64
+    classes: tuple[str, ...]
+    cls: np.ndarray  # int32 index into classes
+    difficulty: tuple[str, ...]  # per row
+    status: np.ndarray  # int8: 0 ok, 1 error, 2 cancelled, 3 in flight
+    finish: tuple[str, ...]  # per row: finish_reason or the status
+    t_queued: np.ndarray
+    t_start: np.ndarray
+    t_first_token: np.ndarray
+    t_first_visible: np.ndarray
+    t_end: np.ndarray
+    open: np.ndarray  # bool: still in flight at ``now``
+    prompt_tokens: np.ndarray  # NaN: unknown
+    reasoning_tokens: np.ndarray
+    answer_tokens: np.ndarray
+    stall_row: np.ndarray  # int64
+    stall_t0: np.ndarray
+    stall_t1: np.ndarray
+    rule: StallRule = field(default_factory=StallRule)
+
+    def __len__(self) -> int:
+        return int(self.rid.size)
+
+    def phase_bounds(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """{phase: (begin, end)} per row for :data:`PHASES` (NaN where the phase did not happen)."""
+        end = self.t_end
+        start = np.where(np.isnan(self.t_start), end, self.t_start)
+        ft = np.where(np.isnan(self.t_first_token), end, np.minimum(self.t_first_token, end))
+        fv = np.where(np.isnan(self.t_first_visible), end, np.minimum(self.t_first_visible, end))
+        fv = np.maximum(fv, ft)
+        q0 = np.where(np.isnan(self.t_queued), start, np.minimum(self.t_queued, start))
+        out = {
+            "queued": (q0, start),
+            "waiting": (start, ft),
+            "thinking": (ft, fv),
+            "answering": (fv, end),
+        }
+        for k, (a, b) in out.items():
+            empty = ~(b > a)
+            out[k] = (np.where(empty, np.nan, a), np.where(empty, np.nan, b))
+        return out
+
+    def shifted(self, dt: float) -> RequestSpans:
+        """The same rows with every time moved by ``-dt`` (e.g. onto seconds since load start)."""
+        return replace(
+            self,
+            t_queued=self.t_queued - dt,
+            t_start=self.t_start - dt,
+            t_first_token=self.t_first_token - dt,
+            t_first_visible=self.t_first_visible - dt,
+            t_end=self.t_end - dt,
+            stall_t0=self.stall_t0 - dt,
+            stall_t1=self.stall_t1 - dt,
+        )
+
+    def lanes(self) -> tuple[np.ndarray, int]:
+        """A lane per row so that rows sharing a lane never overlap in time (greedy interval packing in
+        start order: the fewest lanes, which is the peak number of requests in the client at once);
+        returns (lane per row, number of lanes). O(n log n)."""
+        import heapq
+
+        begin = np.where(np.isnan(self.t_queued), self.t_start, self.t_queued)
+        begin = np.where(np.isnan(begin), self.t_end, begin)
+        order = np.argsort(begin, kind="stable")
+        lane = np.zeros(len(self), dtype=np.int64)
+        free: list[tuple[float, int]] = []  # (end, lane)
+        n = 0
+        for i in order.tolist():
+            b, e = float(begin[i]), float(self.t_end[i])
+            if free and free[0][0] <= b:
+                _, k = heapq.heappop(free)
+            else:
+                k = n
+                n += 1
+            lane[i] = k
+            heapq.heappush(free, (e if math.isfinite(e) else b, k))
+        return lane, n
+
+
+def _chunk_times(r: RequestRecord) -> tuple[np.ndarray, np.ndarray] | None:
+    """(chunk times, tokens per chunk) of a request from its gap blob; None without a first token or blob."""
+    if r.t_first_token is None or not r.gaps:
+        return None
+    try:
+        gaps, per = decode_gaps(r.gaps)
+    except (ValueError, struct.error):
+        return None
+    g = np.frombuffer(gaps, dtype=np.uint32).astype(float) * 1e-6 if len(gaps) else np.empty(0)
+    ts = r.t_first_token + np.concatenate(([0.0], np.cumsum(g)))
+    w = np.frombuffer(per, dtype=np.uint16).astype(float) if per is not None else np.ones(ts.size)
+    if w.size != ts.size:
+        w = np.ones(ts.size)
+    return ts, w
+
+
+def _stalls(r: RequestRecord, rule: StallRule) -> list[tuple[float, float]]:
+    ct = _chunk_times(r)
+    if ct is None or ct[0].size < 3:
+        return []
+    ts = ct[0]
+    gaps = np.diff(ts)
+    limit = max(rule.factor * float(np.median(gaps)), rule.min_s)
+    idx = np.flatnonzero(gaps > limit)
+    return [(float(ts[i]), float(ts[i + 1])) for i in idx.tolist()]
+
+
+def request_spans(
+    records: Iterable[RequestRecord], *, now: float | None = None, rule: StallRule | None = None
+) -> RequestSpans:
+    """The timeline rows of ``records`` (ended or in flight: those end at ``now``, else at their last
+    known time). Cost: O(n log n + streamed chunks) (the gap blobs are read for the stalls)."""
+    rule = rule or StallRule()
+    recs = sorted(
+        records,
+        key=lambda r: (_nan(r.latency_start) if r.latency_start is not None else r.t_scheduled, r.rid),
+    )
+    classes: dict[str, int] = {}
+    n = len(recs)
+    f = np.full
+    rid = np.zeros(n, dtype=np.int64)
+    ci = np.zeros(n, dtype=np.int32)
+    st = np.zeros(n, dtype=np.int8)
+    cols = {k: f(n, np.nan) for k in ("q", "s", "ft", "fv", "e", "p", "rt", "at")}
+    opened = np.zeros(n, dtype=bool)
+    diffs: list[str] = []
+    fins: list[str] = []
+    srow: list[int] = []
+    s0: list[float] = []
+    s1: list[float] = []
+    for i, r in enumerate(recs):
+        rid[i] = r.rid
+        ci[i] = classes.setdefault(r.cls, len(classes))
+        st[i] = _STATUS_CODE.get(r.status, _ERROR)
+        diffs.append(r.difficulty)
+        fins.append(r.finish_reason or r.status.value)
+        cols["q"][i] = r.t_dispatch if r.t_dispatch is not None else r.t_scheduled
+        cols["s"][i] = _nan(r.latency_start)
+        cols["ft"][i] = _nan(r.t_first_token)
+        cols["fv"][i] = _nan(r.t_first_visible)
+        end = r.t_done
+        if end is None:
+            if not r.ended and now is not None:
+                end = now
+                opened[i] = True
+            else:
+                known = [t for t in (r.t_first_visible, r.t_first_token, r.latency_start) if t is not None]
+                end = max(known) if known else r.t_scheduled
+                opened[i] = not r.ended
+        cols["e"][i] = end
+        p = r.prompt_tokens if r.prompt_tokens is not None else r.target_input_tokens
+        cols["p"][i] = math.nan if p is None else p
+        cols["rt"][i] = r.reasoning_tokens
+        cols["at"][i] = r.answer_tokens
+        for a, b in _stalls(r, rule):
+            srow.append(i)
+            s0.append(a)
+            s1.append(b)
+    return RequestSpans(
+        rid=rid,
+        classes=tuple(classes),
+        cls=ci,
+        difficulty=tuple(diffs),
+        status=st,
+        finish=tuple(fins),
+        t_queued=cols["q"],
+        t_start=cols["s"],
+        t_first_token=cols["ft"],
+        t_first_visible=cols["fv"],
+        t_end=cols["e"],
+        open=opened,
+        prompt_tokens=cols["p"],
+        reasoning_tokens=cols["rt"],
+        answer_tokens=cols["at"],
+        stall_row=np.asarray(srow, dtype=np.int64),
+        stall_t0=np.asarray(s0, dtype=float),
+        stall_t1=np.asarray(s1, dtype=float),
+        rule=rule,
+    )
+
+
+# ------------------------------------------------------------------------------------------ who filled the cache
+
+
+@dataclass(frozen=True, slots=True)
+class CacheHolder:
+    """A request in flight at a moment, and the tokens it held then: its prompt (from usage; a trace's
+    target length when usage is missing; 0 when unknown) and what it had generated so far (chunk times of
+    its gap blob, scaled to its final counts)."""
+
+    rid: int
+    cls: str
+    difficulty: str
+    prompt_tokens: int | None
+    reasoning: int  # reasoning tokens generated by then
+    answer: int  # answer tokens generated by then
+    phase: str  # "waiting" (no token yet: it may not hold KV yet) | "thinking" | "answering"
+    stalled: bool = False  # inside a long stall of its stream (StallRule): likely preempted, holding no KV
+
+    @property
+    def tokens(self) -> int:
+        return (self.prompt_tokens or 0) + self.reasoning + self.answer
+
+
+def tokens_so_far(r: RequestRecord, t: float) -> tuple[int, int]:
+    """(reasoning, answer) tokens request ``r`` had generated by session time ``t``."""
+    if r.t_first_token is None or t < r.t_first_token:
+        return 0, 0
+    total = r.output_tokens
+    ct = _chunk_times(r)
+    if ct is None:  # no chunk times: spread evenly from the first token to the end, reasoning first
+        end = r.t_done
+        span = end - r.t_first_token if end is not None else 0.0
+        frac = 1.0 if span <= 0 else min(1.0, (t - r.t_first_token) / span)
+        gen = round(total * frac)
+        rt = min(gen, r.reasoning_tokens)
+        return rt, min(gen - rt, r.answer_tokens)
+    ts, w = ct
+    s = w.sum()
+    scale = total / s if s > 0 else 0.0
+    k = int(np.searchsorted(ts, t, side="right"))
+    vis = r.t_first_visible
+    split = ts.size if vis is None else int(np.searchsorted(ts, vis - 1e-9))
+    gen_r = float(w[: min(k, split)].sum()) * scale
+    gen_a = float(w[split:k].sum()) * scale if k > split else 0.0
+    return min(round(gen_r), r.reasoning_tokens), min(round(gen_a), r.answer_tokens)
+
+
+def _in_flight_at(r: RequestRecord, t: float) -> bool:
+    start = r.latency_start
+    if start is None or start > t:
+        return False
+    if r.t_done is not None:
+        return r.t_done > t
+    return not r.ended
+
+
+def cache_holders(
+    records: Iterable[RequestRecord], t: float, rule: StallRule | None = None
+) -> list[CacheHolder]:
+    """Every request in flight at ``t`` (started, not yet ended) with the tokens it held, most first; those
+    inside a long stall of their stream (``rule``: likely preempted, holding no KV) last. O(n + chunks of
+    the requests in flight)."""
+    rule = rule or StallRule()
+    out = []
+    for r in records:
+        if not _in_flight_at(r, t):
+            continue
+        rt, at = tokens_so_far(r, t)
+        if r.t_first_token is None or t < r.t_first_token:
+            phase = "waiting"
+        elif r.t_first_visible is None or t < r.t_first_visible:
+            phase = "thinking"
+        else:
+            phase = "answering"
+        stalled = any(a < t < b for a, b in _stalls(r, rule))
+        p = r.prompt_tokens if r.prompt_tokens is not None else r.target_input_tokens
+        out.append(CacheHolder(r.rid, r.cls, r.difficulty, p, rt, at, phase, stalled))
+    out.sort(key=lambda h: (h.stalled, -h.tokens, h.rid))
+    return out
+
+
+@dataclass(frozen=True)
+class CacheMoment:
+    """A moment the KV cache was under pressure and who held it: a KV peak or a burst of preemptions."""
+
+    t: float  # session seconds
+    kind: str  # "kv peak" | "preemptions"
+    kv: float | None  # KV usage then (0..1), None when not served
+    preemptions: float  # preemptions in the burst window (a KV peak: in the window around it)
+    in_flight: int
+    held_tokens: int  # tokens held by the requests in flight then (the stalled ones, likely preempted, not)
+    holders: tuple[CacheHolder, ...]  # the top ones, most tokens first
+
+
+CACHE_MOMENTS_RULE = (
+    "moments: each KV peak (the highest reading of every stretch at or above the threshold, 90% by "
+    "default; the run's highest reading when it never got there) and each burst of preemptions (a window "
+    "of 5 s with at least 3, at its busiest reading); at each, the requests in flight with the most tokens "
+    "(prompt + tokens generated so far), those inside a long stall of their stream (likely preempted, so "
+    "holding no KV) listed last and not counted as holding"
+)
+
+
+def cache_moments(
+    records: Sequence[RequestRecord],
+    samples: EngineSamples,
+    *,
+    top: int = 5,
+    kv_threshold: float = 0.9,
+    burst_window: float = 5.0,
+    min_burst: int = 3,
+    max_moments: int = 6,
+) -> list[CacheMoment]:
+    """Who filled the cache (:data:`CACHE_MOMENTS_RULE`): at most ``max_moments`` KV peaks (the highest)
+    and as many preemption bursts (the largest), in time order, each with its ``top`` holders. ``samples``
+    of one engine or a fleet (capacity-weighted KV, summed preemptions). Cost: O(samples + n x moments +
+    the chunks of the requests in flight at them)."""
+    per = _per_engine(samples)
+    if not per or not any(per.values()):
+        return []
+    step = scrape_step(per)
+    tl = timeline((), per, step=step)
+    kv = tl.columns["kv_cache_usage"]
+    pre = np.nan_to_num(tl.columns["preemptions"])
+    t_end = tl.t + step
+    found: list[tuple[float, str, float | None, float]] = []
+    k = max(1, math.ceil(burst_window / step - 1e-9))
+    window_pre = np.convolve(pre, np.ones(k), mode="full")[: pre.size]  # preemptions in the k bins up to i
+    if np.any(~np.isnan(kv)):
+        high = np.nan_to_num(kv, nan=-1.0) >= kv_threshold
+        peaks: list[int] = []
+        i = 0
+        while i < kv.size:
+            if high[i]:
+                j = i
+                while j + 1 < kv.size and high[j + 1]:
+                    j += 1
+                peaks.append(i + int(np.nanargmax(kv[i : j + 1])))
+                i = j + 1
+            else:
+                i += 1
+        if not peaks:
+            peaks = [int(np.nanargmax(kv))]
+        peaks.sort(key=lambda b: -float(kv[b]))
+        for b in sorted(peaks[:max_moments]):
+            lo, hi = max(0, b - k // 2), min(pre.size, b + k // 2 + 1)
+            found.append((float(t_end[b]), "kv peak", float(kv[b]), float(pre[lo:hi].sum())))
+    bursts: list[int] = []
+    busy = window_pre >= min_burst
+    i = 0
+    while i < pre.size:
+        if busy[i]:
+            j = i
+            while j + 1 < pre.size and busy[j + 1]:
+                j += 1
+            seg = window_pre[i : j + 1]
+            b = i + int(np.argmax(seg))
+            lo = max(0, b - k + 1)
+            bursts.append(lo + int(np.argmax(pre[lo : b + 1])))  # the busiest reading of that window
+            i = j + 1
+        else:
+            i += 1
+    bursts.sort(key=lambda b: -float(window_pre[b]))
+    for b in sorted(bursts[:max_moments]):
+        kvb = None if math.isnan(kv[b]) else float(kv[b])
+        found.append((float(t_end[b]), "preemptions", kvb, float(window_pre[min(b + k - 1, pre.size - 1)])))
+    out = []
+    for t, kind, kvv, npre in sorted(found):
+        holders = cache_holders(records, t)
+        held = sum(h.tokens for h in holders if not h.stalled)
+        out.append(CacheMoment(t, kind, kvv, npre, len(holders), held, tuple(holders[:top])))
+    return out
+
+
+def chunk_gaps(records: Iterable[RequestRecord]) -> np.ndarray:
+    """Every inter-chunk gap (seconds) of every ok request, pooled: ITL as ``vllm bench serve`` reports
+    its percentiles (a chunk of several tokens is one gap). O(chunks)."""
+    parts = []
+    for r in records:
+        if r.status is not RequestStatus.OK or not r.gaps:
+            continue
+        try:
+            g, _ = decode_gaps(r.gaps)
+        except (ValueError, struct.error):
+            continue
+        if len(g):
+            parts.append(np.frombuffer(g, dtype=np.uint32).astype(float) * 1e-6)
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def peak_load(records: Iterable[RequestRecord], bucket: float = 1.0) -> tuple[float, int]:
+    """(peak output tokens per second, the most requests active in one bucket), counted as ``vllm bench
+    serve`` counts ``max_output_tokens_per_s`` and ``max_concurrent_requests``: buckets of ``bucket``
+    seconds from the first ok request's start, each ok request active in every bucket from its start to
+    its end, tokens at their chunk times (a multi-token chunk counts its tokens). (0, 0) without data."""
+    ok = [
+        r
+        for r in records
+        if r.status is RequestStatus.OK and r.latency_start is not None and r.t_done is not None
+    ]
+    if not ok:
+        return 0.0, 0
+    t0 = min(_nan(r.latency_start) for r in ok)
+    t1 = max(_nan(r.t_done) for r in ok)
+    n = math.ceil((t1 - t0) / bucket) + 1
+    tokens = np.zeros(n)
+    active = np.zeros(n)
+    for r in ok:
+        a = int((_nan(r.latency_start) - t0) // bucket)
+        b = int((_nan(r.t_done) - t0) // bucket)
+        active[a : b + 1] += 1
+        ct = _chunk_times(r)
+        if ct is None:
+            continue
+        ts, w = ct
+        s = w.sum()
+        if s <= 0:
+            continue
+        idx = np.clip(((ts - t0) // bucket).astype(int), 0, n - 1)
+        tokens += np.bincount(idx, weights=w * (r.output_tokens / s), minlength=n)[:n]
+    return float(tokens.max() / bucket), int(active.max())

@@ -57,8 +57,23 @@ def apply_override(ctx: Ctx, raw: Raw, key: str, value: object) -> None:
                 f"{flag} does not apply to arrival.process = '{display(str(process), 40)}' in {ctx.file}",
                 "edit the [arrival] table (rates of phases, burst size, trace time_scale) instead",
             )
+        if ctx.origin.get("arrival.ramp_up_strategy") == OVERRIDE_FLAGS["ramp_up_strategy"]:
+            raise _ramp_and_rate()
         arrival["rate"] = value
         ctx.origin["arrival.rate"] = flag
+    elif key in ("ramp_up_strategy", "ramp_up_start_rate", "ramp_up_end_rate"):
+        if process not in ("gamma", "poisson", "constant"):
+            raise UserError(
+                f"{flag} does not apply to arrival.process = '{display(str(process), 40)}' in {ctx.file}",
+                "a ramp-up moves the rate of gamma, poisson or constant arrivals",
+            )
+        if key == "ramp_up_strategy":  # the ramp sets the rate: the file's single rate gives way
+            if ctx.origin.get("arrival.rate") == OVERRIDE_FLAGS["request_rate"]:
+                raise _ramp_and_rate()
+            arrival.pop("rate", None)
+            arrival.pop("rescale", None)
+        arrival[key] = value
+        ctx.origin[f"arrival.{key}"] = flag
     elif key == "burstiness":
         if process not in ("gamma", "poisson"):
             raise UserError(
@@ -85,6 +100,13 @@ def apply_override(ctx: Ctx, raw: Raw, key: str, value: object) -> None:
             )
         engine[key] = value
         ctx.origin[f"engine.{key}"] = flag
+
+
+def _ramp_and_rate() -> UserError:
+    return UserError(
+        "--request-rate and --ramp-up-strategy both set the arrival rate",
+        "give one: a ramp-up moves the rate from --ramp-up-start-rate to --ramp-up-end-rate (as vllm bench serve)",
+    )
 
 
 def check_cell_key(ctx: Ctx, key: str) -> list[str]:

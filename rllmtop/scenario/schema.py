@@ -75,6 +75,9 @@ OVERRIDE_FLAGS: dict[str, str] = {
     "base_url": "--base-url",
     "speed": "--speed",
     "profile": "--profile",
+    "ramp_up_strategy": "--ramp-up-strategy",
+    "ramp_up_start_rate": "--ramp-up-start-rate",
+    "ramp_up_end_rate": "--ramp-up-end-rate",
 }
 """``load_scenario`` override keys (the CLI flag dests) and the flag each comes from."""
 

@@ -15,9 +15,12 @@ import asyncio
 import dataclasses
 import json
 import math
+import shutil
+import tempfile
 import traceback
 import uuid
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,11 +41,12 @@ from rllmtop.events import (
     SessionState,
     StateEvent,
 )
-from rllmtop.metrics.analysis import AsuSummary, asu_summary, check_slos
+from rllmtop.metrics.analysis import AsuSummary
 from rllmtop.redact import redact_url
 from rllmtop.scenario import EngineSpec, Scenario
 from rllmtop.session.engines import EngineSide, fit_max_tokens
 from rllmtop.session.load import LoadTarget, Sender, build_sender
+from rllmtop.session.results import recording_results
 
 if TYPE_CHECKING:
     from rllmtop.engines.launcher import EngineProcess
@@ -123,7 +127,8 @@ class Session:
         self.engine: EngineProcess | None = None  # the launched engine, if any (engines.engine)
         self._sinks: list[Sink] = []
         self._recorder: Recorder | None = None
-        self._records: list[RequestRecord] = []
+        self._scratch: Path | None = None  # the scratch recording's directory under --no-record
+        self._ended = 0  # requests that ended (their records are in the recording, not in memory)
         self._stop_requests = 0
         self._sink_failure: str | None = None
         self._stop = asyncio.Event()  # ends attach-only sessions and the scraper (re-made in run())
@@ -154,9 +159,9 @@ class Session:
 
     def publish(self, rec: Record) -> None:
         if isinstance(rec, RequestEvent) and rec.kind in ENDED and rec.record is not None:
-            self._records.append(rec.record)  # SENT carries the starting record: only final ones count
+            self._ended += 1  # SENT carries the starting record: only final ones count
         elif isinstance(rec, Reset):
-            self._records.clear()
+            self._ended = 0
         elif isinstance(rec, StateEvent):
             self.state = rec.state
         elif isinstance(rec, SessionInfo):
@@ -178,11 +183,22 @@ class Session:
             return
         self.publish(StateEvent(self.clock.now(), state, detail))
 
-    @property
-    def request_records(self) -> list[RequestRecord]:
-        return self._records
-
     # ------------------------------------------------------------------ control
+
+    @property
+    def results_path(self) -> Path | None:
+        """The recording the results are read from (a scratch file under --no-record, removed with the
+        session), for faces that need the requests again (``--save-result``, chosen percentiles)."""
+        return self._recorder.path if self._recorder is not None else self.plan.replay_path
+
+    def ended_requests(self) -> Iterator[RequestRecord]:
+        """Every request that ended, read back from the recording (a streaming pass)."""
+        path = self.results_path
+        if path is None or not path.exists():
+            return iter(())
+        from rllmtop.record.reader import open_recording
+
+        return (r for r in open_recording(path).iter_requests(in_flight=False))
 
     @property
     def planned_requests(self) -> int | None:
@@ -197,10 +213,13 @@ class Session:
             return sc.provenance.planned_requests
         return None
 
-    def stop(self, force: bool = False) -> None:
+    def stop(self, force: bool = False, reason: str = "") -> None:
         """Stop the session. Gentle the first time: stop sending and let requests in flight finish within
         the scenario's grace period (``load.grace_period``); forced when ``force`` or when a stop was already
-        requested: cancel them now. Safe to call from any thread (the TUI runs the session on its own)."""
+        requested: cancel them now. Safe to call from any thread (the TUI runs the session on its own).
+        ``reason``: why, in one line, kept as the final status detail (a sweep's over-saturation stop)."""
+        if reason and not self._detail:
+            self._detail = reason
         loop = self._loop
         if loop is not None and not loop.is_closed():
             try:
@@ -293,13 +312,15 @@ class Session:
         rec = self.replay
         self.info = rec.recording.info if hasattr(rec, "recording") else None
         await rec.run(self.publish, self._stop)
-        records = self._records
+        assert self.plan.replay_path is not None
+        res = recording_results(self.plan.replay_path)
         return SessionOutcome(
             state=self.state if self.state in TERMINAL_STATES else SessionState.DONE,
             detail="replay",
             record_path=self.plan.replay_path,
-            summary=asu_summary(records) if records else None,
-            requests=len(records),
+            summary=res.summary,
+            requests=res.requests,
+            warnings=res.warnings,
         )
 
     def _initial_info(self) -> SessionInfo:
@@ -335,16 +356,20 @@ class Session:
     async def _run_live(self) -> SessionOutcome:
         plan = self.plan
         info = self._initial_info()
-        if plan.record_path is not None:
-            from rllmtop.record.writer import Recorder
+        from rllmtop.record.writer import Recorder
 
-            loop = asyncio.get_running_loop()
+        record_path = plan.record_path
+        if record_path is None:  # --no-record: a scratch file, so the summary still comes from a recording
+            self._scratch = Path(tempfile.mkdtemp(prefix="rllmtop-"))
+            record_path = self._scratch / "session.db"
+            weakref.finalize(self, shutil.rmtree, self._scratch, True)  # gone with the session
+        loop = asyncio.get_running_loop()
 
-            def on_error(e: UserError) -> None:  # called once, from the recorder's writer thread
-                loop.call_soon_threadsafe(self._sink_failed, f"{e.what} ({e.hint})" if e.hint else e.what)
+        def on_error(e: UserError) -> None:  # called once, from the recorder's writer thread
+            loop.call_soon_threadsafe(self._sink_failed, f"{e.what} ({e.hint})" if e.hint else e.what)
 
-            self._recorder = Recorder(plan.record_path, info, on_error=on_error)
-            self._sinks.insert(0, self._recorder.handle)
+        self._recorder = Recorder(record_path, info, on_error=on_error)
+        self._sinks.insert(0, self._recorder.handle)
         self.publish(info)
         self._set_state(SessionState.STARTING)
         final = SessionState.DONE
@@ -371,7 +396,7 @@ class Session:
                 self.plan = dataclasses.replace(plan, scenario=sc)
             scrape_task = asyncio.get_running_loop().create_task(engines.watch(self._stop))
             self._set_state(SessionState.RUNNING)
-            final = await self._drive(LoadTarget(started.load_url, started.model, plan.api_key))
+            final = await self._drive(started.target)
         except UserError as e:
             final = SessionState.FAILED
             self._detail = e.what
@@ -495,6 +520,8 @@ class Session:
             self._detail = self._sink_failure
         if final is SessionState.DONE and self._interrupted:
             final = SessionState.INTERRUPTED
+        if engines is not None and engines.degraded and final is not SessionState.ENGINE_DIED:
+            self._detail = "; ".join(x for x in (self._detail, engines.degraded) if x)
         self._set_state(final, self._detail)
         if self._recorder is not None:
             try:
@@ -507,19 +534,32 @@ class Session:
         return final
 
     def _outcome(self, final: SessionState) -> SessionOutcome:
+        """The summary, SLO verdicts and trust warnings, read back from the recording (a streaming pass: the
+        run itself keeps nothing per finished request)."""
         sc = self.plan.scenario
-        goodput = dict(sc.goodput) if sc is not None and sc.goodput else None
-        summary = asu_summary(self._records, goodput=goodput) if self._records else None
+        path = self._recorder.path if self._recorder is not None else None
+        summary: AsuSummary | None = None
         missed: tuple[str, ...] = ()
-        if summary is not None and sc is not None and sc.slo and final is SessionState.DONE:
-            missed = tuple(check_slos(summary.overall, sc.slo))
+        warnings: tuple[str, ...] = ()
+        n = self._ended
+        if path is not None and path.exists():
+            try:
+                res = recording_results(
+                    path,
+                    goodput=dict(sc.goodput) if sc is not None and sc.goodput else None,
+                    slo=sc.slo if sc is not None and final is SessionState.DONE else None,
+                )
+                summary, missed, warnings, n = res.summary, res.slo_missed, res.warnings, res.requests
+            except UserError as e:  # the recording failed on the way: say so, keep the outcome
+                warnings = (f"no summary: {e.what}",)
         return SessionOutcome(
             state=final,
             detail=self._detail,
             record_path=self.plan.record_path,
             summary=summary,
             slo_missed=missed,
-            requests=len(self._records),
+            requests=n,
+            warnings=warnings,
         )
 
 

@@ -17,7 +17,9 @@ Prefix caching keeps hash-chained full blocks after their request ends and evict
 Iteration time: ``T = t0 + beta*B + max(t_weights, a*N) + c*ctx + p*pairs + comm + draft`` with B the
 scheduled requests, N the scheduled tokens, ctx the context of decoding requests, pairs the
 query-key pairs of prefill chunks (attention FLOPs), comm the tensor-parallel all-reduces and draft the
-speculative proposer's cost.
+speculative proposer's cost. ``admit_delay`` holds a new request back from the scheduler for that long
+after its arrival (a real API server's tokenization and hand-off, measured by ``rllmtop sim calibrate``;
+0 for profiles reasoned from hardware); its queue time and TTFT include it.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class EngineConfig:
     a: float = 20e-6  # per scheduled token (compute-bound)
     c: float = 0.05e-6  # per context token of a decoding request (KV read)
     p: float = 1e-10  # per query-key pair of a prefill chunk (attention compute)
+    admit_delay: float = 0.0  # a new request is schedulable this long after its arrival
     comm_fixed: float = 0.0  # tensor-parallel all-reduce latency per step
     comm_per_token: float = 0.0  # tensor-parallel all-reduce bytes per scheduled token / bandwidth
     # speculative decoding
@@ -212,6 +215,7 @@ class Request:
         "t_first_scheduled",
         "t_first_token",
         "t_last_token",
+        "t_ready",
         "t_reasoning_end",
         "user",
     )
@@ -235,6 +239,7 @@ class Request:
         self.finish_reason: str | None = None
         self.preemptions = 0
         self.t_arrival = 0.0
+        self.t_ready = 0.0  # schedulable from here (arrival + the config's admit_delay)
         self.t_first_scheduled: float | None = None
         self.t_first_token: float | None = None
         self.t_last_token = 0.0
@@ -349,6 +354,7 @@ class Engine:
     def add(self, req: Request, now: float) -> None:
         """Queue ``req``, arrived at model time ``now`` (it may be ahead of the engine's clock)."""
         req.t_arrival = now
+        req.t_ready = now + self.config.admit_delay
         req.status = WAITING
         self.waiting.append(req)
 
@@ -375,8 +381,8 @@ class Engine:
         whose next request arrives after ``now`` starts at that arrival; ``StepResult.start`` says)."""
         cfg = self.config
         now = max(now, self.now)
-        if not self.running and self.waiting and self.waiting[0].t_arrival > now:
-            now = self.waiting[0].t_arrival
+        if not self.running and self.waiting and self.waiting[0].t_ready > now:
+            now = self.waiting[0].t_ready
         bs = self.bs
         pool = self.pool
         budget = cfg.max_num_batched_tokens
@@ -428,7 +434,7 @@ class Engine:
             caching = pool.caching
             while waiting and len(running) < max_seqs and budget > 0:
                 req = waiting[0]
-                if req.t_arrival > now:  # not arrived yet at this step's model time
+                if req.t_ready > now:  # not arrived (or not handed over) yet at this step's model time
                     break
                 n_tokens = req.num_prompt + req.num_output
                 hit_blocks: list[int] = []

@@ -14,6 +14,24 @@ prefix caching, speculative decoding, caps) into an :class:`~rllmtop.sim.engine.
   halves KV bytes (twice the blocks, half the KV read time); speculative decoding proposes
   ``num_speculative_tokens`` per step, accepted with ``acceptance_rate`` each, at a per-method cost.
 
+Measured numbers (written by ``rllmtop sim calibrate`` from recordings of a real engine; both optional,
+profiles without them behave exactly as before):
+
+- ``[timing.fitted]`` states iteration-time terms directly instead of deriving them from the hardware
+  numbers: ``t0_ms`` (fixed per step), ``per_seq_us`` (beta, per scheduled request), ``weights_ms``
+  (t_weights, the floor of the token term), ``per_token_us`` (a), ``per_context_token_ns`` (c),
+  ``per_pair_ps`` (p) and ``admit_delay_ms`` (arrival to schedulable: the API server's share of TTFT).
+  Any field may be left out (it is derived as usual). The fitted numbers include whatever the engine
+  did per step (tensor-parallel all-reduces too: no derived communication term is added). Options that
+  change the hardware model (``--quantization``, ``--kv-cache-dtype``) scale a fitted ``weights_ms``,
+  ``per_token_us``, ``per_context_token_ns`` and ``per_pair_ps`` by the ratio the hardware model derives
+  for them (options / recorded defaults), so "the same box with an fp8 KV cache" halves the fitted KV
+  read cost.
+- ``[serving] num_gpu_blocks`` states the KV capacity in blocks (of ``block_size`` tokens) instead of
+  deriving it from GPU memory; ``--num-gpu-blocks-override`` still wins, and options that change the
+  derived capacity (``--kv-cache-dtype``, ``--gpu-memory-utilization``, ``--block-size``, quantization)
+  scale it by the derived ratio.
+
 The output model lives under ``[outputs]``: per-tier length and accuracy tables ``[outputs.<tier>]``,
 and the effect of ``reasoning_effort`` per level, ``[outputs.effort.low|medium|high]`` with
 ``reasoning_factor`` (planned reasoning length x this) and ``accuracy_delta`` (added to the tier's
@@ -39,6 +57,7 @@ from rllmtop.sim.outputs import DEFAULT_EFFORT, EFFORT_LEVELS, TIERS, EffortMode
 __all__ = [
     "DEFAULT_PROFILE",
     "EngineOptions",
+    "FittedTiming",
     "Profile",
     "SpeculativeOptions",
     "build_engine_config",
@@ -117,6 +136,20 @@ class ServingSpec:
     enable_prefix_caching: bool
     overhead_gib: float
     watermark: float
+    num_gpu_blocks: int | None = None  # measured KV capacity (None: derived from GPU memory)
+
+
+@dataclass(frozen=True)
+class FittedTiming:
+    """``[timing.fitted]``: iteration-time terms measured on a real engine (None: derived as usual)."""
+
+    t0_ms: float | None = None
+    per_seq_us: float | None = None
+    weights_ms: float | None = None
+    per_token_us: float | None = None
+    per_context_token_ns: float | None = None
+    per_pair_ps: float | None = None
+    admit_delay_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +159,7 @@ class TimingSpec:
     t0_ms: float
     beta_us: float
     tp_latency_us: float
+    fitted: FittedTiming | None = None
 
 
 @dataclass(frozen=True)
@@ -227,6 +261,19 @@ _SECTIONS: dict[str, dict[str, Any]] = {
         "tp_latency_us": (float, 0, 1e6),
     },
 }
+# optional fields of a section (absent: None)
+_OPTIONAL: dict[str, dict[str, Any]] = {
+    "serving": {"num_gpu_blocks": (int, 1, 1 << 30)},
+}
+_FITTED: dict[str, Any] = {
+    "t0_ms": (float, 0, 1e5),
+    "per_seq_us": (float, 0, 1e8),
+    "weights_ms": (float, 0, 1e5),
+    "per_token_us": (float, 0, 1e8),
+    "per_context_token_ns": (float, 0, 1e8),
+    "per_pair_ps": (float, 0, 1e12),
+    "admit_delay_ms": (float, 0, 1e6),
+}
 _OUTPUTS: dict[str, Any] = {
     "runaway_probability": (float, 0, 1),
     "wrong_length_factor": (float, 0.1, 100),
@@ -287,14 +334,21 @@ def _check(where: str, field_name: str, value: Any, spec: tuple[Any, ...]) -> An
     return float(value) if kind is float else value
 
 
-def _section(where: str, prefix: str, data: Any, schema: Mapping[str, Any]) -> dict[str, Any]:
+def _section(
+    where: str,
+    prefix: str,
+    data: Any,
+    schema: Mapping[str, Any],
+    optional: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     if not isinstance(data, Mapping):
         raise UserError(f"{where}: [{prefix}] must be a table", f"write a [{prefix}] table with its fields")
-    unknown = sorted(set(data) - set(schema))
+    allowed = {**schema, **(optional or {})}
+    unknown = sorted(set(data) - set(allowed))
     if unknown:
         raise UserError(
             f"{where}: unknown field {prefix + '.' if prefix else ''}{unknown[0]}",
-            f"allowed in [{prefix or 'top level'}]: {', '.join(schema)}",
+            f"allowed in [{prefix or 'top level'}]: {', '.join(allowed)}",
         )
     missing = [k for k in schema if k not in data]
     if missing:
@@ -302,7 +356,23 @@ def _section(where: str, prefix: str, data: Any, schema: Mapping[str, Any]) -> d
             f"{where}: missing field {prefix + '.' if prefix else ''}{missing[0]}",
             f'add it, or start from a built-in profile with base = "{DEFAULT_PROFILE}"',
         )
-    return {k: _check(where, f"{prefix}.{k}" if prefix else k, v, schema[k]) for k, v in data.items()}
+    return {k: _check(where, f"{prefix}.{k}" if prefix else k, v, allowed[k]) for k, v in data.items()}
+
+
+def _timing(where: str, data: Any) -> TimingSpec:
+    """``[timing]`` with its optional ``[timing.fitted]`` table (every field of it optional)."""
+    if not isinstance(data, Mapping):
+        raise UserError(f"{where}: [timing] must be a table", "write a [timing] table with its fields")
+    fitted = data.get("fitted")
+    values = _section(where, "timing", {k: v for k, v in data.items() if k != "fitted"}, _SECTIONS["timing"])
+    if fitted is None:
+        return TimingSpec(**values)
+    if not isinstance(fitted, Mapping):
+        raise UserError(
+            f"{where}: [timing.fitted] must be a table",
+            "write [timing.fitted] with the measured terms (rllmtop sim calibrate writes it)",
+        )
+    return TimingSpec(**values, fitted=FittedTiming(**_section(where, "timing.fitted", fitted, {}, _FITTED)))
 
 
 def _profile_from_dict(data: Mapping[str, Any], where: str) -> Profile:
@@ -311,7 +381,12 @@ def _profile_from_dict(data: Mapping[str, Any], where: str) -> Profile:
     if unknown:
         raise UserError(f"{where}: unknown field {unknown[0]}", f"allowed: {', '.join(sorted(allowed))}")
     top = _section(where, "", {k: data.get(k) for k in _TOP if k in data}, _TOP)
-    secs = {name: _section(where, name, data.get(name, {}), schema) for name, schema in _SECTIONS.items()}
+    secs = {
+        name: _section(where, name, data.get(name, {}), schema, _OPTIONAL.get(name))
+        for name, schema in _SECTIONS.items()
+        if name != "timing"
+    }
+    timing = _timing(where, data.get("timing", {}))
     out = data.get("outputs", {})
     if not isinstance(out, Mapping):
         raise UserError(f"{where}: [outputs] must be a table", "write [outputs] and [outputs.<tier>] tables")
@@ -342,7 +417,7 @@ def _profile_from_dict(data: Mapping[str, Any], where: str) -> Profile:
         model=model,
         gpu=GpuSpec(**secs["gpu"]),
         serving=ServingSpec(**secs["serving"]),
-        timing=TimingSpec(**secs["timing"]),
+        timing=timing,
         outputs=OutputModel(tiers, top_out["runaway_probability"], top_out["wrong_length_factor"], effort),
         source=where,
     )
@@ -412,7 +487,11 @@ def _resolve_base(data: dict[str, Any], where: str, seen: tuple[str, ...]) -> di
 
 
 def load_profile(name: str) -> Profile:
-    """A built-in profile by name (``rllmtop sim profiles`` lists them)."""
+    """A built-in profile by name (``rllmtop sim profiles`` lists them), or a profile file when ``name``
+    ends in ``.toml`` (so a scenario's ``[engine] profile = "mine.toml"`` and ``--profile mine.toml`` take
+    a calibrated profile; a relative path is from the working directory)."""
+    if name.lower().endswith(".toml"):
+        return load_profile_file(name)
     return _profile_from_dict(_raw_builtin(name, (name,)), f"profile {name}")
 
 
@@ -475,11 +554,27 @@ class Derived:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-def derive(profile: Profile, options: EngineOptions | None = None) -> tuple[EngineConfig, Derived]:
-    """The engine numbers for ``profile`` under ``options`` (raises UserError when it cannot serve)."""
-    o = options or EngineOptions()
+@dataclass(frozen=True)
+class _Hardware:
+    """What the hardware model derives for a profile under some options (before the capacity check)."""
+
+    block_size: int
+    max_model_len: int
+    bpw: float
+    weight_bytes: float
+    kv_per_token: int
+    kv_per_token_gpu: float
+    avail: float  # bytes per GPU left for the KV cache (<= 0: the weights do not fit)
+    t_weights: float
+    a: float
+    c: float
+    p: float
+    comm_fixed: float
+    comm_per_token: float
+
+
+def _hardware(profile: Profile, o: EngineOptions) -> _Hardware:
     m, g, s, t = profile.model, profile.gpu, profile.serving, profile.timing
-    where = f"profile {profile.name}"
     util = s.gpu_memory_utilization if o.gpu_memory_utilization is None else o.gpu_memory_utilization
     if not 0 < util <= 1:
         raise UserError(f"--gpu-memory-utilization {util} is out of range", "use a fraction in (0, 1]")
@@ -520,25 +615,6 @@ def derive(profile: Profile, options: EngineOptions | None = None) -> tuple[Engi
             f"--max-model-len {o.max_model_len} is outside 16..{m.max_model_len} for {profile.name}",
             f"use at most the model's context length ({m.max_model_len})",
         )
-    if o.num_gpu_blocks_override is not None:
-        if o.num_gpu_blocks_override < 1:
-            raise UserError("--num-gpu-blocks-override must be >= 1", "e.g. 2048")
-        num_blocks = o.num_gpu_blocks_override
-    else:
-        if avail <= 0:
-            raise UserError(
-                f"{where}: the weights ({weight_bytes / tp / GIB:.1f} GiB per GPU) and overhead "
-                f"({s.overhead_gib} GiB) do not fit in {g.memory_gib * util:.1f} GiB "
-                f"({g.memory_gib} GiB x gpu_memory_utilization {util})",
-                "raise --gpu-memory-utilization, quantize (--quantization awq) or use a larger profile",
-            )
-        num_blocks = int(avail // kv_per_token_gpu) // block_size
-    if num_blocks * block_size < max_model_len:
-        raise UserError(
-            f"{where}: the KV cache holds {num_blocks * block_size} tokens, fewer than max_model_len "
-            f"{max_model_len}, so one long request could never be served",
-            "lower --max-model-len, or raise --gpu-memory-utilization / --num-gpu-blocks-override",
-        )
     # time
     bw = g.bandwidth_gbs * 1e9 * t.bandwidth_efficiency
     flops = g.bf16_tflops * 1e12 * t.mfu
@@ -548,16 +624,90 @@ def derive(profile: Profile, options: EngineOptions | None = None) -> tuple[Engi
         flops = g.int8_tops * 1e12 * t.mfu
     elif qkind == "weight_only":
         flops *= 0.85  # dequantization in the GEMM kernels
-    t_weights = read_bytes / tp / bw
-    a = 2 * params / tp / flops
-    c = kv_per_token_gpu / bw
-    p = 4 * m.layers * m.num_heads * m.head_dim / tp / flops
     comm_fixed = comm_per_token = 0.0
     if tp > 1:
         comm_fixed = 2 * m.layers * t.tp_latency_us * 1e-6
         comm_per_token = (
             2 * m.layers * m.hidden_size * m.dtype_bytes * 2 * (tp - 1) / tp / (g.interconnect_gbs * 1e9)
         )
+    return _Hardware(
+        block_size=block_size,
+        max_model_len=max_model_len,
+        bpw=bpw,
+        weight_bytes=weight_bytes,
+        kv_per_token=kv_per_token,
+        kv_per_token_gpu=kv_per_token_gpu,
+        avail=avail,
+        t_weights=read_bytes / tp / bw,
+        a=2 * params / tp / flops,
+        c=kv_per_token_gpu / bw,
+        p=4 * m.layers * m.num_heads * m.head_dim / tp / flops,
+        comm_fixed=comm_fixed,
+        comm_per_token=comm_per_token,
+    )
+
+
+def _measured_blocks(measured: int, hw: _Hardware, ref: _Hardware) -> int:
+    """A measured block count (at the recorded defaults ``ref``) under other options ``hw``: the token
+    capacity scales with the memory left for the KV cache and with the KV bytes per token."""
+    memory = hw.avail / ref.avail if hw.avail > 0 and ref.avail > 0 else 1.0
+    tokens = measured * ref.block_size * memory * ref.kv_per_token_gpu / hw.kv_per_token_gpu
+    return max(1, int(tokens // hw.block_size))
+
+
+def derive(profile: Profile, options: EngineOptions | None = None) -> tuple[EngineConfig, Derived]:
+    """The engine numbers for ``profile`` under ``options`` (raises UserError when it cannot serve)."""
+    o = options or EngineOptions()
+    s, t = profile.serving, profile.timing
+    where = f"profile {profile.name}"
+    hw = _hardware(profile, o)
+    fitted = t.fitted
+    ref = _hardware(profile, EngineOptions()) if fitted is not None or s.num_gpu_blocks else hw
+    tp = profile.gpu.count
+    block_size = hw.block_size
+    max_model_len = hw.max_model_len
+    if o.num_gpu_blocks_override is not None:
+        if o.num_gpu_blocks_override < 1:
+            raise UserError("--num-gpu-blocks-override must be >= 1", "e.g. 2048")
+        num_blocks = o.num_gpu_blocks_override
+    elif s.num_gpu_blocks is not None:
+        num_blocks = _measured_blocks(s.num_gpu_blocks, hw, ref)
+    else:
+        if hw.avail <= 0:
+            util = s.gpu_memory_utilization if o.gpu_memory_utilization is None else o.gpu_memory_utilization
+            raise UserError(
+                f"{where}: the weights ({hw.weight_bytes / tp / GIB:.1f} GiB per GPU) and overhead "
+                f"({s.overhead_gib} GiB) do not fit in {profile.gpu.memory_gib * util:.1f} GiB "
+                f"({profile.gpu.memory_gib} GiB x gpu_memory_utilization {util})",
+                "raise --gpu-memory-utilization, quantize (--quantization awq) or use a larger profile",
+            )
+        num_blocks = int(hw.avail // hw.kv_per_token_gpu) // block_size
+    if num_blocks * block_size < max_model_len:
+        raise UserError(
+            f"{where}: the KV cache holds {num_blocks * block_size} tokens, fewer than max_model_len "
+            f"{max_model_len}, so one long request could never be served",
+            "lower --max-model-len, or raise --gpu-memory-utilization / --num-gpu-blocks-override",
+        )
+    # time: hardware-derived terms, or the fitted ones (scaled by what the options change)
+    t0, beta, admit = t.t0_ms * 1e-3, t.beta_us * 1e-6, 0.0
+    t_weights, a, c, p = hw.t_weights, hw.a, hw.c, hw.p
+    comm_fixed, comm_per_token = hw.comm_fixed, hw.comm_per_token
+    if fitted is not None:
+        comm_fixed = comm_per_token = 0.0  # measured steps include the all-reduces
+        if fitted.t0_ms is not None:
+            t0 = fitted.t0_ms * 1e-3
+        if fitted.per_seq_us is not None:
+            beta = fitted.per_seq_us * 1e-6
+        if fitted.admit_delay_ms is not None:
+            admit = fitted.admit_delay_ms * 1e-3
+        if fitted.weights_ms is not None:
+            t_weights = fitted.weights_ms * 1e-3 * hw.t_weights / ref.t_weights
+        if fitted.per_token_us is not None:
+            a = fitted.per_token_us * 1e-6 * hw.a / ref.a
+        if fitted.per_context_token_ns is not None:
+            c = fitted.per_context_token_ns * 1e-9 * hw.c / ref.c
+        if fitted.per_pair_ps is not None:
+            p = fitted.per_pair_ps * 1e-12 * hw.p / ref.p
     spec = o.speculative
     spec_kw: dict[str, Any] = {}
     if spec is not None:
@@ -585,23 +735,24 @@ def derive(profile: Profile, options: EngineOptions | None = None) -> tuple[Engi
         if o.enable_prefix_caching is None
         else o.enable_prefix_caching,
         watermark=s.watermark,
-        t0=t.t0_ms * 1e-3,
-        beta=t.beta_us * 1e-6,
+        t0=t0,
+        beta=beta,
         t_weights=t_weights,
         a=a,
         c=c,
         p=p,
+        admit_delay=admit,
         comm_fixed=comm_fixed,
         comm_per_token=comm_per_token,
         seed=o.seed,
         **spec_kw,
     )
     derived = Derived(
-        weight_gib_per_gpu=weight_bytes / tp / GIB,
-        kv_bytes_per_token=kv_per_token,
+        weight_gib_per_gpu=hw.weight_bytes / tp / GIB,
+        kv_bytes_per_token=hw.kv_per_token,
         kv_tokens=num_blocks * block_size,
         num_gpu_blocks=num_blocks,
-        extra={"bytes_per_weight": bpw, "kv_gib": num_blocks * block_size * kv_per_token_gpu / GIB},
+        extra={"bytes_per_weight": hw.bpw, "kv_gib": num_blocks * block_size * hw.kv_per_token_gpu / GIB},
     )
     return cfg, derived
 

@@ -25,7 +25,15 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["FIGURES", "Ctx", "FigureOut", "draw_figures", "matplotlib_figure"]
+__all__ = [
+    "FIGURES",
+    "RUN_FIGURES",
+    "Ctx",
+    "FigureOut",
+    "draw_figures",
+    "draw_request_timeline",
+    "matplotlib_figure",
+]
 
 FIGURES: tuple[str, ...] = (
     "kv_usage",
@@ -36,6 +44,9 @@ FIGURES: tuple[str, ...] = (
     "arrivals",
 )
 """Figure file stems, in page order (each written as ``<stem>.png`` and ``<stem>.svg``)."""
+
+RUN_FIGURES: tuple[str, ...] = ("request_timeline",)
+"""Figures of a single run's report only (not of a comparison): the per-request timeline."""
 
 STRAGGLER = "#d62728"  # behind its batch
 CLASS_STRAGGLER = "#f4a261"  # behind its class only
@@ -474,3 +485,24 @@ def draw_figures(ctx: Ctx, out_dir: Path) -> list[FigureOut]:
             fig.savefig(svg, metadata={"Date": None})
         out.append(FigureOut(name, title, caption, png, svg))
     return out
+
+
+def draw_request_timeline(ctx: Ctx, out_dir: Path) -> FigureOut:
+    """The per-request timeline of the (single) run: a PNG by matplotlib, and an SVG with a hover title
+    per request (:mod:`rllmtop.record.report.timeline`)."""
+    from rllmtop.record.report.timeline import draw_timeline, timeline_data, timeline_svg
+
+    figure_cls = matplotlib_figure()
+    r = ctx.runs[0]
+    td = timeline_data(r, ctx.axis_unit)
+    rows = td.rows
+    height = 4.5 + min(rows, 120) * 0.06
+    with warnings.catch_warnings():
+        for msg in _LAYOUT_WARNINGS:
+            warnings.filterwarnings("ignore", message=msg, category=UserWarning)
+        fig = figure_cls(figsize=(12, height), layout="constrained")
+        caption = draw_timeline(fig, td)
+        png, svg = out_dir / "request_timeline.png", out_dir / "request_timeline.svg"
+        fig.savefig(png, dpi=100, metadata={"Software": None})
+    timeline_svg(td, svg, f"Requests over time: {r.label}")
+    return FigureOut("request_timeline", "Request timeline (Gantt)", caption, png, svg)

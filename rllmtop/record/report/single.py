@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from rllmtop.metrics.analysis import StragglerRule
-from rllmtop.record.report.figures import Ctx, draw_figures, matplotlib_figure
+from rllmtop.record.report.figures import Ctx, draw_figures, draw_request_timeline, matplotlib_figure
 from rllmtop.record.report.html import figures_html, note_html, page
 from rllmtop.record.report.output import prepare_out, write_json, writing
 from rllmtop.record.report.run import RunData, derive, load_run
@@ -19,6 +19,7 @@ from rllmtop.record.report.tables import (
     engine_table,
     meta_table,
 )
+from rllmtop.record.report.timeline import CACHE_NOTE, cache_table, moments_json, run_moments
 from rllmtop.summary import asu_table, summary_notes
 
 __all__ = ["build_report", "write_report"]
@@ -45,6 +46,9 @@ def write_report(
 def _write(run: RunData, ctx: Ctx, out: Path) -> Path:
     d = ctx.runs[0]
     figs = draw_figures(ctx, out)
+    figs.insert(1, draw_request_timeline(ctx, out))
+    moments = run_moments(d)
+    cache = cache_table(moments, d.t0, ctx.axis_unit)
     summary = d.summary
     has_goodput = bool(summary.goodput)
     title = f"rllmtop report: {run.info.scenario_name or run.label}"
@@ -70,6 +74,12 @@ def _write(run: RunData, ctx: Ctx, out: Path) -> Path:
         eng.markdown(),
         "",
         note,
+        "",
+        "## Who filled the cache",
+        "",
+        cache.markdown() if moments else "No KV reading: the engine did not serve KV usage.",
+        "",
+        CACHE_NOTE,
         "",
         "## Definitions",
         "",
@@ -104,6 +114,8 @@ def _write(run: RunData, ctx: Ctx, out: Path) -> Path:
             "engine": d.engine.as_dict(),
             "engines": {e: s.as_dict() for e, s in d.engines.items()},
             "engine_note": note,
+            "cache_moments": moments_json(moments, d.t0),
+            "cache_moments_rule": CACHE_NOTE,
             "figures": {f.name: {"png": f.png.name, "svg": f.svg.name, "caption": f.caption} for f in figs},
         },
     )
@@ -116,6 +128,9 @@ def _write(run: RunData, ctx: Ctx, out: Path) -> Path:
         "<h2>Engine</h2>",
         eng.html(),
         f"<p>{html.escape(note)}</p>",
+        "<h2>Who filled the cache</h2>",
+        cache.html() if moments else "<p>No KV reading: the engine did not serve KV usage.</p>",
+        f"<p>{html.escape(CACHE_NOTE)}</p>",
         "<h2>Figures</h2>",
         figures_html(figs, out),
         "<h2>Definitions</h2>",
