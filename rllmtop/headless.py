@@ -89,8 +89,16 @@ class _Progress:
                 self.tick()
 
 
-def format_outcome(session: Session, outcome: SessionOutcome, view: SummaryView | None = None) -> str:
-    """The end-of-run lines; ``view``: which latency columns and percentiles the table shows."""
+def format_outcome(
+    session: Session,
+    outcome: SessionOutcome,
+    view: SummaryView | None = None,
+    *,
+    elapsed: float | None = None,
+) -> str:
+    """The end-of-run lines; ``view``: which latency columns and percentiles the table shows; ``elapsed``:
+    the session seconds the run took, when it ended before this is printed (the TUI waits for q after
+    the run: ``RllmtopApp.ended_at``); default ``session.now()``."""
     info = session.info
     lines = []
     head = f"rllmtop: {outcome.state.value}"
@@ -101,7 +109,7 @@ def format_outcome(session: Session, outcome: SessionOutcome, view: SummaryView 
             head += f" {info.engine_version}"
         if info.model:
             head += f", model {info.model}"
-    head += f" | {session.now():.1f} s"
+    head += f" | {session.now() if elapsed is None else elapsed:.1f} s"
     if outcome.detail:
         head += f" | {outcome.detail}"
     lines.append(head)

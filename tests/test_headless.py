@@ -1,11 +1,13 @@
-"""rllmtop/headless.py: the progress output says the view's warnings in words, each once, when it fires."""
+"""rllmtop/headless.py: the progress output says the view's warnings in words, each once, when it fires; the end line
+says the run's length."""
 
 from __future__ import annotations
 
 import io
 
-from rllmtop.events import ClientHealth, RequestEvent, RequestKind, WorkerEvent
-from rllmtop.headless import _Progress
+from rllmtop.events import ClientHealth, RequestEvent, RequestKind, SessionState, WorkerEvent
+from rllmtop.headless import _Progress, format_outcome
+from rllmtop.session import SessionOutcome
 from rllmtop.view import LiveView
 
 
@@ -46,3 +48,17 @@ def test_alerts_are_printed_once_when_they_first_fire() -> None:
         "[    5.0s] warning: worker 3 (node n3)'s clock is 20ms ahead of the session's (warned above 5.0ms): "
         "send lag and TTFT of its requests carry up to that error",
     ]
+
+
+def test_the_end_line_says_the_run_length_it_is_given() -> None:
+    """The TUI prints the outcome when the app quits, maybe long after the run ended: it passes the
+    run's length (``RllmtopApp.ended_at``) rather than the clock at printing time."""
+
+    class _Ended(_Clock):
+        info = None
+
+    session = _Ended()
+    session.t = 653.3
+    outcome = SessionOutcome(SessionState.DONE, "", None, None)
+    assert "| 272.0 s" in format_outcome(session, outcome, elapsed=272.0).splitlines()[0]  # type: ignore[arg-type]
+    assert "| 653.3 s" in format_outcome(session, outcome).splitlines()[0]  # type: ignore[arg-type]

@@ -254,6 +254,7 @@ class RllmtopApp(App[Any]):
         self.outcome: Any = None
         self.session_error: BaseException | None = None
         self.ended = asyncio.Event()  # set when session.run() returned (or failed)
+        self.ended_at: float | None = None  # session time then (the run's length; the app may stay open)
         self.ticks = 0
         self.page = 1
         self._quitting = False
@@ -383,6 +384,7 @@ class RllmtopApp(App[Any]):
         elif state is WorkerState.ERROR:
             self.session_error = event.worker.error
             self.notify(f"session failed: {event.worker.error}", severity="error", timeout=30)
+        self.ended_at = self.session.now()
         self.ended.set()
         self._tick()
         if self._quitting:

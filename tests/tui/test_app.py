@@ -166,6 +166,20 @@ async def test_ctrl_c_quits_and_a_finished_session_quits_at_once() -> None:
     assert s.stops == [] and app.return_value == "outcome"
 
 
+async def test_the_run_length_is_taken_when_the_session_ends_not_when_the_app_quits() -> None:
+    """The TUI stays open after the run; the exit line printed 653 s for a 272 s run (the wait for q)."""
+    s = ScriptedSession(script())
+    app = app_for(s)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await play(pilot, s, 3.0)
+        s.finish()
+        await until(pilot, app.ended.is_set, what="the session to end")
+        s.t = 400.0  # the session clock goes on while the app waits for q
+        await pilot.press("q")
+        await until(pilot, lambda: not app.is_running, what="the app to exit")
+    assert app.ended_at == 3.0
+
+
 async def test_replay_keys_drive_the_replay_source() -> None:
     s = ScriptedReplaySession(script(40), duration=60.0)
     app = app_for(s)
