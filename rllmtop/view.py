@@ -646,6 +646,7 @@ class _Engine:
         "id",
         "info",
         "kv",
+        "label",
         "last_t",
         "marks",
         "missing",
@@ -664,6 +665,7 @@ class _Engine:
 
     def __init__(self, engine_id: str, capacity: int) -> None:
         self.id = engine_id
+        self.label = engine_label(engine_id)  # what the fleet table shows (the id never changes)
         self.info: EngineInfo | None = None
         self.g = _Ring(capacity, 3)  # kv, running, waiting
         self.marks = _Ring(capacity)  # preemptions per scrape (only scrapes with some)
@@ -722,7 +724,7 @@ class _Engine:
         gpus, util, mem, power = self.gpu if current else (0, None, None, None)
         return EngineRow(
             self.id,
-            engine_label(self.id),
+            self.label,
             health,
             self.kv if current else None,
             self.running if current else None,
