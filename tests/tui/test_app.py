@@ -488,3 +488,28 @@ async def test_the_asu_panel_shows_goodput_from_the_session_info() -> None:
         assert snap is not None and snap.asu is not None and snap.asu.goodput == {"e2el": 2.5}
         assert "goodput (e2el <= 2.50s)" in screen_text(app)
         s.finish()
+
+
+async def test_two_warnings_and_five_rows_fit_the_asu_panel_whole() -> None:
+    """At 160x48 the ASU box (at most 14 rows) cut the second warning's sentence mid-way."""
+    from rllmtop.events import ClientHealth, MetricSample, Scrape
+
+    recs: list[Record] = [info(), StateEvent(0.0, SessionState.RUNNING)]
+    for i, cls in enumerate(("easy", "medium", "mcq", "hard") * 3):
+        recs += request_life(i, cls, 0.3 * i, think=1.0, reasoning=200, difficulty=cls)
+    recs += [
+        *(ClientHealth(float(t), 1.0, 0.002, 0.001) for t in range(1, 6)),
+        ClientHealth(6.0, 1.0, 0.120, 0.03),
+        Scrape(0.5, 0.002, True, samples=(MetricSample(0.5, "sim_drift_seconds", 0.0),)),
+        Scrape(7.0, 0.002, True, samples=(MetricSample(7.0, "sim_drift_seconds", 2.0),)),
+    ]
+    s = ScriptedSession(recs)
+    app = app_for(s)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await play(pilot, s, 8.0)
+        panel = app.query_one(AsuPanel)
+        await until(pilot, lambda: len(panel.alerts) == 2, what="both warnings")
+        await until(pilot, lambda: "inflated" in screen_text(app), what="the second sentence, whole")
+        text = screen_text(app)
+        assert "requests were touched" in text and "hard" in text
+        s.finish()
