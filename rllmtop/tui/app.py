@@ -407,7 +407,7 @@ class RllmtopApp(App[Any]):
     # ------------------------------------------------------------------ refresh
 
     def _tick(self) -> None:
-        if not self._consumers:  # not mounted yet
+        if not self._consumers or not self.screen_stack:  # not mounted yet, or already shutting down
             return
         inbox = self._inbox
         while inbox:
