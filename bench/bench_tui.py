@@ -83,7 +83,10 @@ class BenchSession:
     async def run(self) -> None:
         await self._stop.wait()
 
-    def request_stop(self) -> None:
+    planned_requests: int | None = None
+    stopping = ""
+
+    def stop(self, force: bool = False) -> None:
         self._stop.set()
 
 
@@ -283,7 +286,7 @@ async def _frames(
         out["frame_ms_median"] = statistics.median(frame) if frame else float("nan")
         out["frame_ms_p95"] = frame[int(0.95 * (len(frame) - 1))] if frame else float("nan")
         out["frames"] = len(ticks.ms)
-        session.request_stop()
+        session.stop(force=True)
         await pilot.press("q")
 
 
@@ -306,7 +309,7 @@ async def idle(size: tuple[int, int], seconds: float, with_history: bool) -> flo
         loop.call_later(seconds, done.set_result, None)
         await done
         c1, w1 = time.process_time(), time.perf_counter()
-        session.request_stop()
+        session.stop(force=True)
         await pilot.press("q")
     return 100 * (c1 - c0) / (w1 - w0)
 

@@ -196,7 +196,7 @@ def _present(session: Session, headless: bool, view: Any = None) -> int:
     if isinstance(outcome, SessionOutcome):
         from rllmtop.headless import format_outcome
 
-        print(format_outcome(session, outcome, view))
+        print(format_outcome(session, outcome, view, elapsed=app.ended_at))
         return outcome.exit_code
     return 0
 

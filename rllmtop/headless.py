@@ -1,7 +1,9 @@
 """Headless face: progress lines while the session runs, the ASU summary at the end, an exit code.
 
 Progress goes to stderr (one line a second on a terminal, overwritten in place; a line every 10 s otherwise,
-so CI logs stay short); the summary goes to stdout.
+so CI logs stay short); the summary goes to stdout. The view's warnings in words (the client was late, the
+simulator drifted, a sender worker died, a worker's clock is off: ``LiveView.alerts``, the TUI's very
+sentences) are checked every second and each is printed once, as a ``warning:`` line, when it first fires.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class _Progress:
         self.out = out
         self.tty = out.isatty()
         self._last_len = 0
+        self._said: set[str] = set()  # alert keys already printed
 
     def handle(self, rec: Record) -> None:
         if isinstance(rec, StateEvent):
@@ -56,6 +59,14 @@ class _Progress:
         self.out.write(text + "\n")
         self.out.flush()
 
+    def alerts(self) -> None:
+        """Print each of the view's warnings once, when it first fires."""
+        now = self.session.now()
+        for a in self.view.alerts(now):
+            if a.key not in self._said:
+                self._said.add(a.key)
+                self.line(f"[{now:7.1f}s] warning: {a.text}")
+
     def tick(self) -> None:
         text = self.view.progress_line(self.session.now())
         if self.tty:
@@ -67,14 +78,27 @@ class _Progress:
         self.out.flush()
 
     async def loop(self) -> None:
-        period = 1.0 if self.tty else 10.0
+        every = 1 if self.tty else 10  # seconds between progress lines; warnings are looked at each second
+        n = 0
         while True:
-            await asyncio.sleep(period)
-            self.tick()
+            await asyncio.sleep(1.0)
+            self.alerts()
+            n += 1
+            if n >= every:
+                n = 0
+                self.tick()
 
 
-def format_outcome(session: Session, outcome: SessionOutcome, view: SummaryView | None = None) -> str:
-    """The end-of-run lines; ``view``: which latency columns and percentiles the table shows."""
+def format_outcome(
+    session: Session,
+    outcome: SessionOutcome,
+    view: SummaryView | None = None,
+    *,
+    elapsed: float | None = None,
+) -> str:
+    """The end-of-run lines; ``view``: which latency columns and percentiles the table shows; ``elapsed``:
+    the session seconds the run took, when it ended before this is printed (the TUI waits for q after
+    the run: ``RllmtopApp.ended_at``); default ``session.now()``."""
     info = session.info
     lines = []
     head = f"rllmtop: {outcome.state.value}"
@@ -85,7 +109,7 @@ def format_outcome(session: Session, outcome: SessionOutcome, view: SummaryView 
             head += f" {info.engine_version}"
         if info.model:
             head += f", model {info.model}"
-    head += f" | {session.now():.1f} s"
+    head += f" | {session.now() if elapsed is None else elapsed:.1f} s"
     if info is not None and info.clock != "wall":
         head += f" {info.clock} (speed {info.speed:g}); every time below is on that clock"
     if outcome.detail:
@@ -126,7 +150,9 @@ async def _run(session: Session, progress_out: TextIO) -> SessionOutcome:
             installed.append(sig)
     ticker = loop.create_task(progress.loop())
     try:
-        return await session.run()
+        outcome = await session.run()
+        progress.alerts()  # one that fired in the last second
+        return outcome
     finally:
         ticker.cancel()
         for sig in installed:

@@ -2,10 +2,10 @@
 
 :class:`LiveView` is a session sink (``session.add_sink(view.handle)``). ``handle`` is O(1) amortised per
 record (a Scrape: O(its samples + engines)); ``snapshot(now)`` returns a :class:`ViewSnapshot` that the TUI
-draws and that the headless printer reads its progress line from (``snap.progress.line()``). Live, headless
-and replay feed the very same records, so the numbers are the same everywhere. A ``Reset`` record (replay
-seeking backwards) or a SessionInfo with a new ``session_id`` clears everything. Imports neither textual
-nor rich.
+draws and that the headless printer reads its progress line from (``snap.progress.line()``); the headless
+printer reads :meth:`LiveView.alerts` for its warnings. Live, headless and replay feed the very same records,
+so the numbers are the same everywhere. A ``Reset`` record (replay seeking backwards) or a SessionInfo with a
+new ``session_id`` clears everything. Imports neither textual nor rich.
 
 What a snapshot holds:
 
@@ -14,25 +14,33 @@ What a snapshot holds:
   engine's own generation rate (for the fleet, or for the one engine in focus: :meth:`LiveView.set_focus`),
   output tokens/s split reasoning vs answer (client side, from token-count deltas, in 1 s bins), arrivals vs
   completions per second (1 s bins), and the client's own event-loop lateness (``ClientHealth``);
-- the fleet: one :class:`EngineRow` per engine (health, KV, queues, tok/s, preemptions, version) and the
-  spread across engines. Fleet values: KV usage is the mean over the engines that answered (each engine
-  weighs the same: capacity weighting is not done yet), queues and rates are summed;
-- the in-flight board (plus requests that ended in the last few seconds), stragglers with their reason and
-  the rule's text, the ASU summary, the reasoning-length distribution per class/difficulty;
-- warnings in words (the client was late, the simulator drifted), progress counts, state, session info,
-  engine log lines and an event log of errors.
+- the fleet: one :class:`EngineRow` per engine (health, KV, queues, tok/s, preemptions, GPU telemetry where
+  served, version) and the spread across engines. Fleet values are formed as ``metrics.analysis`` forms them:
+  KV usage weighted by :func:`~rllmtop.metrics.analysis.kv_weights` (each engine's capacity when every engine
+  serves it, else equal weights; ``ViewSnapshot.kv_weighting`` says which), over the engines with a current
+  reading; queues and rates summed. Engines may appear mid-run (a SessionInfo published again with more);
+- the in-flight board (plus requests that ended in the last few seconds; which worker sent each when more
+  than one did), stragglers with their reason and the rule's text, the ASU summary, the reasoning-length
+  distribution per class/difficulty;
+- warnings in words (:class:`Alert`): the client was late and the simulator drifted (the sentences of
+  ``analysis.client_delay_verdict`` / ``sim_drift_verdict``, the same the headless summary and the report
+  print), a sender worker died, a worker's clock is off the session's; progress counts, state, session
+  info, engine log lines and an event log of errors.
 
-Numbers come from :mod:`rllmtop.metrics.analysis`. The O(n) ones (ASU summary, straggler baselines,
-distribution) are computed by a :class:`SummaryJob` only when a request ended since the last one, at most
+Numbers come from :mod:`rllmtop.metrics.analysis`. The ASU summary is a
+:class:`~rllmtop.metrics.analysis.LiveAsu`: counts, tokens, accuracy and goodput exact over the whole run,
+percentiles and stragglers over the most recent ``recent`` ended requests (the snapshot says so:
+``ViewSnapshot.summary_recent``). Goodput uses the per-request SLOs the session publishes in
+``SessionInfo.extra`` ("goodput", a JSON object). The O(recent) part (ASU summary, straggler baselines,
+distribution) is computed by a :class:`SummaryJob` only when a request ended since the last one, at most
 about once a second; a UI may run the job in a thread (``auto_summary=False``, :meth:`LiveView.summary_job`,
 :meth:`LiveView.install`), everything else gets it inline.
 
 Memory is bounded however long the session runs: series live in fixed-size ring buffers; ended requests are
-not kept one object each: the board keeps the last few seconds of them, the summary a uniform sample
-(reservoir) of at most :data:`SAMPLE_PER_CLASS` per class plus exact running totals. Up to that many
-requests per class every number is exact (the same as ``asu_summary`` over all of them); past it the counts,
-token sums, spans and accuracy stay exact while percentiles and the distribution's shape come from the
-sample, and the snapshot says so (``ViewSnapshot.summary_sample``). The recording keeps every request.
+not kept one object each: the board keeps the last few seconds of them, the summary ~110 bytes of columns
+per recent request (LiveAsu) and, for the distribution, the class, difficulty and reasoning length of the
+recent ok ones; the client-delay verdict keeps the late heartbeat intervals (at most
+:data:`LATE_INTERVALS_KEPT`). The recording keeps every request.
 
 A metric the engine does not serve (``Scrape.missing``) is reported as missing (``Series.missing``), never
 as 0; an engine that stopped answering shows as down or stale, not as zero.
@@ -40,22 +48,23 @@ as 0; an engine that stopped answering shows as down or stale, not as zero.
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import math
-import random
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
 
+from rllmtop import fmt
 from rllmtop.events import (
     TERMINAL_STATES,
     ClientHealth,
     EngineInfo,
     LogEvent,
+    MetricSample,
     Phase,
     Record,
     RequestEvent,
@@ -67,25 +76,36 @@ from rllmtop.events import (
     SessionInfo,
     SessionState,
     StateEvent,
+    WorkerEvent,
 )
 from rllmtop.metrics.analysis import (
+    CLIENT_DELAY_S,
     EMPTY_DIST,
+    AsuState,
     AsuSummary,
-    ClassSummary,
+    ClientDelayVerdict,
     DistGroup,
     Distribution,
+    InFlight,
+    LiveAsu,
+    RequestColumns,
+    SimDriftVerdict,
     StragglerBaselines,
     StragglerRule,
-    asu_summary,
+    client_delay_verdict,
+    kv_weights,
     reasoning_distribution,
+    sim_drift_verdict,
 )
 
 DIST_BINS = 64
 
 __all__ = [
     "CLIENT_BOTTLENECK_LAG_S",
+    "CLOCK_OFFSET_WARN_S",
+    "LATE_INTERVALS_KEPT",
     "LOG_LINES",
-    "SAMPLE_PER_CLASS",
+    "RECENT_REQUESTS",
     "WINDOWS",
     "Alert",
     "BoardRow",
@@ -104,6 +124,7 @@ __all__ = [
     "clock_note",
     "engine_label",
     "format_elapsed",
+    "worker_label",
 ]
 
 WINDOWS: tuple[float, ...] = (30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
@@ -112,77 +133,61 @@ WINDOWS: tuple[float, ...] = (30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 CLIENT_BOTTLENECK_LAG_S = 0.010
 """Send-lag p99 above this means the client itself is late sending: the load is not what was asked."""
 
+CLOCK_OFFSET_WARN_S = 0.005
+"""A worker whose clock is further than this from the session's gets a warning: its requests' send lag and
+TTFT carry that error (issue 14: "a few ms")."""
+
+RECENT_REQUESTS = 10_000
+"""Ended requests the live percentiles, stragglers and distribution cover (LiveAsu's ``recent``)."""
+
+LATE_INTERVALS_KEPT = 4096
+"""Client heartbeat intervals over the threshold kept for the client-delay verdict (the newest)."""
+
 RATE_STEP = 1.0  # seconds per bin of the client-side rate series
 BOARD_LINGER_S = 5.0  # ended requests stay on the board this long
 MAX_ENDED_ROWS = 500  # ... but no more than this many of them
 ENGINE_RATE_SPAN = 1.0  # seconds the engine's generation rate is averaged over
 LOG_LINES = 500  # engine log / event log lines kept
 FINISHED_STRAGGLERS = 200  # finished stragglers kept for the list
-SAMPLE_PER_CLASS = 2048  # ended requests kept per class (and overall) for percentiles; counts stay exact
 ENGINE_POINT_BUDGET = 4  # per-engine series share this many fleet-series capacities (4 engines: a full hour)
 ENGINE_MIN_POINTS = 4 * 300  # ... but each engine keeps at least 5 min of 4 Hz scrapes
 STALE_AFTER_S = 10.0  # an engine with no scrape for this long (session seconds) shows as stale
 RESTART_SHOW_S = 30.0  # an engine shows as restarted this long after a counter went backwards
-HEALTH_POINTS = 4 * 3600  # client heartbeat intervals kept
-
-# ----------------------------------------------------------------------------------------- policies
-# Placeholders until metrics/analysis.py's verdict functions land (the analysis helper writes them): each is
-# one small function here, called from one place, so the merge replaces its body with the analysis call.
-
-CLIENT_LATE_S = 0.010  # placeholder threshold: a heartbeat interval whose worst lateness is above this
-
-
-def _client_late(lag_max: float) -> bool:
-    """PLACEHOLDER (replace with the analysis verdict): was the client's event loop late in an interval?"""
-    return lag_max > CLIENT_LATE_S
-
-
-def _client_delay_verdict(worst_lag: float, late_intervals: int, touched: int) -> str | None:
-    """PLACEHOLDER (replace with the analysis verdict): the warning, in words, when the client's own
-    lateness may be inside its latencies (worst heartbeat lateness > 10 ms), else None."""
-    if not late_intervals or not _client_late(worst_lag):
-        return None
-    return (
-        f"the client was late: latencies include up to {worst_lag * 1000:.0f} ms of client delay "
-        f"({touched} request(s) in flight during {late_intervals} late interval(s))"
-    )
-
-
-SIM_DRIFT_S = 0.1  # placeholder bound: simulated seconds the simulator may fall behind its model schedule
-
-
-def _sim_drift_verdict(drift_s: float, engine: str) -> str | None:
-    """PLACEHOLDER (replace with the analysis verdict): the warning, in words, when the simulator fell
-    behind its own schedule (``sim_drift_seconds`` increase this session > 0.1 s), else None."""
-    if not drift_s > SIM_DRIFT_S:
-        return None
-    who = f"the simulator {engine}" if engine else "the simulator"
-    return f"{who} fell {drift_s:.1f} s behind its model schedule: this run's latencies are inflated"
-
-
-def _fleet_kv(kv_sum: float, engines: int) -> float:
-    """PLACEHOLDER (replace with analysis' capacity-weighted fleet KV): the mean of the engines' KV usage
-    (``kv_sum`` over ``engines`` readings), each engine weighing the same. NaN when no engine has a
-    reading. (Capacity weighting keeps the same running form: sum of usage x capacity, sum of capacity.)"""
-    return kv_sum / engines if engines else math.nan
+HEALTH_POINTS = 4 * 3600  # client heartbeat intervals kept for the chart
+VERDICT_INTERVAL_S = 1.0  # least wall seconds between two client-delay verdicts (unless a new late interval)
+_CAPACITY = ("kv_total_blocks", "kv_total_tokens")  # what analysis.kv_weights weighs engines by
 
 
 class _Fleet:
-    """Running sums of the engines' current readings (KV, running, waiting, generation rate): O(1) per
-    scrape however many engines. Sums are kept in integer micro-units, so adding and taking back a reading
-    leaves no float error behind (a fleet of one shows its engine's value exactly, to 1e-6)."""
+    """Running sums of the engines' current readings: O(1) per scrape however many engines. Index 0 is the
+    KV usage weighted by the engine's weight (with the sum of the weights in ``wsum``), 1..3 running,
+    waiting and generation rate. Sums are integers in fixed units, so adding and taking back a reading
+    leaves no float error behind (a fleet of one shows its engine's value exactly, to 1e-9)."""
 
-    __slots__ = ("n", "sums")
+    __slots__ = ("n", "sums", "wsum")
 
     SCALE = 1_000_000
+    KV_SCALE = 10**12  # weights are fractions of 1: a finer unit
 
     def __init__(self) -> None:
         self.sums = [0, 0, 0, 0]
         self.n = [0, 0, 0, 0]
+        self.wsum = 0
 
-    def change(self, old: tuple[float | None, ...], new: tuple[float | None, ...]) -> None:
+    def change(
+        self, old: tuple[float | None, ...], new: tuple[float | None, ...], w_old: float, w_new: float
+    ) -> None:
         sums, n, scale = self.sums, self.n, self.SCALE
-        for i in range(4):
+        a, b = old[0], new[0]
+        if a is not None:
+            sums[0] -= round(a * w_old * self.KV_SCALE)
+            self.wsum -= round(w_old * self.KV_SCALE)
+            n[0] -= 1
+        if b is not None:
+            sums[0] += round(b * w_new * self.KV_SCALE)
+            self.wsum += round(w_new * self.KV_SCALE)
+            n[0] += 1
+        for i in range(1, 4):
             a, b = old[i], new[i]
             if a is not None:
                 sums[i] -= round(a * scale)
@@ -190,6 +195,10 @@ class _Fleet:
             if b is not None:
                 sums[i] += round(b * scale)
                 n[i] += 1
+
+    def kv(self) -> float:
+        """The weighted mean KV usage over the engines with a reading; NaN when none."""
+        return self.sums[0] / self.wsum if self.n[0] and self.wsum > 0 else math.nan
 
     def total(self, i: int) -> float | None:
         return self.sums[i] / self.SCALE if self.n[i] else None
@@ -237,6 +246,24 @@ class _Ring:
         for col, x in zip(self._v, values, strict=False):
             col[i] = col[i + c] = x
         self.version += 1
+
+    def resized(self, capacity: int) -> _Ring:
+        """A ring of ``capacity`` holding the newest points of this one (an engine's share of the point
+        budget shrinks when more engines appear)."""
+        out = _Ring(capacity, len(self._v))
+        a, b = self._span()
+        keep = min(b - a, capacity)
+        t = self._t[b - keep : b]
+        out._t[:keep] = t
+        out._t[capacity : capacity + keep] = t
+        for src, dst in zip(self._v, out._v, strict=True):
+            v = src[b - keep : b]
+            dst[:keep] = v
+            dst[capacity : capacity + keep] = v
+        out.n = keep
+        out.head = keep % capacity
+        out.version = self.version + 1
+        return out
 
     def _span(self) -> tuple[int, int]:
         return (0, self.n) if self.n < self.cap else (self.head, self.head + self.cap)
@@ -304,6 +331,8 @@ class BoardRow(NamedTuple):
     ttft: float | None
     ttfvt: float | None
     straggler: str | None  # the reason, when the straggler rule flags it
+    worker: int = 0  # the sender (RequestEvent.worker / RequestRecord.worker)
+    node: str = ""  # its node, where known ("" = this host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,6 +397,10 @@ class EngineRow:
     version: str
     kind: str
     error: str  # the last failed scrape's message ("" when up)
+    gpus: int = 0  # GPUs reporting telemetry in its last scrape (0: none served)
+    gpu_util: float | None = None  # percent, the mean over its GPUs
+    gpu_mem_mib: float | None = None  # framebuffer used, MiB, summed over its GPUs
+    gpu_power_w: float | None = None  # watts, summed over its GPUs
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,22 +416,21 @@ class FleetSpread:
 class Alert:
     """A warning in words. ``key`` identifies the kind; ``short`` fits in a header."""
 
-    key: str  # "client-late" | "sim-drift"
+    key: str  # "client-late" | "sim-drift" | "worker-died" | "clock-offset"
     short: str
     text: str
 
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    """The O(n) numbers, computed by a :class:`SummaryJob` from the requests that had ended."""
+    """The O(recent) numbers, computed by a :class:`SummaryJob` from the requests that had ended."""
 
     generation: int
     finished: int  # how many ended requests it covers
-    asu: AsuSummary | None
+    asu: AsuSummary | None  # ``asu.recent``: percentiles cover only that many (None: every one)
     baselines: StragglerBaselines | None
     distribution: Distribution
     cost_s: float  # wall seconds it took
-    sample: int = 0  # ended requests the percentiles came from (== ``finished`` when exact)
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,20 +463,23 @@ class ViewSnapshot:
     engines: tuple[EngineRow, ...]  # every engine seen or declared, in SessionInfo order then first seen
     focus: str | None  # the engine whose charts are shown (None: the fleet)
     spread: FleetSpread
+    kv_weighting: str  # how the fleet's KV usage is formed, in words (analysis.kv_weights); "" for one
+    kv_capacity_weighted: bool  # ... weighted by each engine's capacity (else equal weights)
     # the client
     client_lag: Series  # worst heartbeat lateness per interval, seconds (ClientHealth.lag_max)
     client_lag_worst: float | None  # worst over the session
     # requests
     board: tuple[BoardRow, ...]  # in flight (by rid) then recently ended
+    workers: int  # distinct senders that sent requests this session (the board shows a worker column past 1)
     stragglers: tuple[Straggler, ...]  # in flight (oldest first), then finished (newest first)
     straggler_rule: str
     summary_version: int  # bumps when asu / distribution change
     asu: AsuSummary | None
-    summary_sample: tuple[int, int] | None  # (sampled, ended) when percentiles come from a sample, else None
+    summary_recent: tuple[int, int] | None  # (recent, ended) when percentiles cover only the recent ones
     send_lag_p99: float | None
     client_bottleneck: bool  # send-lag p99 > CLIENT_BOTTLENECK_LAG_S
     distribution: Distribution
-    alerts: tuple[Alert, ...]  # warnings in words: the client was late, the simulator drifted
+    alerts: tuple[Alert, ...]  # warnings in words: client late, simulator drift, worker died, clock offset
     # logs
     engine_log: tuple[LogEvent, ...]
     engine_log_total: int  # lines ever appended (this generation): draw only lines past what you drew
@@ -476,183 +511,57 @@ def engine_label(engine_id: str) -> str:
     return engine_id
 
 
+def worker_label(worker: int, node: str = "") -> str:
+    """``3`` or ``3@node-a``: a sender worker as the board shows it."""
+    return f"{worker}@{node}" if node else str(worker)
+
+
 # ----------------------------------------------------------------------------------------- summary job
 
 
-class _Totals:
-    """Exact running counts of ended requests of one class (or all), as ``analysis._summarise`` counts."""
-
-    __slots__ = (
-        "answer",
-        "cancelled",
-        "correct",
-        "errors",
-        "finish",
-        "first_sent",
-        "graded",
-        "last_end",
-        "no_visible",
-        "ok",
-        "reasoning",
-        "requests",
-        "truncated",
-    )
-
-    def __init__(self) -> None:
-        self.requests = self.ok = self.errors = self.cancelled = 0
-        self.truncated = self.no_visible = self.graded = self.correct = 0
-        self.reasoning = self.answer = 0
-        self.first_sent = math.inf
-        self.last_end = -math.inf
-        self.finish: dict[str, int] = {}
-
-    def add(self, r: RequestRecord) -> None:
-        self.requests += 1
-        st = r.status
-        if st is RequestStatus.OK:
-            self.ok += 1
-            if r.finish_reason == "length":
-                self.truncated += 1
-            if r.t_first_visible is None:
-                self.no_visible += 1
-        elif st is RequestStatus.ERROR:
-            self.errors += 1
-        elif st is RequestStatus.CANCELLED:
-            self.cancelled += 1
-        if r.correct is not None:
-            self.graded += 1
-            self.correct += bool(r.correct)
-        self.reasoning += r.reasoning_tokens
-        self.answer += r.answer_tokens
-        if r.t_sent is not None and r.t_sent < self.first_sent:
-            self.first_sent = r.t_sent
-        if r.t_done is not None and r.t_done > self.last_end:
-            self.last_end = r.t_done
-        key = r.finish_reason or st.value
-        self.finish[key] = self.finish.get(key, 0) + 1
-
-    def copy(self) -> _Totals:
-        c = _Totals()
-        for k in self.__slots__:
-            setattr(c, k, getattr(self, k))
-        c.finish = dict(self.finish)
-        return c
-
-    def exact(self, cs: ClassSummary) -> ClassSummary:
-        """``cs`` (computed from a sample) with this class's exact counts; its straggler count scaled."""
-        if cs.requests == self.requests:
-            return cs
-        span = self.last_end - self.first_sent if self.requests and math.isfinite(self.first_sent) else 0.0
-        strag = round(cs.stragglers * self.ok / cs.ok) if cs.ok else 0
-        return dataclasses.replace(
-            cs,
-            requests=self.requests,
-            ok=self.ok,
-            errors=self.errors,
-            cancelled=self.cancelled,
-            truncated=self.truncated,
-            no_visible=self.no_visible,
-            graded=self.graded,
-            correct=self.correct,
-            reasoning_tokens=self.reasoning,
-            answer_tokens=self.answer,
-            span_s=max(span, 0.0) if math.isfinite(span) else 0.0,
-            stragglers=strag,
-            finish_reasons=dict(self.finish),
-        )
-
-
-class _Sample:
-    """A uniform sample of the records offered (reservoir sampling, algorithm R)."""
-
-    __slots__ = ("cap", "items", "seen")
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.items: list[RequestRecord] = []
-        self.seen = 0
-
-    def offer(self, r: RequestRecord, rng: random.Random) -> None:
-        self.seen += 1
-        if len(self.items) < self.cap:
-            self.items.append(r)
-            return
-        j = rng.randrange(self.seen)
-        if j < self.cap:
-            self.items[j] = r
-
-    @property
-    def complete(self) -> bool:
-        return self.seen == len(self.items)
-
-
 class SummaryJob:
-    """The O(n) part of a snapshot, detached from the view: safe to :meth:`run` in another thread (it only
-    reads its own copies: lists of immutable records and copies of the totals).
+    """The O(recent) part of a snapshot, detached from the view: safe to :meth:`run` in another thread (it
+    only reads its own copies: a frozen :class:`~rllmtop.metrics.analysis.AsuState`, a list of immutable
+    records and a dict of counts).
 
-    ``records``: the ended requests to compute from (every one, or each class's sample); ``overall``: a
-    uniform sample of all of them for the "all" row when ``records`` is per-class sampled (None: exact);
-    ``totals``/``total_all``/``dist_n``: the exact counts put back into sampled rows."""
+    ``state``: the LiveAsu's frozen moment (exact counts over the run, the recent requests as columns);
+    ``in_flight``: the requests still running (censored observations for the straggler baselines);
+    ``dist_records``: the recent ok requests (class, difficulty, reasoning length) for the distribution,
+    ``dist_n``: the exact count per (class, difficulty), put back into its groups when ``dist_records``
+    covers only the recent ones."""
 
-    __slots__ = (
-        "dist_n",
-        "finished",
-        "generation",
-        "in_flight",
-        "overall",
-        "records",
-        "result",
-        "rule",
-        "total_all",
-        "totals",
-    )
+    __slots__ = ("dist_n", "dist_records", "finished", "generation", "in_flight", "result", "state")
 
     def __init__(
         self,
-        records: list[RequestRecord],
-        rule: StragglerRule,
+        state: AsuState,
         generation: int,
         finished: int,
-        in_flight: list[tuple[str, float, int]] | None = None,
+        in_flight: list[InFlight] | None = None,
         *,
-        overall: list[RequestRecord] | None = None,
-        totals: dict[str, _Totals] | None = None,
-        total_all: _Totals | None = None,
+        dist_records: list[RequestRecord] | None = None,
         dist_n: dict[tuple[str, str], int] | None = None,
     ) -> None:
-        self.records = records
+        self.state = state
         self.in_flight = in_flight or []
-        self.rule = rule
         self.generation = generation
         self.finished = finished
-        self.overall = overall
-        self.totals = totals or {}
-        self.total_all = total_all
+        self.dist_records = dist_records or []
         self.dist_n = dist_n or {}
         self.result: Summary | None = None
 
     def run(self) -> Summary:
         t0 = time.perf_counter()
-        recs = self.records
-        asu = asu_summary(recs, self.rule) if recs else None
-        baselines = self.rule.baselines(recs, self.in_flight) if recs else None
-        dist = reasoning_distribution(recs, DIST_BINS)
-        sample = len(recs)
-        if asu is not None and self.overall is not None and self.total_all is not None:
-            # sampled: the "all" row from a uniform sample of all, every row with its exact counts
-            sample = len(self.overall)
-            overall = asu_summary(self.overall, self.rule).overall
-            classes = tuple(self.totals[c.name].exact(c) if c.name in self.totals else c for c in asu.classes)
-            asu = AsuSummary(self.total_all.exact(overall), classes, asu.straggler_rule)
+        st = self.state
+        asu = st.summary() if st.ended else None
+        baselines = st.baselines(self.in_flight) if len(st.columns) else None
+        dist = reasoning_distribution(self.dist_records, DIST_BINS)
+        if sum(self.dist_n.values()) > len(self.dist_records):  # recent shape, exact counts
             dist = Distribution(
                 dist.edges,
-                tuple(
-                    dataclasses.replace(g, n=self.dist_n.get((g.cls, g.difficulty), g.n)) for g in dist.groups
-                ),
+                tuple(replace(g, n=self.dist_n.get((g.cls, g.difficulty), g.n)) for g in dist.groups),
             )
-        self.result = Summary(
-            self.generation, self.finished, asu, baselines, dist, time.perf_counter() - t0, sample
-        )
+        self.result = Summary(self.generation, self.finished, asu, baselines, dist, time.perf_counter() - t0)
         return self.result
 
 
@@ -665,6 +574,8 @@ class _Req:
     __slots__ = (
         "answer",
         "cls",
+        "limits",
+        "node",
         "phase",
         "reasoning",
         "rid",
@@ -675,14 +586,14 @@ class _Req:
         "t_queued",
         "t_sent",
         "t_start",
-        "touched",
         "worker",
     )
 
-    def __init__(self, rid: int, cls: str, t: float, worker: int = 0) -> None:
+    def __init__(self, rid: int, cls: str, t: float, worker: int = 0, node: str = "") -> None:
         self.rid = rid
         self.cls = cls
         self.worker = worker
+        self.node = node
         self.phase = Phase.QUEUED
         self.t_queued = t
         self.t_sent: float | None = None
@@ -693,7 +604,8 @@ class _Req:
         self.reasoning = 0
         self.answer = 0
         self.straggler: str | None = None
-        self.touched = False  # in flight while the client was late
+        # (summary version, run-time limit, reasoning limit): StragglerBaselines.limits, renewed per summary
+        self.limits: tuple[int, float, float] | None = None
 
     def row(self, now: float, straggler: str | None = None) -> BoardRow:
         start = self.t_start if self.t_start is not None else self.t_queued
@@ -709,25 +621,32 @@ class _Req:
             None if t0 is None or self.t_first_token is None else self.t_first_token - t0,
             None if t0 is None or self.t_first_visible is None else self.t_first_visible - t0,
             straggler or self.straggler,
+            self.worker,
+            self.node,
         )
 
 
 _GAUGES = ("kv_cache_usage", "requests_running", "requests_waiting")
 _COUNTERS = frozenset({"preemptions_total", "generation_tokens_total", "sim_drift_seconds"})
+_GPU = frozenset({"gpu_util_percent", "gpu_fb_used_mib", "gpu_power_watts"})
 
 
 class _Engine:
     """One engine as the view tracks it (mutable, private): its own series and its latest readings."""
 
     __slots__ = (
+        "capacity",
         "counters",
         "drift",
+        "drift_seen",
         "error",
         "g",
         "gen",
+        "gpu",
         "id",
         "info",
         "kv",
+        "label",
         "last_t",
         "marks",
         "missing",
@@ -741,10 +660,12 @@ class _Engine:
         "stale",
         "tps",
         "waiting",
+        "weight",
     )
 
     def __init__(self, engine_id: str, capacity: int) -> None:
         self.id = engine_id
+        self.label = engine_label(engine_id)  # what the fleet table shows (the id never changes)
         self.info: EngineInfo | None = None
         self.g = _Ring(capacity, 3)  # kv, running, waiting
         self.marks = _Ring(capacity)  # preemptions per scrape (only scrapes with some)
@@ -759,6 +680,10 @@ class _Engine:
         self.preempt = 0.0
         self.preempt_seen = False
         self.drift = 0.0  # sim_drift_seconds increase this session
+        self.drift_seen = False  # it serves sim_drift_seconds (a simulator)
+        self.capacity: dict[str, float] = {}  # kv_total_blocks / kv_total_tokens, as last served
+        self.weight = 1.0  # its weight in the fleet's KV usage (analysis.kv_weights)
+        self.gpu: tuple[int, float | None, float | None, float | None] = (0, None, None, None)
         self.last_t: float | None = None
         self.ok = True
         self.stale = False
@@ -769,6 +694,13 @@ class _Engine:
     @property
     def readings(self) -> tuple[float | None, ...]:
         return (self.kv, self.running, self.waiting, self.rate)
+
+    def shrink(self, capacity: int) -> None:
+        """Keep at most ``capacity`` points per series (the newest)."""
+        if self.g.cap > capacity:
+            self.g = self.g.resized(capacity)
+            self.marks = self.marks.resized(capacity)
+            self.tps = self.tps.resized(capacity)
 
     def health(self, now: float) -> str:
         if self.last_t is None:
@@ -789,9 +721,10 @@ class _Engine:
             version, kind = info.engine_version, info.engine_kind
         health = self.health(now)
         current = health in ("up", "restarted")
+        gpus, util, mem, power = self.gpu if current else (0, None, None, None)
         return EngineRow(
             self.id,
-            engine_label(self.id),
+            self.label,
             health,
             self.kv if current else None,
             self.running if current else None,
@@ -801,6 +734,10 @@ class _Engine:
             version,
             kind,
             self.error if not self.ok else "",
+            gpus,
+            util,
+            mem,
+            power,
         )
 
 
@@ -814,7 +751,8 @@ class LiveView:
     compute the O(n) summary inside :meth:`snapshot` (set False when the caller runs :meth:`summary_job`
     itself). ``summary_interval``: least wall seconds between two summary computations (it also waits ten
     times the last computation's cost, so a huge run cannot eat the CPU); 0 computes whenever something
-    ended. ``sample``: ended requests kept per class for percentiles (see the module doc).
+    ended. ``recent``: ended requests the percentiles, stragglers and distribution cover (see the module
+    doc). ``wall``: the wall clock the throttles read (tests pass their own).
     """
 
     def __init__(
@@ -826,7 +764,7 @@ class LiveView:
         capacity: int = 4 * 3600,
         auto_summary: bool = True,
         summary_interval: float = 1.0,
-        sample: int = SAMPLE_PER_CLASS,
+        recent: int = RECENT_REQUESTS,
         wall: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rule = rule or StragglerRule()
@@ -835,7 +773,7 @@ class LiveView:
         self.capacity = capacity
         self.auto_summary = auto_summary
         self.summary_interval = summary_interval
-        self.sample_cap = max(1, int(sample))
+        self.recent = max(1, int(recent))
         self._wall = wall
         self.generation = 0
         self.focus: str | None = None  # kept across a Reset (the same fleet comes back)
@@ -858,6 +796,8 @@ class LiveView:
         self._fleet_marks = _Ring(cap)
         self._fleet_tps = _Ring(cap)
         self._agg = _Fleet()
+        self._weights_dirty = False  # an engine came or its capacity changed: re-weigh the fleet's KV
+        self._kv_how = ""  # analysis.kv_weights' words
         self._round: set[str] = set()  # engines that reported into the newest fleet point
         self._tps_in_round = False
         self._fleet_preempt = 0.0
@@ -877,20 +817,31 @@ class LiveView:
         # the client's heartbeat
         self._lag = _Ring(HEALTH_POINTS)
         self._lag_worst: float | None = None
-        self._late_intervals = 0
-        self._touched = 0
+        self._worst_health: ClientHealth | None = None
+        self._late: deque[ClientHealth] = deque(maxlen=LATE_INTERVALS_KEPT)  # over CLIENT_DELAY_S
+        self._late_version = 0
+        self._last_health: dict[int, ClientHealth] = {}  # each sender's newest interval
+        self._client: ClientDelayVerdict | None = None
+        self._client_key: tuple[int, int, int] | None = None
+        self._client_wall = -math.inf
+        self._drift: SimDriftVerdict | None = None
+        self._drift_key: tuple[object, ...] | None = None
         self._alerted: set[str] = set()
+        # sender workers
+        self._workers: set[int] = set()  # that sent requests
+        self._nodes: dict[int, str] = {}  # worker -> node (WorkerEvent, RequestRecord.node)
+        self._died: dict[int, WorkerEvent] = {}
+        self._offsets: dict[int, WorkerEvent] = {}  # the newest clock offset each worker reported
         # requests
         self._reqs: dict[int, _Req] = {}
         self._t_seen = 0.0  # latest request-event time (ages of in-flight requests for the summary job)
         self._ended: deque[tuple[float, _Req]] = deque()
         self._ended_rids: dict[int, int] = {}  # rid -> how many entries of _ended hold it
         self._n_finished = 0
-        self._rng = random.Random(0x5EED)  # the sample is the same for the same stream
-        self._samples: dict[str, _Sample] = {}
-        self._sample_all = _Sample(self.sample_cap)
-        self._totals: dict[str, _Totals] = {}
-        self._totals_all = _Totals()
+        self._goodput: dict[str, float] | None = None
+        self._asu = LiveAsu(self.rule, recent=self.recent)
+        self._state: AsuState | None = None  # the newest frozen moment of _asu
+        self._dist: deque[RequestRecord] = deque(maxlen=self.recent)  # recent ok: cls, difficulty, reasoning
         self._dist_n: dict[tuple[str, str], int] = {}
         self._sent = 0
         self._done = 0
@@ -922,6 +873,8 @@ class LiveView:
             self._on_scrape(rec)
         elif isinstance(rec, ClientHealth):
             self._on_health(rec)
+        elif isinstance(rec, WorkerEvent):
+            self._on_worker(rec)
         elif isinstance(rec, LogEvent):
             self._on_log(rec)
         elif isinstance(rec, StateEvent):
@@ -943,13 +896,41 @@ class LiveView:
         elif isinstance(rec, SessionInfo):
             if self.info is not None and rec.session_id != self.info.session_id:
                 self._start_over()  # a different session: start over
-            self.info = rec  # the same one again: facts learned later (engine version, model)
+            self.info = rec  # the same one again: facts learned later (engine version, model, engines)
             prov = rec.provenance
             self._planned_info = prov.planned_requests if prov is not None else None
-            for ei in rec.engines:
+            for ei in rec.engines:  # Prometheus discovery publishes it again with more engines
                 self._engine(ei.id).info = ei
+            self._set_goodput(rec)
         elif isinstance(rec, Reset):
             self._start_over()
+
+    def _set_goodput(self, info: SessionInfo) -> None:
+        """The per-request SLOs goodput is judged on, from ``SessionInfo.extra`` ("goodput": a JSON object
+        of GOODPUT_KEYS to seconds, as the session writes it). A value that cannot be read is said once in
+        the event log; goodput is then not shown."""
+        text = dict(info.extra).get("goodput")
+        goodput: dict[str, float] | None = None
+        if text:
+            try:
+                parsed = json.loads(text)
+                if not isinstance(parsed, dict):
+                    raise ValueError("not a JSON object")
+                LiveAsu(goodput=parsed)  # validates: keys and positive seconds
+                goodput = {str(k): float(v) for k, v in parsed.items()}
+            except (ValueError, TypeError) as e:
+                self._event(self._t_last, "rllmtop", "warning", f"goodput SLOs not shown: {_one_line(e)}")
+        if goodput == self._goodput:
+            return
+        self._goodput = goodput
+        if self._asu.ended == 0:
+            self._asu = LiveAsu(self.rule, recent=self.recent, goodput=goodput)
+        else:  # learned after requests were counted: counting them again is not possible (they are gone)
+            self._event(
+                self._t_last, "rllmtop", "warning",
+                "the goodput SLOs changed mid-session: the live goodput keeps the first ones (the report "
+                "uses the recording's)",
+            )  # fmt: skip
 
     def _start_over(self) -> None:
         self.generation += 1
@@ -997,7 +978,8 @@ class LiveView:
         if req is None:
             if kind not in (RequestKind.QUEUED, RequestKind.SENT) and ev.rid in self._ended_rids:
                 return  # a straggling event for a request that already ended
-            req = _Req(ev.rid, ev.cls, ev.t, ev.worker)
+            worker = ev.record.worker if ev.record is not None and ev.record.worker else ev.worker
+            req = _Req(ev.rid, ev.cls, ev.t, worker, self._nodes.get(worker, ""))
             self._reqs[ev.rid] = req
         elif ev.cls and not req.cls:
             req.cls = ev.cls
@@ -1027,8 +1009,11 @@ class LiveView:
         req.t_sent = rec.t_sent if rec is not None and rec.t_sent is not None else t
         start = rec.latency_start if rec is not None else None
         req.t_start = start if start is not None else req.t_sent
+        if rec is not None and rec.node:
+            req.node = rec.node
         req.phase = Phase.WAITING
         self._sent += 1
+        self._workers.add(req.worker)
         self._count(2, req.t_sent, 1)
 
     def _tokens(self, req: _Req, t: float, reasoning: int, answer: int) -> None:
@@ -1055,6 +1040,8 @@ class LiveView:
             req.t_first_token = rec.t_first_token if rec.t_first_token is not None else req.t_first_token
             if rec.t_first_visible is not None:
                 req.t_first_visible = rec.t_first_visible
+            if rec.node:
+                req.node = rec.node
         else:
             self._tokens(req, ev.t, ev.reasoning_tokens, ev.answer_tokens)
         ok = ev.kind is RequestKind.DONE and (rec is None or rec.status is RequestStatus.OK)
@@ -1075,7 +1062,7 @@ class LiveView:
         base = self._summary.baselines if self._summary is not None else None
         if ok and base is not None:
             run_time = rec.e2e if rec is not None else None
-            why = base.why(req.cls, run_time, req.reasoning)
+            why = base.why(req.cls, run_time, req.reasoning, req.t_start)
             if why is not None:
                 req.straggler = why
                 age = run_time if run_time is not None else req.row(ev.t).age
@@ -1088,25 +1075,16 @@ class LiveView:
             self._trim_ended(ev.t)
 
     def _keep(self, rec: RequestRecord) -> None:
-        """An ended request into the exact totals and the bounded samples (without its chunk gaps and
-        answer text, which no live number needs)."""
+        """An ended request into the LiveAsu (which keeps ~110 bytes of columns for it, its gap blob
+        summed for TPOT/ITL) and, if ok, its class, difficulty and reasoning length for the distribution."""
         self._n_finished += 1
-        if rec.t_done is None and rec.status is RequestStatus.OK:
-            return  # not ended as asu_summary counts it
-        if rec.gaps or rec.answer_text is not None:
-            rec = dataclasses.replace(rec, gaps=b"", answer_text=None)
-        cls = rec.cls
-        tot = self._totals.get(cls)
-        if tot is None:
-            tot = self._totals[cls] = _Totals()
-            self._samples[cls] = _Sample(self.sample_cap)
-        tot.add(rec)
-        self._totals_all.add(rec)
-        if rec.status is RequestStatus.OK:
-            key = (cls, rec.difficulty)
+        self._asu.add(rec)
+        if rec.status is RequestStatus.OK and rec.t_done is not None:
+            key = (rec.cls, rec.difficulty)
             self._dist_n[key] = self._dist_n.get(key, 0) + 1
-        self._samples[cls].offer(rec, self._rng)
-        self._sample_all.offer(rec, self._rng)
+            self._dist.append(
+                RequestRecord(rec.rid, rec.cls, rec.difficulty, reasoning_tokens=rec.reasoning_tokens)
+            )
 
     def _trim_ended(self, now: float) -> None:
         ended = self._ended
@@ -1124,10 +1102,20 @@ class LiveView:
     def _engine(self, engine_id: str) -> _Engine:
         e = self._engines.get(engine_id)
         if e is None:
-            share = ENGINE_POINT_BUDGET * self.capacity // max(1, len(self._engines) + 1)
-            e = _Engine(engine_id, max(ENGINE_MIN_POINTS, min(self.capacity, share)))
+            n = len(self._engines) + 1
+            share = self._share(n)
+            e = _Engine(engine_id, share)
             self._engines[engine_id] = e
+            self._weights_dirty = True
+            if share < self._share(n - 1):  # an engine came (mid-run too): the others give up points
+                for other in self._engines.values():
+                    other.shrink(share)
         return e
+
+    def _share(self, n: int) -> int:
+        """Points each of ``n`` engines keeps per series: the budget shared, within [min, capacity]."""
+        share = ENGINE_POINT_BUDGET * self.capacity // max(1, n)
+        return max(ENGINE_MIN_POINTS, min(self.capacity, share))
 
     def _engine_for(self, s: Scrape) -> _Engine:
         eid = s.engine_id
@@ -1163,6 +1151,8 @@ class LiveView:
         e.ok = True
         e.error = ""
         e.n_ok += 1
+        if e.n_ok == 1:  # it answered: it takes part in the fleet's KV weights
+            self._weights_dirty = True
         e.stale = s.stale
         self._scrape_ok += 1
         self._scrape_latency = s.latency_s
@@ -1179,6 +1169,8 @@ class LiveView:
         gen_delta: float | None = None
         counters = e.counters
         isfinite = math.isfinite
+        gpu: dict[str, list[float]] | None = None
+        capacity: dict[str, float] | None = None
         for m in s.samples:
             name = m.name
             value = m.value
@@ -1187,6 +1179,14 @@ class LiveView:
             if name == "kv_cache_usage":  # several DP ranks of one engine: the mean; queues: the sum
                 kv_sum += value
                 kv_n += 1
+            elif name in _GPU:  # one sample per GPU (label "gpu")
+                if gpu is None:
+                    gpu = {}
+                gpu.setdefault(name, []).append(value)
+            elif name in _CAPACITY:  # summed over DP ranks, as analysis reads it
+                if capacity is None:
+                    capacity = {}
+                capacity[name] = capacity.get(name, 0.0) + value
             elif name == "requests_running":
                 running = (running or 0.0) + value
             elif name == "requests_waiting":
@@ -1204,7 +1204,12 @@ class LiveView:
                     if inc is not None:
                         gen_delta = (gen_delta or 0.0) + inc
                 else:
+                    e.drift_seen = True
                     e.drift += inc or 0.0
+        if capacity is not None and capacity != e.capacity:
+            e.capacity = capacity
+            self._weights_dirty = True
+        e.gpu = _gpu_reading(gpu)
         missing = frozenset(s.missing)
         if missing != e.missing:
             e.missing = missing
@@ -1252,15 +1257,36 @@ class LiveView:
                 e.tps.append(t, e.rate)
         gen.append((t, total))
 
+    def _reweigh(self) -> None:
+        """Each engine's weight in the fleet's KV usage, from ``analysis.kv_weights`` over the engines that
+        answered (their newest capacity readings), and the running sums again. O(engines); only when an
+        engine came or a capacity changed."""
+        self._weights_dirty = False
+        answered = [e for e in self._engines.values() if e.n_ok]
+        per = {
+            e.id: [MetricSample(e.last_t or 0.0, name, v) for name, v in e.capacity.items()] for e in answered
+        }
+        weights, how = kv_weights(per) if per else ({}, "")
+        self._kv_how = how if len(self._engines) > 1 else ""
+        agg = _Fleet()
+        for e in self._engines.values():
+            e.weight = weights.get(e.id, 1.0)
+            agg.change((None,) * 4, e.readings, e.weight, e.weight)
+        self._agg = agg
+
     def _fleet_point(self, e: _Engine, before: tuple[float | None, ...], t: float) -> None:
         """The fleet series: one point per round of scrapes (a round ends when an engine reports again), so
-        64 engines at 4 Hz make 4 points a second, not 256. KV: :func:`_fleet_kv`; queues and rates: sums
-        over the engines with a current reading. O(1) per scrape (running sums)."""
+        64 engines at 4 Hz make 4 points a second, not 256. KV: weighted by ``analysis.kv_weights``; queues
+        and rates: sums over the engines with a current reading. O(1) per scrape (running sums), O(engines)
+        when the weights change."""
+        if self._weights_dirty:
+            self._reweigh()  # from the engines' current readings: this one's included
+        else:
+            self._agg.change(before, e.readings, e.weight, e.weight)
         agg = self._agg
-        agg.change(before, e.readings)
         running, waiting, tps = agg.total(1), agg.total(2), agg.total(3)
         point = (
-            _fleet_kv(agg.total(0) or 0.0, agg.n[0]),
+            agg.kv(),
             math.nan if running is None else running,
             math.nan if waiting is None else waiting,
         )
@@ -1292,38 +1318,150 @@ class LiveView:
         self.series_version += 1
         if self._lag_worst is None or lag > self._lag_worst:
             self._lag_worst = lag
-        if not _client_late(lag):
-            return
-        self._late_intervals += 1
-        t0 = h.t - max(h.interval, 0.0)
-        for req in self._reqs.values():
-            if req.t_sent is not None and not req.touched and req.worker == h.worker:
-                req.touched = True
-                self._touched += 1
-        for t_end, req in self._ended:
-            if t_end >= t0 and not req.touched and req.worker == h.worker:
-                req.touched = True
-                self._touched += 1
+            self._worst_health = h
+        self._last_health[h.worker] = h
+        if lag > CLIENT_DELAY_S:
+            self._late.append(h)
+            self._late_version += 1
+
+    def _client_verdict(self, now: float) -> ClientDelayVerdict | None:
+        """``analysis.client_delay_verdict`` over bounded data: the late heartbeat intervals kept (plus
+        each sender's newest and the worst, which only say who sent heartbeats and how late the worst
+        was) and the requests the view knows: the recent ended ones (LiveAsu's columns) and those in flight
+        (their life so far: start .. now). None while no interval was late (nothing to say). Recomputed
+        at once when a new late interval arrived, else at most once a wall second when requests moved."""
+        if not self._late:
+            return None
+        key = (self._late_version, self._asu.ended, self._sent)
+        if key == self._client_key:
+            return self._client
+        if (
+            self._client_key is not None
+            and key[0] == self._client_key[0]
+            and self._wall() - self._client_wall < VERDICT_INTERVAL_S
+        ):
+            return self._client
+        self._client_key = key
+        self._client_wall = self._wall()
+        hs: list[ClientHealth] = list(self._late)
+        hs.extend(self._last_health.values())
+        if self._worst_health is not None:
+            hs.append(self._worst_health)
+        info = self.info
+        self._client = client_delay_verdict(
+            hs,
+            RequestColumns.concat([self._frozen().columns, self._in_flight_columns(now)]),
+            threshold=CLIENT_DELAY_S,
+            clock=info.clock if info is not None else "wall",
+            speed=info.speed if info is not None else 1.0,
+        )
+        return self._client
+
+    def _frozen(self) -> AsuState:
+        """The LiveAsu's newest frozen moment (frozen again only when a request ended since)."""
+        st = self._state
+        if st is None or st.ended != self._asu.ended:
+            st = self._state = self._asu.freeze()
+        return st
+
+    def _in_flight_columns(self, now: float) -> RequestColumns:
+        """The requests on the wire as columns, their life so far ending now (``t_done`` = now: the
+        verdict takes a request without an end as a point at its start)."""
+        reqs = [r for r in self._reqs.values() if r.t_sent is not None]
+        if not reqs:
+            return RequestColumns.empty()
+        return RequestColumns.from_mapping(
+            {
+                "cls": [r.cls for r in reqs],
+                "status": [RequestStatus.IN_FLIGHT] * len(reqs),
+                "t_start": np.array([r.t_start if r.t_start is not None else r.t_sent for r in reqs]),
+                "t_sent": np.array([r.t_sent for r in reqs], dtype=float),
+                "t_done": np.full(len(reqs), now),
+                "worker": [r.worker for r in reqs],
+            }
+        )
+
+    def _drift_verdict(self, now: float) -> SimDriftVerdict | None:
+        """``analysis.sim_drift_verdict`` over each simulator's drift this session (the view keeps the
+        counter's increase, handed over as two readings), the run so far as its duration."""
+        sims = [e for e in self._engines.values() if e.drift_seen]
+        if not sims:
+            return None
+        key = (tuple(e.drift for e in sims), int(now))
+        if key != self._drift_key:
+            self._drift_key = key
+            per = {
+                (e.id if len(sims) > 1 else ""): [
+                    MetricSample(0.0, "sim_drift_seconds", 0.0),
+                    MetricSample(now, "sim_drift_seconds", e.drift),
+                ]
+                for e in sims
+            }
+            self._drift = sim_drift_verdict(per, now)
+        return self._drift
+
+    # ------------------------------------------------------------------ workers
+
+    def _on_worker(self, w: WorkerEvent) -> None:
+        self._advance(w.t)
+        if w.node:
+            self._nodes[w.worker] = w.node
+        where = _worker_where(w.worker, w.node or self._nodes.get(w.worker, ""))
+        if w.state == "died":
+            self._died[w.worker] = w
+            detail = f": {w.detail}" if w.detail else ""
+            self._event(w.t, "rllmtop", "error", f"{where} died{detail}")
+        if w.clock_offset is not None and math.isfinite(w.clock_offset):
+            self._offsets[w.worker] = w
+
+    def _worker_alerts(self) -> list[Alert]:
+        out: list[Alert] = []
+        if self._died:
+            parts = []
+            for w in list(self._died.values())[:3]:
+                node = w.node or self._nodes.get(w.worker, "")
+                parts.append(
+                    f"{_worker_where(w.worker, node)} at {format_elapsed(w.t)}"
+                    + (f" ({w.detail})" if w.detail else "")
+                )
+            more = f" and {len(self._died) - 3} more" if len(self._died) > 3 else ""
+            n = len(self._died)
+            text = f"{n} sender worker{'s' if n > 1 else ''} died: " + "; ".join(parts) + more
+            out.append(Alert("worker-died", "worker died", text))
+        off = [w for w in self._offsets.values() if abs(w.clock_offset or 0.0) > CLOCK_OFFSET_WARN_S]
+        if off:
+            w = max(off, key=lambda x: abs(x.clock_offset or 0.0))
+            o = w.clock_offset or 0.0
+            where = _worker_where(w.worker, w.node or self._nodes.get(w.worker, ""))
+            text = (
+                f"{where}'s clock is {fmt.seconds(abs(o))} {'ahead of' if o > 0 else 'behind'} the session's "
+                f"(warned above {fmt.seconds(CLOCK_OFFSET_WARN_S)}): send lag and TTFT of its requests carry "
+                "up to that error"
+            )
+            if len(off) > 1:
+                text += f" ({len(off)} workers off by more)"
+            out.append(Alert("clock-offset", "clock offset", text))
+        return out
 
     def _alerts(self, now: float) -> tuple[Alert, ...]:
         out: list[Alert] = []
-        if self._lag_worst is not None:
-            text = _client_delay_verdict(self._lag_worst, self._late_intervals, self._touched)
-            if text is not None:
-                out.append(Alert("client-late", "client late", text))
-        drift, who = 0.0, ""
-        for e in self._engines.values():
-            if e.drift > drift:
-                drift, who = e.drift, e.id
-        if drift:
-            text = _sim_drift_verdict(drift, engine_label(who) if len(self._engines) > 1 else "")
-            if text is not None:
-                out.append(Alert("sim-drift", "sim drift", text))
+        client = self._client_verdict(now)
+        if client is not None and client.fired:
+            out.append(Alert("client-late", "client late", client.sentence))
+        drift = self._drift_verdict(now)
+        if drift is not None and drift.fired:
+            out.append(Alert("sim-drift", "sim drift", drift.sentence))
+        out.extend(self._worker_alerts())
         for a in out:
             if a.key not in self._alerted:  # said once in the event log too
                 self._alerted.add(a.key)
                 self._event(now, "rllmtop", "warning", a.text)
         return tuple(out)
+
+    def alerts(self, now: float) -> tuple[Alert, ...]:
+        """The warnings in words at session time ``now`` (what :meth:`snapshot` puts in ``alerts``), without
+        the rest of a snapshot: cheap (the verdicts are cached and throttled). For the headless printer."""
+        return self._alerts(self._clamp_now(now))
 
     # ------------------------------------------------------------------ logs
 
@@ -1375,9 +1513,9 @@ class LiveView:
     # ------------------------------------------------------------------ summary
 
     def summary_job(self) -> SummaryJob | None:
-        """A job computing the O(n) summary if a request ended since the last one and enough wall time has
-        passed; None otherwise (or while a job is out). Run it (any thread), then :meth:`install` it.
-        Cost: O(the samples), bounded by (classes + 1) x ``sample``."""
+        """A job computing the O(recent) summary if a request ended since the last one and enough wall time
+        has passed; None otherwise (or while a job is out). Run it (any thread), then :meth:`install` it.
+        Making it costs O(recent) here (LiveAsu.freeze); running it O(recent log recent)."""
         n = self._n_finished
         if self._summary_pending:
             return None
@@ -1392,22 +1530,17 @@ class LiveView:
         self._summary_pending = True
         t = self._t_seen
         open_now = [
-            (r.cls, t - (r.t_start if r.t_start is not None else r.t_sent), r.reasoning)
+            InFlight(r.cls, t - start, r.reasoning, start)
             for r in self._reqs.values()
             if r.t_sent is not None
+            for start in (r.t_start if r.t_start is not None else r.t_sent,)
         ]
-        records = [r for s in self._samples.values() for r in s.items]
-        if all(s.complete for s in self._samples.values()):
-            return SummaryJob(records, self.rule, self.generation, n, open_now)
         return SummaryJob(
-            records,
-            self.rule,
+            self._frozen(),
             self.generation,
             n,
             open_now,
-            overall=list(self._sample_all.items),
-            totals={c: tot.copy() for c, tot in self._totals.items()},
-            total_all=self._totals_all.copy(),
+            dist_records=list(self._dist),
             dist_n=dict(self._dist_n),
         )
 
@@ -1447,11 +1580,18 @@ class LiveView:
         base = summary.baselines if summary is not None else None
         rows: list[BoardRow] = []
         in_flight_strag: list[Straggler] = []
+        version = self._summary_version
         for req in self._reqs.values():
             why = None
             if base is not None and req.t_sent is not None:
                 start = req.t_start if req.t_start is not None else req.t_sent
-                why = base.why(req.cls, max(0.0, now - start), req.reasoning)
+                lim = req.limits
+                if lim is None or lim[0] != version:  # the cheap check, renewed once per summary
+                    lim_t, lim_r = base.limits(req.cls, start)
+                    lim = req.limits = (version, lim_t, lim_r)
+                age = max(0.0, now - start)
+                if age > lim[1] or req.reasoning > lim[2]:
+                    why = base.why(req.cls, age, req.reasoning, start)
             row = req.row(now, why)
             if why is not None:
                 in_flight_strag.append(
@@ -1464,11 +1604,7 @@ class LiveView:
         stragglers = (*in_flight_strag, *reversed(self._fin_stragglers))
         asu = summary.asu if summary is not None else None
         lag = asu.overall.send_lag.get(99) if asu is not None else None
-        sampled = (
-            (summary.sample, asu.overall.requests)
-            if summary is not None and asu is not None and summary.sample < asu.overall.requests
-            else None
-        )
+        recent = (asu.recent, asu.overall.requests) if asu is not None and asu.recent is not None else None
         # the engine charts: the fleet, or the engine in focus
         focus = self._engines.get(self.focus) if self.focus is not None else None
         if focus is not None:
@@ -1511,14 +1647,17 @@ class LiveView:
             engines=engines,
             focus=focus.id if focus is not None else None,
             spread=_spread(engines),
+            kv_weighting=self._kv_how,
+            kv_capacity_weighted=self._kv_how.startswith("weighted by"),
             client_lag=self._series("client_lag_max", self._lag, t0, now),
             client_lag_worst=self._lag_worst,
             board=tuple(rows),
+            workers=len(self._workers),
             stragglers=stragglers,
             straggler_rule=self.rule.describe(),
             summary_version=self._summary_version,
             asu=asu,
-            summary_sample=sampled,
+            summary_recent=recent,
             send_lag_p99=lag,
             client_bottleneck=lag is not None and lag > CLIENT_BOTTLENECK_LAG_S,
             distribution=summary.distribution if summary is not None else EMPTY_DIST,
@@ -1612,3 +1751,27 @@ def _spread(engines: tuple[EngineRow, ...]) -> FleetSpread:
         rng([e.running for e in engines if e.running is not None]),
         rng([e.waiting for e in engines if e.waiting is not None]),
     )
+
+
+def _gpu_reading(
+    gpu: Mapping[str, list[float]] | None,
+) -> tuple[int, float | None, float | None, float | None]:
+    """(GPUs, mean utilisation %, framebuffer used MiB summed, power W summed) of one scrape's GPU samples."""
+    if not gpu:
+        return (0, None, None, None)
+    util, mem, power = gpu.get("gpu_util_percent"), gpu.get("gpu_fb_used_mib"), gpu.get("gpu_power_watts")
+    n = max(len(v) for v in gpu.values())
+    return (
+        n,
+        sum(util) / len(util) if util else None,
+        sum(mem) if mem else None,
+        sum(power) if power else None,
+    )
+
+
+def _worker_where(worker: int, node: str) -> str:
+    return f"worker {worker}" + (f" (node {node})" if node else "")
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:200] or type(e).__name__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -27,10 +28,24 @@ from rllmtop.events import (
     SessionInfo,
     SessionState,
     StateEvent,
+    WorkerEvent,
     encode_gaps,
 )
-from rllmtop.metrics.analysis import StragglerRule, asu_summary
-from rllmtop.view import CLIENT_BOTTLENECK_LAG_S, WINDOWS, LiveView, clock_note
+from rllmtop.metrics.analysis import (
+    StragglerRule,
+    asu_summary,
+    client_delay_verdict,
+    samples_by_engine,
+    sim_drift_verdict,
+)
+from rllmtop.view import (
+    CLIENT_BOTTLENECK_LAG_S,
+    CLOCK_OFFSET_WARN_S,
+    WINDOWS,
+    LiveView,
+    clock_note,
+    worker_label,
+)
 
 K = RequestKind
 
@@ -752,8 +767,9 @@ def test_client_heartbeat_series_and_the_late_client_warning() -> None:
     v.handle(ev(K.SENT, 11.5, 2))  # sent after: not touched
     snap = v.snapshot(12.0)
     (alert,) = snap.alerts
-    assert alert.key == "client-late" and "up to 45 ms of client delay" in alert.text
-    assert "1 request(s) in flight during 1 late interval(s)" in alert.text
+    # the sentence of analysis.client_delay_verdict (the report's): request 1 was on the wire, 2 came after
+    assert alert.key == "client-late" and "up to 45ms of client delay" in alert.text
+    assert "1 of 2 requests were touched" in alert.text
     assert any(alert.text == e.text for e in snap.events)  # said once in the event log
     v.snapshot(13.0)
     assert sum(1 for e in v.snapshot(13.0).events if e.text == alert.text) == 1
@@ -773,9 +789,13 @@ def test_simulator_drift_warning() -> None:
     for i, drift in enumerate((0.0, 0.02, 0.05)):
         v.handle(engine_scrape(2.0 + i, "", 0.5, drift=drift))
     assert v.snapshot(5.0).alerts == ()  # 50 ms behind: within the bound
-    v.handle(engine_scrape(6.0, "", 0.5, drift=2.35))
+    last = engine_scrape(6.0, "", 0.5, drift=2.35)
+    v.handle(last)
     (alert,) = v.snapshot(6.0).alerts
-    assert alert.key == "sim-drift" and "fell 2.4 s behind" in alert.text and "inflated" in alert.text
+    assert alert.key == "sim-drift" and "fell 2.35s behind" in alert.text and "inflated" in alert.text
+    # the very sentence the report prints from the recorded samples over the same duration
+    scrapes = [engine_scrape(2.0 + i, "", 0.5, drift=d) for i, d in enumerate((0.0, 0.02, 0.05))] + [last]
+    assert alert.text == sim_drift_verdict(samples_by_engine(scrapes), 6.0).sentence
 
 
 def test_clock_note() -> None:
@@ -801,31 +821,59 @@ def _long_record(rid: int, t: float) -> RequestRecord:
     )  # fmt: skip
 
 
-def test_summary_is_exact_below_the_sample_and_keeps_exact_counts_past_it() -> None:
+def test_summary_is_exact_below_recent_and_keeps_exact_counts_past_it() -> None:
+    """The view's summary is analysis.LiveAsu's: below ``recent`` ended requests it is asu_summary over all
+    of them, TPOT and ITL from the chunk gaps included (the view once stripped the gap blobs: its TPOT/ITL
+    were (end - first token) / (tokens - 1)); past it the counts are exact and the percentiles are those of
+    the most recent ``recent``."""
     recs = [_long_record(i, i * 0.01) for i in range(600)]
-    small = view(sample=1000)
-    sampled = view(sample=50)
+    small = view(recent=1000)
+    recent = view(recent=50)
     for r in recs:
         finish(small, r)
-        finish(sampled, r)
+        finish(recent, r)
     want = asu_summary(recs)
     exact = small.snapshot(100.0)
-    assert exact.summary_sample is None
+    assert exact.summary_recent is None
     assert exact.asu is not None and exact.asu.overall.as_dict() == want.overall.as_dict()
-    snap = sampled.snapshot(100.0)
-    assert snap.summary_sample == (50, 600)  # the note the ASU panel shows
+    assert exact.asu.overall.itl[50] == pytest.approx(0.02)  # the 20 ms chunk gaps
+    snap = recent.snapshot(100.0)
+    assert snap.summary_recent == (50, 600)  # the note the ASU panel shows
     got = snap.asu
-    assert got is not None
+    assert got is not None and got.recent == 50
+    last = asu_summary(recs[-50:])
     for name in ("all", "easy", "hard", "mcq"):
         g, w = got.by_name()[name], want.by_name()[name]
         for key in ("requests", "ok", "errors", "truncated", "no_visible", "graded", "correct",
                     "reasoning_tokens", "answer_tokens", "finish_reasons"):  # fmt: skip
             assert getattr(g, key) == getattr(w, key), (name, key)
         assert g.span_s == pytest.approx(w.span_s) and g.accuracy == w.accuracy
-        assert g.e2e[50] == pytest.approx(w.e2e[50], rel=0.25)  # from the sample
-    dist = {g.label: g.n for g in snap.distribution.groups}
-    assert dist == {g.label: g.n for g in exact.distribution.groups}  # exact counts, sampled shape
-    assert sampled.finished == 600
+        assert g.e2e == last.by_name()[name].e2e and g.tpot == last.by_name()[name].tpot  # the recent 50
+    dist = {g.label: g for g in snap.distribution.groups}
+    assert {k: g.n for k, g in dist.items()} == {g.label: g.n for g in exact.distribution.groups}  # exact n
+    assert sum(sum(g.counts) for g in dist.values()) == 50  # the shape: the recent ones
+    assert recent.finished == 600
+
+
+def test_goodput_from_the_session_info_is_shown_live() -> None:
+    """The session puts the scenario's per-request SLOs in SessionInfo.extra ("goodput"): the live summary
+    judges goodput on them as the end-of-run summary does."""
+    slo = {"e2el": 1.5}
+    recs = [record(i, sent=0.1 * i, e2e=1.0 + (i % 3) * 0.4) for i in range(12)]
+    v = view()
+    v.handle(SessionInfo("g", 0.0, "live", extra=(("goodput", json.dumps(slo)),)))
+    for r in recs:
+        finish(v, r)
+    asu = v.snapshot(10.0).asu
+    want = asu_summary(recs, goodput=slo)
+    assert asu is not None and asu.goodput == slo
+    assert asu.overall.good == want.overall.good == 8 and asu.overall.goodput_rps == want.overall.goodput_rps
+    bad = view()
+    bad.handle(SessionInfo("g", 0.0, "live", extra=(("goodput", '{"e2el": -1}'),)))
+    finish(bad, recs[0])
+    snap = bad.snapshot(5.0)
+    assert snap.asu is not None and snap.asu.goodput == {}
+    assert any("goodput SLOs not shown" in e.text for e in snap.events)
 
 
 def test_memory_stays_flat_per_finished_request() -> None:
@@ -836,7 +884,7 @@ def test_memory_stays_flat_per_finished_request() -> None:
     def held(n: int) -> int:
         gc.collect()
         tracemalloc.start()
-        v = view(auto_summary=False, sample=256)
+        v = view(auto_summary=False, recent=256)
         base = tracemalloc.get_traced_memory()[0]
         for i in range(n):
             finish(v, _long_record(i, i * 0.01))
@@ -851,3 +899,161 @@ def test_memory_stays_flat_per_finished_request() -> None:
     # bytes held per extra finished request: the records themselves were kept before (~0.8 KB each here,
     # with the gaps blob shared; ~9.5 KB each with their own, see bench/bench_tui.py --memory)
     assert (b - a) / 3000 < 150
+
+
+# ------------------------------------------------------------------------------------------------ the merge
+
+
+def test_an_in_flight_request_far_behind_its_batch_straggles_though_its_class_is_slow() -> None:
+    """The rule compares with the batch too (requests started within batch_window of it): the view passes
+    InFlight(cls, age, reasoning, t_start) and t_start to the baselines, or no batch verdict is possible."""
+    v = view(rule=StragglerRule(factor=3.0, min_finished=5, batch_window=5.0))
+    for i in range(5):  # the hard class is slow: median 30 s
+        finish(v, record(i, "hard", sent=float(i), e2e=30.0))
+    for i in range(5):  # a later burst whose easy requests took 1 s
+        finish(v, record(10 + i, "easy", sent=100.0 + 0.1 * i, e2e=1.0))
+    v.handle(ev(K.SENT, 100.0, 50, "hard"))
+    v.handle(ev(K.FIRST_TOKEN, 100.2, 50, "hard", r=1))
+    snap = v.snapshot(110.0)
+    (s,) = snap.stragglers
+    assert s.rid == 50 and not s.finished
+    assert s.reason == "run time 10.0s > 3x its batch's median 1.0s"
+    assert {r.rid: r.straggler for r in snap.board}[50] == s.reason
+
+
+def test_fleet_kv_is_weighted_by_capacity_when_every_engine_serves_it() -> None:
+    def scrape(t: float, eid: str, kv: float, blocks: float | None) -> Scrape:
+        samples = [MetricSample(t, "kv_cache_usage", kv), MetricSample(t, "requests_waiting", 1.0)]
+        if blocks is not None:
+            samples.append(MetricSample(t, "kv_total_blocks", blocks))
+        return Scrape(t, 0.001, True, samples=tuple(samples), engine_id=eid)
+
+    v = view()
+    v.handle(fleet_info(A, B))
+    v.handle(scrape(1.0, A, 0.2, 1000))
+    v.handle(scrape(1.0, B, 0.8, None))  # B does not say its capacity: equal weights
+    snap = v.snapshot(1.0)
+    assert snap.kv.last == pytest.approx(0.5) and not snap.kv_capacity_weighted
+    assert snap.kv_weighting.startswith("equal weights")
+    v.handle(scrape(1.25, A, 0.2, 1000))
+    v.handle(scrape(1.25, B, 0.8, 3000))  # now both do: 0.2 x 1/4 + 0.8 x 3/4
+    snap = v.snapshot(1.25)
+    assert snap.kv.last == pytest.approx(0.65) and snap.kv_capacity_weighted
+    assert "kv_total_blocks" in snap.kv_weighting
+    v.handle(Scrape(1.5, 1.0, False, error="down", engine_id=B))  # B down: A alone, whatever its weight
+    assert v.snapshot(1.5).kv.last == pytest.approx(0.2)
+    one = view()
+    one.handle(scrape(1.0, "", 0.3, 500))
+    snap = one.snapshot(1.0)
+    assert snap.kv.last == 0.3 and snap.kv_weighting == ""  # one engine: its value, exactly
+
+
+def test_engines_appearing_mid_run_join_the_table_and_the_others_give_up_points() -> None:
+    ids = [f"http://10.0.0.{k}:8000" for k in range(16)]
+    v = view(capacity=2000)
+    v.handle(fleet_info(*ids[:1]))
+    for i in range(1, 2401):
+        v.handle(engine_scrape(0.25 * i, ids[0], 0.5, 1, 0))
+    v.set_focus(ids[0])
+    v.set_window(3600)
+    assert v.snapshot(600.0).kv.t.size == 2000  # alone: a full fleet series' worth
+    v.handle(fleet_info(*ids))  # Prometheus discovery: the same session, more engines
+    for k, eid in enumerate(ids):
+        v.handle(engine_scrape(600.25 + k * 1e-4, eid, k / 16, 1, k))
+    v.set_focus(None)
+    snap = v.snapshot(600.3)
+    assert [e.id for e in snap.engines] == ids and all(e.health == "up" for e in snap.engines)
+    assert snap.running.last == 16 and snap.waiting.last == sum(range(16))
+    v.set_focus(ids[0])
+    snap = v.snapshot(600.3)
+    t = snap.kv.t  # the first engine's own series, shrunk to its share, the newest points kept
+    assert (
+        t.size == 4 * 300 and t[-1] == pytest.approx(600.25) and t[0] == pytest.approx(600.25 - 0.25 * 1199)
+    )
+    assert np.all(np.diff(t) > 0)
+    v.handle(engine_scrape(620.0, ids[3], 0.1, ok=False))
+    assert {e.id: e.health for e in v.snapshot(620.0).engines}[ids[3]] == "down"
+
+
+def test_gpu_telemetry_per_engine() -> None:
+    gpu = tuple(
+        MetricSample(1.0, name, value, (("gpu", str(g)),))
+        for g in range(2)
+        for name, value in (
+            ("gpu_util_percent", 60.0 + 20 * g),
+            ("gpu_fb_used_mib", 40_000.0),
+            ("gpu_power_watts", 300.0),
+        )
+    )
+    v = view()
+    v.handle(fleet_info(A, B))
+    v.handle(Scrape(1.0, 0.001, True, samples=(MetricSample(1.0, "kv_cache_usage", 0.5), *gpu), engine_id=A))
+    v.handle(engine_scrape(1.0, B, 0.5))
+    rows = {e.id: e for e in v.snapshot(1.0).engines}
+    a, b = rows[A], rows[B]
+    assert (a.gpus, a.gpu_util, a.gpu_mem_mib, a.gpu_power_w) == (2, 70.0, 80_000.0, 600.0)
+    assert (b.gpus, b.gpu_util, b.gpu_mem_mib, b.gpu_power_w) == (0, None, None, None)  # not served: none
+
+
+def test_the_board_names_the_worker_and_node_when_several_sent() -> None:
+    v = view()
+    v.handle(WorkerEvent(0.0, 1, "started", node="node-b", pid=10))
+    v.handle(ev(K.SENT, 1.0, 1, worker=0))
+    snap = v.snapshot(1.0)
+    assert snap.workers == 1
+    v.handle(ev(K.SENT, 1.5, 2, worker=1))
+    rec = RequestRecord(
+        3, "easy", t_start=2.0, t_sent=2.0, worker=2, node="node-c", status=RequestStatus.IN_FLIGHT
+    )
+    v.handle(ev(K.SENT, 2.0, 3, record=rec))
+    snap = v.snapshot(2.0)
+    assert snap.workers == 3
+    assert {r.rid: (r.worker, r.node) for r in snap.board} == {1: (0, ""), 2: (1, "node-b"), 3: (2, "node-c")}
+    assert worker_label(1, "node-b") == "1@node-b" and worker_label(0) == "0"
+
+
+def test_a_worker_that_died_is_in_the_event_log_and_an_alert() -> None:
+    v = view()
+    v.handle(WorkerEvent(0.0, 1, "started", node="n1", pid=42, clock_offset=0.001))
+    assert v.alerts(1.0) == ()
+    v.handle(WorkerEvent(12.0, 1, "died", pid=42, detail="exit code -9"))
+    snap = v.snapshot(13.0)
+    (alert,) = snap.alerts
+    assert (
+        alert.key == "worker-died"
+        and alert.text == "1 sender worker died: worker 1 (node n1) at 0:12 (exit code -9)"
+    )
+    assert any(e.level == "error" and e.text == "worker 1 (node n1) died: exit code -9" for e in snap.events)
+    assert sum(1 for e in v.snapshot(14.0).events if e.text == alert.text) == 1  # said once
+
+
+def test_a_worker_clock_offset_over_a_few_ms_is_an_alert() -> None:
+    v = view()
+    v.handle(WorkerEvent(0.0, 1, "started", node="n1", clock_offset=0.004))
+    assert v.alerts(0.0) == ()  # 4 ms: within CLOCK_OFFSET_WARN_S
+    v.handle(WorkerEvent(0.0, 2, "started", node="n2", clock_offset=-0.012))
+    (alert,) = v.alerts(0.0)
+    assert alert.key == "clock-offset" and alert.text.startswith("worker 2 (node n2)'s clock is 12ms behind")
+    assert CLOCK_OFFSET_WARN_S == 0.005
+
+
+def test_the_client_delay_alert_is_the_report_sentence_over_the_same_requests() -> None:
+    """Below ``recent`` ended requests the live verdict reads the same data as the report: the sentence is
+    the same, and an interval of one worker touches only that worker's requests."""
+    health = [ClientHealth(float(i), 1.0, 0.002, 0.001, worker=w) for i in range(1, 30) for w in (0, 1)]
+    health.append(ClientHealth(10.0, 1.0, 0.080, 0.02, worker=1))
+    recs = [
+        RequestRecord(i, "easy", t_start=float(i), t_sent=float(i), t_first_token=i + 0.5, t_done=i + 2.0,
+                      worker=i % 2, reasoning_tokens=5, answer_tokens=5, finish_reason="stop")
+        for i in range(20)
+    ]  # fmt: skip
+    v = view()
+    for h in sorted(health, key=lambda h: h.t):
+        v.handle(h)
+    for r in recs:
+        v.handle(ev(K.SENT, r.t_sent, r.rid, worker=r.worker))  # type: ignore[arg-type]
+        v.handle(ev(K.DONE, r.t_done, r.rid, r=5, a=5, record=r, worker=r.worker))  # type: ignore[arg-type]
+    (alert,) = v.alerts(30.0)
+    want = client_delay_verdict(health, recs)
+    assert want.fired and alert.text == want.sentence
+    assert "1 of 20 requests were touched" in alert.text  # worker 1's request 9 (9..11); not worker 0's

@@ -47,8 +47,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from rllmtop.events import SessionInfo
+    from rllmtop.record.replay import ReplaySource
 
-__all__ = ["RllmtopApp", "SessionLike", "build_app", "stop_session"]
+__all__ = ["RllmtopApp", "SessionLike", "build_app"]
 
 REFRESH_S = 0.25
 SPEEDS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
@@ -59,32 +60,26 @@ SHORT_SCREEN_ROWS = 22  # ... and on a short terminal, what is left above the bo
 class SessionLike(Protocol):
     """The part of :class:`rllmtop.session.Session` the app uses.
 
-    Also used when present: ``stop(force: bool = False)`` (thread-safe; first call: stop sending and let
-    in-flight requests finish within the grace period; ``force``: cancel them now) and
-    ``planned_requests: int | None`` (the live runner's schedule length). See :func:`stop_session`."""
+    ``stop(force)`` is thread-safe: the first call stops sending and lets in-flight requests finish
+    within the grace period, ``force`` (or a second call) cancels them now; ``stopping`` says which was
+    asked ("" | "gentle" | "forced"); ``planned_requests`` is the schedule's length once known; ``replay``
+    the replay source in a replay session."""
 
     info: SessionInfo | None
     state: SessionState
-    replay: Any  # ReplayControls | None
     record_path: str | None
+
+    @property
+    def replay(self) -> ReplaySource | None: ...
+    @property
+    def planned_requests(self) -> int | None: ...
+    @property
+    def stopping(self) -> str: ...
 
     def add_sink(self, sink: Callable[[Record], None]) -> None: ...
     async def run(self) -> Any: ...
     def now(self) -> float: ...
-
-
-def stop_session(session: SessionLike, *, force: bool = False) -> None:
-    """``session.stop(force=force)``.
-
-    Until Session.stop lands (the lead's change), a session that has only the old ``request_stop()`` gets
-    it once per call: its own first call is the gentle stop and its second the forced one, which is what
-    the app means by the first and the second press. Remove this fallback (and declare ``stop`` in
-    :class:`SessionLike`) at the merge."""
-    stop = getattr(session, "stop", None)
-    if stop is not None:
-        stop(force=force)
-    else:
-        session.request_stop()  # type: ignore[attr-defined]
+    def stop(self, force: bool = False) -> None: ...
 
 
 # ------------------------------------------------------------------------------------------ chart data
@@ -116,6 +111,12 @@ def _scope(s: ViewSnapshot, fleet: str) -> str:
     return f"{fleet} of {n}" if n >= 2 else ""
 
 
+def kv_scope(s: ViewSnapshot) -> str:
+    """The KV chart's legend: the fleet's KV is the capacity-weighted mean when every engine says its
+    capacity, else the plain mean (``analysis.kv_weights``)."""
+    return _scope(s, "capacity-weighted" if s.kv_capacity_weighted else "mean")
+
+
 def kv_chart(s: ViewSnapshot) -> ChartData:
     return _chart(
         s,
@@ -126,7 +127,7 @@ def kv_chart(s: ViewSnapshot) -> ChartData:
         mark_label="preempted",
         mark_total=s.preemptions_run,
         y_fmt=_pct,
-        scope=_scope(s, "mean"),
+        scope=kv_scope(s),
     )
 
 
@@ -253,9 +254,9 @@ class RllmtopApp(App[Any]):
         self.outcome: Any = None
         self.session_error: BaseException | None = None
         self.ended = asyncio.Event()  # set when session.run() returned (or failed)
+        self.ended_at: float | None = None  # session time then (the run's length; the app may stay open)
         self.ticks = 0
         self.page = 1
-        self._stops = 0
         self._quitting = False
         self._worker: Worker[Any] | None = None
         self._consumers: list[Any] = []
@@ -271,8 +272,7 @@ class RllmtopApp(App[Any]):
 
     @property
     def replay(self) -> ReplayControls | None:
-        replay: ReplayControls | None = self.session.replay
-        return replay
+        return self.session.replay
 
     # ------------------------------------------------------------------ layout
 
@@ -369,8 +369,7 @@ class RllmtopApp(App[Any]):
         if self.session_thread and not self.ended.is_set():
             # the app is going away without a quit (an exception, a test harness): end the session
             # thread too, or the process would wait for it forever; it still tears down and records
-            stop_session(self.session)
-            stop_session(self.session, force=True)
+            self.session.stop(force=True)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker is not self._worker:
@@ -385,6 +384,7 @@ class RllmtopApp(App[Any]):
         elif state is WorkerState.ERROR:
             self.session_error = event.worker.error
             self.notify(f"session failed: {event.worker.error}", severity="error", timeout=30)
+        self.ended_at = self.session.now()
         self.ended.set()
         self._tick()
         if self._quitting:
@@ -407,13 +407,13 @@ class RllmtopApp(App[Any]):
     # ------------------------------------------------------------------ refresh
 
     def _tick(self) -> None:
-        if not self._consumers:  # not mounted yet
+        if not self._consumers or not self.screen_stack:  # not mounted yet, or already shutting down
             return
         inbox = self._inbox
         while inbox:
             self.view.handle(inbox.popleft())
-        planned = getattr(self.session, "planned_requests", None)  # the live runner's count, once known
-        if isinstance(planned, int) and planned != self.view.planned:
+        planned = self.session.planned_requests  # the live runner's count, once known
+        if planned is not None and planned != self.view.planned:
             self.view.set_planned(planned)
         snap = self.view.snapshot(self.session.now())
         self.snapshot = snap
@@ -475,14 +475,14 @@ class RllmtopApp(App[Any]):
             self.exit(self.outcome)
             return
         self._quitting = True
-        self._stops += 1
-        if self._stops == 1:
-            stop_session(self.session)
+        stopping = self.session.stopping  # what was asked before this press (a signal counts too)
+        if not stopping:
+            self.session.stop()
             self.notify(
                 "stopping: no new requests; in-flight ones may finish (q again cancels them)", timeout=10
             )
-        elif self._stops == 2:
-            stop_session(self.session, force=True)
+        elif stopping == "gentle":
+            self.session.stop(force=True)
             self.notify("cancelling in-flight requests", timeout=10)
         elif self.session_thread:  # the session tears down on its own thread, bounded: say what it waits for
             self.notify("stopping the engine and closing the recording...", timeout=10)

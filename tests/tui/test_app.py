@@ -166,6 +166,20 @@ async def test_ctrl_c_quits_and_a_finished_session_quits_at_once() -> None:
     assert s.stops == [] and app.return_value == "outcome"
 
 
+async def test_the_run_length_is_taken_when_the_session_ends_not_when_the_app_quits() -> None:
+    """The TUI stays open after the run; the exit line printed 653 s for a 272 s run (the wait for q)."""
+    s = ScriptedSession(script())
+    app = app_for(s)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await play(pilot, s, 3.0)
+        s.finish()
+        await until(pilot, app.ended.is_set, what="the session to end")
+        s.t = 400.0  # the session clock goes on while the app waits for q
+        await pilot.press("q")
+        await until(pilot, lambda: not app.is_running, what="the app to exit")
+    assert app.ended_at == 3.0
+
+
 async def test_replay_keys_drive_the_replay_source() -> None:
     s = ScriptedReplaySession(script(40), duration=60.0)
     app = app_for(s)
@@ -384,7 +398,7 @@ async def test_asu_panel_shows_cut_and_warnings_in_words() -> None:
         await until(pilot, lambda: bool(panel.alerts), what="the warning")
         assert "cut" in panel.columns and "acc" in panel.columns
         text = screen_text(app)
-        assert "up to 120 ms of client delay" in text
+        assert "up to 120ms of client delay" in text  # analysis.client_delay_verdict's sentence
         assert "client loop lateness" in text
         header = app.query_one("#header").text  # type: ignore[attr-defined]
         assert "⚠ client late" in header
@@ -413,4 +427,89 @@ async def test_kv_chart_counts_preemptions_in_the_window_and_the_run() -> None:
         assert "preempted 18 in window / 118 run" in screen_text(app)  # issue 10.8: which count is which
         await pilot.resize_terminal(160, 48)
         await until(pilot, lambda: "preempted 18 win / 118 run" in screen_text(app), what="the short form")
+        s.finish()
+
+
+async def test_the_board_shows_a_worker_column_once_several_workers_sent() -> None:
+    from rllmtop.events import RequestEvent, RequestKind, WorkerEvent
+
+    recs = script(4)
+    recs += [
+        WorkerEvent(0.1, 1, "started", node="node-b", pid=7),
+        RequestEvent(RequestKind.SENT, 3.0, 40, "math", worker=1),
+    ]
+    s = ScriptedSession(recs)
+    app = app_for(s)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await play(pilot, s, 2.0)
+        board = app.query_one(RequestBoard)
+        assert not board.show_workers and "worker" not in screen_text(app)  # one sender: no column
+        await play(pilot, s, 3.5)
+        await until(pilot, lambda: board.show_workers, what="the worker column")
+        await pilot.pause()
+        lines = screen_text(app).splitlines()
+        head = next(ln for ln in lines if " id class" in ln)
+        assert "worker" in head and head.index("worker") < head.index("phase")
+        assert any(" 40 math" in ln and "1@node-b" in ln for ln in lines)
+        assert any(ln.split("│")[1].split()[2:3] == ["0"] for ln in lines if "│" in ln and " mcq " in ln)
+        s.finish()
+
+
+async def test_a_dead_worker_is_in_the_event_log_and_the_header() -> None:
+    from rllmtop.events import WorkerEvent
+
+    recs = script(4)
+    recs.append(WorkerEvent(2.0, 2, "died", node="n2", pid=9, detail="exit code -9"))
+    s = ScriptedSession(recs)
+    app = app_for(s)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await play(pilot, s, 3.0)
+        header = app.query_one("#header")
+        await until(pilot, lambda: "⚠ worker died" in header.text, what="the header's warning")  # type: ignore[attr-defined]
+        await pilot.press("3")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "worker 2 (node n2) died: exit code -9" in text
+        s.finish()
+
+
+async def test_the_asu_panel_shows_goodput_from_the_session_info() -> None:
+    import json
+
+    recs = script(8)
+    recs[0] = info(extra=(("profile", "rllm-7b"), ("goodput", json.dumps({"e2el": 2.5}))))
+    s = ScriptedSession(recs)
+    app = app_for(s)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await play(pilot, s, 8.0)
+        panel = app.query_one(AsuPanel)
+        await until(pilot, lambda: "good" in panel.columns, what="the goodput column")
+        snap = app.snapshot
+        assert snap is not None and snap.asu is not None and snap.asu.goodput == {"e2el": 2.5}
+        assert "goodput (e2el <= 2.50s)" in screen_text(app)
+        s.finish()
+
+
+async def test_two_warnings_and_five_rows_fit_the_asu_panel_whole() -> None:
+    """At 160x48 the ASU box (at most 14 rows) cut the second warning's sentence mid-way."""
+    from rllmtop.events import ClientHealth, MetricSample, Scrape
+
+    recs: list[Record] = [info(), StateEvent(0.0, SessionState.RUNNING)]
+    for i, cls in enumerate(("easy", "medium", "mcq", "hard") * 3):
+        recs += request_life(i, cls, 0.3 * i, think=1.0, reasoning=200, difficulty=cls)
+    recs += [
+        *(ClientHealth(float(t), 1.0, 0.002, 0.001) for t in range(1, 6)),
+        ClientHealth(6.0, 1.0, 0.120, 0.03),
+        Scrape(0.5, 0.002, True, samples=(MetricSample(0.5, "sim_drift_seconds", 0.0),)),
+        Scrape(7.0, 0.002, True, samples=(MetricSample(7.0, "sim_drift_seconds", 2.0),)),
+    ]
+    s = ScriptedSession(recs)
+    app = app_for(s)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await play(pilot, s, 8.0)
+        panel = app.query_one(AsuPanel)
+        await until(pilot, lambda: len(panel.alerts) == 2, what="both warnings")
+        await until(pilot, lambda: "inflated" in screen_text(app), what="the second sentence, whole")
+        text = screen_text(app)
+        assert "requests were touched" in text and "hard" in text
         s.finish()

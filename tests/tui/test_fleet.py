@@ -3,10 +3,11 @@ charts for the fleet or for one engine (key e), from 2 engines at 80x24 up to 64
 
 from __future__ import annotations
 
+import pytest
 from tui_fakes import ScriptedSession, engine_url, fleet_script, info, scrapes
 from tui_helpers import screen_text, until
 
-from rllmtop.events import SessionState, StateEvent
+from rllmtop.events import EngineInfo, MetricSample, Record, Scrape, SessionState, StateEvent
 from rllmtop.tui.app import RllmtopApp, build_app
 from rllmtop.tui.widgets.board import RequestBoard
 from rllmtop.tui.widgets.chart import BrailleChart
@@ -107,4 +108,76 @@ async def test_one_engine_has_no_fleet_table_and_no_engine_key() -> None:
         assert "engine" not in screen_text(app).splitlines()[-1]  # the footer does not offer it
         await pilot.press("e")
         assert app.snapshot is not None and app.snapshot.focus is None
+        s.finish()
+
+
+def _scrape(t: float, eid: str, kv: float, *extra: MetricSample, ok: bool = True) -> Scrape:
+    if not ok:
+        return Scrape(t, 1.0, False, error=f"{eid}/metrics: connection refused", engine_id=eid)
+    base = (
+        MetricSample(t, "kv_cache_usage", kv),
+        MetricSample(t, "requests_running", 2.0),
+        MetricSample(t, "requests_waiting", 1.0),
+    )
+    return Scrape(t, 0.002, True, samples=(*base, *extra), engine_id=eid)
+
+
+async def test_engines_appearing_mid_run_join_the_table_and_a_down_one_shows_down() -> None:
+    """Prometheus discovery publishes SessionInfo.engines again with more engines (the same session)."""
+    ids = [engine_url(k) for k in range(4)]
+    engines = tuple(EngineInfo(i, url=i, kind="sim", version="0.1.0") for i in ids)
+    recs: list[Record] = [info(session_id="grow", engines=engines[:2]), StateEvent(0.0, SessionState.RUNNING)]
+    for i in range(1, 41):
+        t = 0.25 * i
+        for k in range(2 if t <= 5.0 else 4):
+            recs.append(_scrape(t + k * 1e-4, ids[k], 0.2 * (k + 1), ok=not (k == 1 and t > 8.0)))
+    s = ScriptedSession(recs)
+    app = app_for(s)
+    async with app.run_test(size=(100, 40)) as pilot:  # tall: 8 fleet rows
+        await advance(pilot, s, 5.0)
+        table = app.query_one(FleetTable)
+        await until(pilot, lambda: len(table.engines) == 2, what="two engines")
+        s.publish(info(session_id="grow", engines=engines))  # discovered two more
+        await advance(pilot, s, 10.0)
+        await until(pilot, lambda: len(table.engines) == 4, what="four engines")
+        await until(pilot, lambda: inside(app, "#fleet-box"), what="the fleet table laid out")
+        rows = {e.id: e for e in table.engines}
+        assert rows[ids[1]].health == "down" and rows[ids[3]].health == "up"
+        assert app.snapshot is not None and app.snapshot.waiting.last == 3  # the down one is left out
+        text = screen_text(app)
+        assert "fleet of 4" in text and "10.0.0.4:8000" in text and "down" in text
+        assert "fleet · 4 engines" in text
+        s.finish()
+
+
+async def test_gpu_columns_and_the_capacity_weighted_kv_legend() -> None:
+    ids = [engine_url(k) for k in range(2)]
+    engines = tuple(EngineInfo(i, url=i, kind="vllm", version="0.11.0") for i in ids)
+    recs: list[Record] = [info(session_id="gpu", engines=engines), StateEvent(0.0, SessionState.RUNNING)]
+    for i in range(1, 21):
+        t = 0.25 * i
+        for k, eid in enumerate(ids):
+            gpu = tuple(
+                MetricSample(t, name, value, (("gpu", str(g)),))
+                for g in range(2)
+                for name, value in (
+                    ("gpu_util_percent", 50.0 + 40 * k),
+                    ("gpu_fb_used_mib", 30_720.0),
+                    ("gpu_power_watts", 250.0),
+                )
+            )
+            cap = MetricSample(t, "kv_total_blocks", 1000.0 * (k + 1))
+            recs.append(_scrape(t + k * 1e-4, eid, 0.3 + 0.6 * k, cap, *gpu))
+    s = ScriptedSession(recs)
+    app = app_for(s)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await advance(pilot, s, 5.0)
+        table = app.query_one(FleetTable)
+        await until(pilot, lambda: len(table.engines) == 2 and table.show_gpu, what="GPU telemetry")
+        await until(pilot, lambda: inside(app, "#fleet-box"), what="the fleet table laid out")
+        text = screen_text(app)
+        assert "GPU mem" in text and "90%" in text and "60G" in text and "500W" in text
+        kv = app.query_one("#chart-kv", BrailleChart)
+        assert kv.data is not None and kv.data.scope == "capacity-weighted of 2"
+        assert kv.data.lines[0].series.last == pytest.approx(0.3 / 3 + 0.9 * 2 / 3)
         s.finish()

@@ -127,6 +127,20 @@ async def test_chart_draws_samples_and_caches_until_something_changes() -> None:
         assert chart.renders == 2  # a new size: rebuilt
 
 
+async def test_axis_labels_of_a_window_growing_with_a_young_session_are_rounded() -> None:
+    """A 58.75 s old session (window min(120, t)) labelled its axis -58.75s, -29.375s ... (every frame a
+    new label); to a tenth of a second now."""
+    import re
+
+    chart = BrailleChart("KV cache", kv_chart, show_axis=True)
+    async with _Host(chart).run_test(size=(60, 8)) as pilot:
+        chart.update_snapshot(_snapshot_with_scrapes(235))  # t = 58.75 s
+        await pilot.pause()
+        axis = screen_text(pilot.app).splitlines()[-1]
+        assert "-58.8s" in axis and "now" in axis, axis
+        assert not re.search(r"\d\.\d\d", axis), axis
+
+
 async def test_chart_shows_missing_metric_as_na_not_zero() -> None:
     chart = BrailleChart("KV cache", kv_chart)
     async with _Host(chart).run_test(size=(60, 6)) as pilot:

@@ -73,8 +73,16 @@ class ScriptedSession:
 
     def stop(self, force: bool = False) -> None:
         self.stops.append(force)
-        if force:
+        if self.stopping == "forced":
             self._done.set()
+
+    @property
+    def stopping(self) -> str:
+        """As ``Session.stopping``: a repeated stop, or a forced one, is forced."""
+        n = 0
+        for force in self.stops:
+            n = max(n + 1, 2 if force else 1)
+        return "" if n == 0 else "gentle" if n == 1 else "forced"
 
 
 def request_life(

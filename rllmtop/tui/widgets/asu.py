@@ -1,10 +1,12 @@
 """The ASU panel: Accuracy, Service (tok/s) and User (TTFVT, E2E) numbers, one row per class.
 
 Columns that do not fit are dropped, least important first. ``cut`` next to the accuracy counts the ok
-requests the engine cut at ``max_tokens`` (finish_reason ``length``): they explain a low accuracy. Below
-the table: where the percentiles come from (all ended requests, or a sample of them), the client's send-lag
-p99 and event-loop lateness (red when the client itself is the bottleneck), and every warning in words (the
-client was late, the simulator drifted)."""
+requests the engine cut at ``max_tokens`` (finish_reason ``length``): they explain a low accuracy. With
+goodput SLOs (the scenario's, published by the session) a ``good`` column counts the ok requests that met
+them all. Below the table: what the percentiles cover (every ended request, or the most recent ones; counts
+are always exact), the goodput, the client's send-lag p99 and event-loop lateness (red when the client
+itself is the bottleneck), and every warning in words (the client was late, the simulator drifted, a sender
+worker died, a worker's clock is off)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from rich.text import Text
 from textual.widget import Widget
 
 from rllmtop.metrics.analysis import ClassSummary
+from rllmtop.summary import goodput_line
 from rllmtop.view import CLIENT_BOTTLENECK_LAG_S, ViewSnapshot
 
 __all__ = ["AsuPanel", "latency_triple"]
@@ -65,6 +68,7 @@ _COLS = (
     _Col("err", lambda c: _pct(c.error_rate), 1, 6),
     _Col("strag", lambda c: str(c.stragglers), 3, 5),
 )
+_GOOD = _Col("good", lambda c: str(c.good), 1, 5)  # only with goodput SLOs
 
 
 class AsuPanel(Widget):
@@ -104,6 +108,8 @@ class AsuPanel(Widget):
         asu = snap.asu
         rows = [asu.overall, *asu.classes] if len(asu.classes) > 1 else [asu.overall]
         cols = list(_COLS)
+        if asu.goodput:
+            cols.insert(cols.index(next(c for c in cols if c.title == "err")), _GOOD)
         width = self.size.width
         while sum(c.width + 1 for c in cols) > width and len(cols) > 2:
             drop = max(cols, key=lambda c: (c.priority, cols.index(c)))
@@ -134,8 +140,12 @@ class AsuPanel(Widget):
             loop.append(" worst this session", style="dim")
             lines.append(loop)
         what = "TTFVT, E2E: p50/p90/p99 of ok requests"
-        if snap.summary_sample is not None:
-            k, n = snap.summary_sample
-            what += f", from a uniform sample of {k:,} of {n:,} (counts exact)"
+        if snap.summary_recent is not None:
+            k, n = snap.summary_recent
+            what += f", the most recent {k:,} of {n:,} (counts exact)"
         note = Text(what, style="dim", no_wrap=True, overflow="ellipsis")
-        return Group(table, note, *lines, *warnings)
+        notes: list[RenderableType] = [note]
+        good = goodput_line(asu)  # the headless summary's words
+        if good:
+            notes.append(Text(good, no_wrap=True, overflow="ellipsis"))
+        return Group(table, *notes, *lines, *warnings)

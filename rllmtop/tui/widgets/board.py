@@ -2,7 +2,9 @@
 
 Only the visible rows are drawn (``render_line``); sorting and filtering touch the snapshot's rows once per
 refresh, O(rows log rows). A new snapshot repaints only the lines whose text changed; ages past 10 s are
-whole seconds, so a long request's line changes once a second rather than at every refresh.
+whole seconds, so a long request's line changes once a second rather than at every refresh. When more than
+one sender worker sent requests (``--workers``, Ray), a ``worker`` column names the one that sent each
+(``3@node`` where its node is known).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from textual.strip import Strip
 
 from rllmtop.events import Phase
 from rllmtop.tui.widgets.styles import BOLD, DIM, HEADING, RED_BOLD, REVERSE, CachedStyle
-from rllmtop.view import BoardRow, ViewSnapshot
+from rllmtop.view import BoardRow, ViewSnapshot, worker_label
 
 __all__ = ["FILTERS", "SORTS", "ReasonCache", "RequestBoard"]
 
@@ -47,6 +49,7 @@ SORTS: dict[str, Callable[[BoardRow], object]] = {
     "ttfvt": lambda r: _none_last(r.ttfvt),
     "phase": lambda r: _PHASE_ORDER[r.phase],
     "class": lambda r: r.cls,
+    "worker": lambda r: (r.worker, r.node),
     "id": lambda r: r.rid,
 }
 """Sort keys, in the order ``s`` cycles through them."""
@@ -71,6 +74,7 @@ class _Col:
     right: bool = True
 
 
+_WORKER = _Col("worker", 8, "worker", right=False)  # only when several workers sent requests
 _COLS = (
     _Col("id", 7, "id"),
     _Col("class", 12, "class", right=False),
@@ -119,10 +123,11 @@ class ReasonCache:
         self._old, self._now = self._now, {}
 
 
-def _cells(r: BoardRow) -> tuple[str, ...]:
+def _cells(r: BoardRow, workers: bool = False) -> tuple[str, ...]:
+    """The row's cells in column order; the worker column (after the class) when ``workers``."""
+    head = (str(r.rid), r.cls, worker_label(r.worker, r.node)) if workers else (str(r.rid), r.cls)
     return (
-        str(r.rid),
-        r.cls,
+        *head,
         r.phase.value,
         _age(r.age),
         str(r.reasoning),
@@ -169,6 +174,7 @@ class RequestBoard(CachedStyle, ScrollView, can_focus=True, inherit_bindings=Fal
         self._cols_cache: tuple[int, list[tuple[_Col, int]], int] | None = None
         self._keys: list[object] = []  # what each visible line showed at the last refresh
         self._reasons = ReasonCache()
+        self.show_workers = False  # several workers sent requests: the worker column is shown
 
     @property
     def rows(self) -> tuple[BoardRow, ...]:
@@ -182,6 +188,10 @@ class RequestBoard(CachedStyle, ScrollView, can_focus=True, inherit_bindings=Fal
         """Take a snapshot; repaint the lines whose text changed (all of them if the rows moved)."""
         self._snap = snap
         self._dirty = True
+        workers = snap.workers > 1
+        if workers != self.show_workers:  # the worker column comes: every line changes
+            self.show_workers = workers
+            self._keys = []
         width, height = self.size
         if not width or not height or not self.region:  # hidden
             self._keys = []
@@ -214,8 +224,9 @@ class RequestBoard(CachedStyle, ScrollView, can_focus=True, inherit_bindings=Fal
         for i in range(top, top + max(0, height - self.HEADER_LINES)):
             if i < len(rows):
                 r = rows[i]
-                cells = _cells(r)
-                keys.append((cells, reasons.get(r.rid, cells[3], r.straggler), i == self.cursor and focus))
+                cells = _cells(r, self.show_workers)
+                age = cells[3 + self.show_workers]
+                keys.append((cells, reasons.get(r.rid, age, r.straggler), i == self.cursor and focus))
             else:
                 keys.append(None if rows else self.total)
         return keys
@@ -308,14 +319,17 @@ class RequestBoard(CachedStyle, ScrollView, can_focus=True, inherit_bindings=Fal
     def _layout(self, width: int) -> tuple[list[tuple[_Col, int]], int]:
         """Columns that fit (dropped from the right), and the cells they use; the straggler reason gets
         the rest."""
-        if self._cols_cache is not None and self._cols_cache[0] == width:
+        key = -width - 1 if self.show_workers else width
+        if self._cols_cache is not None and self._cols_cache[0] == key:
             return self._cols_cache[1], self._cols_cache[2]
         cols = [(c, c.width) for c in _COLS]
+        if self.show_workers:
+            cols.insert(2, (_WORKER, _WORKER.width))
         used = sum(w + 1 for _, w in cols)
-        while used > width and len(cols) > 3:
+        while used > width and len(cols) > 3 + self.show_workers:
             _, w = cols.pop()
             used -= w + 1
-        self._cols_cache = (width, cols, used)
+        self._cols_cache = (key, cols, used)
         return cols, used
 
     def render_line(self, y: int) -> Strip:
@@ -342,17 +356,18 @@ class RequestBoard(CachedStyle, ScrollView, can_focus=True, inherit_bindings=Fal
             return Strip.blank(width, base)
         r = self.rows[i]
         row_style = base + REVERSE if i == self.cursor and self.has_focus else base
-        cells = _cells(r)
+        cells = _cells(r, self.show_workers)
+        ph = 2 + self.show_workers  # the phase column
         # three segments: up to the phase, the coloured phase, the rest
         fmt = [
             (text[:w].rjust(w) if c.right else text[:w].ljust(w))
             for (c, w), text in zip(cols, cells, strict=False)
         ]
-        segs = [Segment(" ".join(fmt[:2]) + " ", row_style)]
-        if len(fmt) > 2:
-            segs.append(Segment(fmt[2] + " ", row_style + self._phase_styles[r.phase]))
-            segs.append(Segment(" ".join(fmt[3:]) + " " if len(fmt) > 3 else "", row_style))
-        reason = self._reasons.get(r.rid, cells[3], r.straggler)
+        segs = [Segment(" ".join(fmt[:ph]) + " ", row_style)]
+        if len(fmt) > ph:
+            segs.append(Segment(fmt[ph] + " ", row_style + self._phase_styles[r.phase]))
+            segs.append(Segment(" ".join(fmt[ph + 1 :]) + " " if len(fmt) > ph + 1 else "", row_style))
+        reason = self._reasons.get(r.rid, cells[ph + 1], r.straggler)
         if reason is not None:
             rest = width - used
             flag = ("⚠ " + reason)[: max(0, rest)] if rest > 8 else "⚠"

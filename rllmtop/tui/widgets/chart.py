@@ -480,4 +480,4 @@ def _span(seconds: float) -> str:
         return f"{seconds / 60:g}m"
     if seconds >= 60:
         return f"{seconds / 60:.1f}m"
-    return f"{seconds:g}s"
+    return f"{round(seconds, 1):g}s"  # a window that grows with a young session: -58.5s, not -58.5219s

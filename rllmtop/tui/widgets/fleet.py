@@ -1,11 +1,16 @@
-"""The fleet table: one row per engine (health, KV %, running, waiting, tok/s, preemptions, version).
+"""The fleet table: one row per engine (health, KV %, running, waiting, tok/s, preemptions, GPU telemetry
+where an engine serves it, version).
 
-Shown when the session watches two or more engines. The engine whose charts are in focus is marked; the
-table scrolls (64 engines do not fit) and keeps the focused row in view. Only the visible rows are drawn,
-and a refresh repaints only the lines whose text changed."""
+Shown when the session watches two or more engines (engines that appear mid-run join it). The engine whose
+charts are in focus is marked; the table scrolls (64 engines do not fit) and keeps the focused row in view.
+The GPU columns (utilisation: the mean over the engine's GPUs; framebuffer used and power: summed) appear
+once some engine serves GPU telemetry. Columns that do not fit are dropped, least useful first (version,
+power, memory, preemptions, ...). Only the visible rows are drawn, and a refresh repaints only the lines
+whose text changed."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rich.segment import Segment
@@ -28,25 +33,6 @@ HEALTH_STYLES: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class _Col:
-    title: str
-    width: int
-    right: bool = True
-
-
-_COLS = (
-    _Col("engine", 18, right=False),
-    _Col("health", 9, right=False),
-    _Col("KV", 5),
-    _Col("run", 5),
-    _Col("wait", 5),
-    _Col("tok/s", 7),
-    _Col("preempt", 7),
-    _Col("version", 8, right=False),
-)
-
-
 def _num(x: float | None) -> str:
     if x is None:
         return "-"
@@ -55,18 +41,38 @@ def _num(x: float | None) -> str:
     return f"{x:.0f}"
 
 
-def fleet_cells(e: EngineRow) -> tuple[str, ...]:
-    """The row's cells, in column order."""
-    return (
-        e.name,
-        e.health,
-        "-" if e.kv is None else f"{100 * e.kv:.0f}%",
-        _num(e.running),
-        _num(e.waiting),
-        _num(e.tok_s),
-        _num(e.preemptions),
-        e.version or e.kind,
-    )
+def _mib(x: float | None) -> str:
+    return "-" if x is None else f"{x / 1024:.0f}G" if x >= 1024 else f"{x:.0f}M"
+
+
+@dataclass(frozen=True, slots=True)
+class _Col:
+    title: str
+    width: int
+    cell: Callable[[EngineRow], str]
+    drop: int  # higher: dropped sooner when the table is narrow (0: never)
+    right: bool = True
+    gpu: bool = False  # shown only when some engine serves GPU telemetry
+
+
+_COLS = (
+    _Col("engine", 18, lambda e: e.name, 0, right=False),
+    _Col("health", 9, lambda e: e.health, 0, right=False),
+    _Col("KV", 5, lambda e: "-" if e.kv is None else f"{100 * e.kv:.0f}%", 0),
+    _Col("run", 5, lambda e: _num(e.running), 3),
+    _Col("wait", 5, lambda e: _num(e.waiting), 4),
+    _Col("tok/s", 7, lambda e: _num(e.tok_s), 5),
+    _Col("preempt", 7, lambda e: _num(e.preemptions), 7),
+    _Col("GPU", 4, lambda e: "-" if e.gpu_util is None else f"{e.gpu_util:.0f}%", 6, gpu=True),
+    _Col("GPU mem", 7, lambda e: _mib(e.gpu_mem_mib), 8, gpu=True),
+    _Col("power", 6, lambda e: "-" if e.gpu_power_w is None else f"{e.gpu_power_w:.0f}W", 9, gpu=True),
+    _Col("version", 8, lambda e: e.version or e.kind, 10, right=False),
+)
+
+
+def fleet_cells(e: EngineRow, gpu: bool = False) -> tuple[str, ...]:
+    """The row's cells, in column order (with the GPU columns when ``gpu``)."""
+    return tuple(c.cell(e) for c in _COLS if gpu or not c.gpu)
 
 
 def spread_text(n: int, spread: FleetSpread) -> str:
@@ -101,6 +107,7 @@ class FleetTable(CachedStyle, ScrollView, can_focus=False):
         super().__init__(id=id, classes=classes)
         self.engines: tuple[EngineRow, ...] = ()
         self.focus_id: str | None = None
+        self.show_gpu = False  # some engine serves GPU telemetry: the GPU columns are shown
         self._texts: list[tuple[int, str, bool]] = []
         self._layouts: dict[int, list[tuple[_Col, int]]] = {}
 
@@ -114,6 +121,10 @@ class FleetTable(CachedStyle, ScrollView, can_focus=False):
         engines = snap.engines
         focus_moved = snap.focus != self.focus_id
         self.focus_id = snap.focus
+        gpu = any(e.gpus for e in engines)
+        if gpu != self.show_gpu:  # the GPU columns come (or go): every line changes
+            self.show_gpu = gpu
+            self.engines = ()
         width = self.scrollable_content_region.width
         top = int(self.scroll_y)
         body = max(0, self.size.height - self.HEADER_LINES)
@@ -152,14 +163,15 @@ class FleetTable(CachedStyle, ScrollView, can_focus=False):
         self.refresh()
 
     def _layout(self, width: int) -> list[tuple[_Col, int]]:
-        """Columns that fit (the version, then preemptions, ... are dropped first); the engine column
+        """Columns that fit (the version, then the GPU power, ... are dropped first); the engine column
         takes what is left, at least 12 cells."""
-        got = self._layouts.get(width)
+        key = width if not self.show_gpu else -width - 1
+        got = self._layouts.get(key)
         if got is not None:
             return got
-        cols = list(_COLS)
+        cols = [c for c in _COLS if self.show_gpu or not c.gpu]
         while len(cols) > 3 and sum(c.width + 1 for c in cols) > width:
-            cols.pop()
+            cols.remove(max(cols, key=lambda c: c.drop))
         spare = width - sum(c.width + 1 for c in cols)
         out = []
         for c in cols:
@@ -167,12 +179,13 @@ class FleetTable(CachedStyle, ScrollView, can_focus=False):
             if c.title == "engine":
                 w = max(12, w + min(spare, 12)) if spare > 0 else max(12, w + spare)
             out.append((c, w))
-        self._layouts[width] = out
+        self._layouts[key] = out
         return out
 
     def _line(self, e: EngineRow, width: int) -> str:
         parts = []
-        for (c, w), text in zip(self._layout(width), fleet_cells(e), strict=False):
+        for c, w in self._layout(width):
+            text = c.cell(e)
             if len(text) > w:
                 text = text[: w - 1] + "…" if c.title == "engine" else text[:w]
             parts.append(text.rjust(w) if c.right else text.ljust(w))

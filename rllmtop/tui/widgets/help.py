@@ -34,20 +34,27 @@ PANELS = (
     ("req/s", "requests sent vs finished per second; failures in red"),
     (
         "fleet",
-        "two or more engines: one row per engine (health up / stale / restarted / down, KV %, running, "
-        "waiting, tok/s, preemptions this session, version) and the spread across engines. The engine "
-        "charts show the fleet: KV is the mean over the engines that answered (each weighs the same), "
-        "queues and rates are summed; e shows one engine's own series instead",
+        "two or more engines (engines discovered mid-run join): one row per engine (health up / stale / "
+        "restarted / down, KV %, running, waiting, tok/s, preemptions this session, GPU utilisation, memory "
+        "and power where served, version) and the spread across engines. The engine charts show the fleet: "
+        "KV is the mean over the engines with a current reading, weighted by each engine's KV capacity when "
+        "every engine serves it (the legend says capacity-weighted), else each weighs the same; queues and "
+        "rates are summed; e shows one engine's own series instead",
     ),
-    ("requests", "in flight (and just ended): phase, age, reasoning and answer tokens, TTFT, TTFVT"),
+    (
+        "requests",
+        "in flight (and just ended): phase, age, reasoning and answer tokens, TTFT, TTFVT; the sender "
+        "worker (worker@node) once more than one sent requests",
+    ),
     ("stragglers", "requests the stated rule flags, with the reason; ● in flight, ✓ finished"),
     (
         "ASU",
         "Accuracy (and cut: ok requests stopped at max_tokens), Service (tok/s), User (TTFVT, E2E "
-        "p50/p90/p99) and error rate per class, over requests that ended (past 2,048 per class the "
-        "percentiles come from a uniform sample, the counts stay exact: the note says so); client send-lag "
-        "p99 turns red when the client itself is late (the load is not what was asked); the client's event-"
-        "loop lateness; warnings in words when the client was late or the simulator fell behind",
+        "p50/p90/p99), good (ok requests meeting the scenario's goodput SLOs, when it has some) and error "
+        "rate per class, over requests that ended (past 10,000 the percentiles cover the most recent 10,000, "
+        "the counts stay exact: the note says so); client send-lag p99 turns red when the client itself is "
+        "late (the load is not what was asked); the client's event-loop lateness; warnings in words when "
+        "the client was late, the simulator fell behind, a sender worker died or a worker's clock is off",
     ),
     ("reasoning length", "distribution of finished requests' reasoning tokens per class/difficulty"),
     ("logs", "events (errors and warnings) and the engine's own log when rllmtop launched it"),
