@@ -98,6 +98,31 @@ def _add_load_overrides(p: argparse.ArgumentParser, *, simulator: bool = True, t
         )
 
 
+def _add_scale_out(p: argparse.ArgumentParser) -> None:
+    """Who sends the load: this process, worker processes, or Ray actors (run controls: the requests
+    and their times are the same whichever sends them)."""
+    g = p.add_argument_group("scale-out (the same requests at the same times, more senders)")
+    g.add_argument(
+        "--workers",
+        metavar="N|auto",
+        help="send from N worker processes (with --ray: N per node); auto = from the planned rate and "
+        "streams (default: the scenario's load.workers, else 1 = this process)",
+    )
+    g.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        metavar="ADDRESS",
+        help="send from Ray actors over a cluster's nodes (needs rllmtop[ray]): auto (default), "
+        "HOST:6379, ray://HOST:10001 or local",
+    )
+    g.add_argument(
+        "--on-worker-death",
+        choices=["continue", "stop"],
+        help="when a worker dies: continue (default; its in-flight requests fail) or stop the run (failed)",
+    )
+
+
 def _add_results(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("results (the names `vllm bench serve` uses)")
     g.add_argument(
@@ -156,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--matrix", action="store_true", help="run every cell of the scenario's [matrix], then compare"
     )
     _add_load_overrides(p)
+    _add_scale_out(p)
     _add_results(p)
     _add_output(p)
 
@@ -209,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--scenario", help="also send this scenario's load (default: watch only)")
     _add_load_overrides(p, simulator=False, target=False)
+    _add_scale_out(p)
     _add_results(p)
     _add_output(p)
 
@@ -236,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up if not ready after S seconds (default: the scenario's engine.startup_timeout, 900)",
     )
     _add_load_overrides(p, simulator=False, target=False)
+    _add_scale_out(p)
     _add_results(p)
     _add_output(p)
 

@@ -42,7 +42,40 @@ def _run_controls(scenario: Scenario, args: argparse.Namespace) -> Scenario:
     goodput = _goodput(args)
     if goodput:  # judged live and kept in the recording's session facts
         scenario = dataclasses.replace(scenario, goodput=goodput)
+    scale = _scale_out(args)
+    if scale:
+        scenario = dataclasses.replace(scenario, load=dataclasses.replace(scenario.load, **scale))
     return scenario
+
+
+def _scale_out(args: argparse.Namespace) -> dict[str, Any]:
+    """--workers / --ray / --on-worker-death as load fields (checked like the scenario's)."""
+    from rllmtop.scenario.limits import MAX_WORKERS
+
+    out: dict[str, Any] = {}
+    w = getattr(args, "workers", None)
+    if w is not None:
+        if w.strip().lower() == "auto":
+            out["workers"] = 0
+        else:
+            try:
+                n = int(w)
+            except ValueError:
+                n = -1
+            if not 1 <= n <= MAX_WORKERS:
+                raise UserError(f"--workers {w}: not a worker count", f"give 1 to {MAX_WORKERS}, or auto")
+            out["workers"] = n
+    ray = getattr(args, "ray", None)
+    if ray is not None:
+        if not ray or len(ray) > 300 or any(c.isspace() for c in ray):
+            raise UserError(
+                f"--ray {ray!r}: not a Ray address", "give auto, HOST:6379, ray://HOST:10001 or local"
+            )
+        out["ray"] = ray
+    death = getattr(args, "on_worker_death", None)
+    if death is not None:
+        out["on_worker_death"] = death
+    return out
 
 
 def _view(args: argparse.Namespace) -> Any:

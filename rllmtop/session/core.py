@@ -45,7 +45,7 @@ from rllmtop.metrics.analysis import AsuSummary
 from rllmtop.redact import redact_url
 from rllmtop.scenario import EngineSpec, Scenario
 from rllmtop.session.engines import EngineSide, fit_max_tokens
-from rllmtop.session.load import LoadTarget, Sender, build_sender
+from rllmtop.session.load import LoadTarget, Sender, build_sender, sender_notes
 from rllmtop.session.results import recording_results
 
 if TYPE_CHECKING:
@@ -458,6 +458,7 @@ class Session:
                     return SessionState.DONE
                 if run_task is not None and run_task in done:
                     run_task.result()  # re-raise runner errors (UserError -> FAILED)
+                    self._detail = self._detail or sender_notes(self.runner)[0]  # e.g. a worker died
                     return SessionState.INTERRUPTED if self._interrupted else SessionState.DONE
                 if self._stop.is_set() and run_task is None:
                     return SessionState.INTERRUPTED
@@ -559,7 +560,8 @@ class Session:
             summary=summary,
             slo_missed=missed,
             requests=n,
-            warnings=warnings,
+            # the sender's own (a worker died, a node's clock offset) first, then the recording's
+            warnings=(tuple(sender_notes(self.runner)[1]) if self.runner is not None else ()) + warnings,
         )
 
 
