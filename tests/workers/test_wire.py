@@ -141,24 +141,24 @@ def test_auto_picks_workers_from_chunks_and_streams_within_the_cpus(tmp_path: Pa
     # 10 req/s x 1,000 tokens = 10,000 chunks/s: one worker
     n, why = W.auto_workers(_sc(tmp_path, 'process = "poisson"\nrate = 10'), cpus=8)
     assert n == 1 and "10,000 chunks/s" in why and "8 CPU" in why
-    # 100 req/s x 1,000 = 100,000 chunks/s: ceil(100,000 / 30,000) = 4
+    # 100 req/s x 1,000 = 100,000 chunks/s: ceil(100,000 / CHUNKS_PER_WORKER)
     n, _ = W.auto_workers(_sc(tmp_path, 'process = "poisson"\nrate = 100'), cpus=8)
     assert n == math.ceil(100_000 / W.CHUNKS_PER_WORKER)
     n, _ = W.auto_workers(_sc(tmp_path, 'process = "poisson"\nrate = 100'), cpus=2)
     assert n == 2  # at most the CPUs
-    # a cap of 6,000 streams: 4 workers of 1,500
+    # a cap of 6,000 streams: workers of STREAMS_PER_WORKER
     n, why = W.auto_workers(
         _sc(tmp_path, 'process = "poisson"\nrate = 1', "num_prompts = 100000\nmax_concurrency = 6000"),
         cpus=16,
     )
-    assert n == 4 and "6,000 streams" in why
+    assert n == math.ceil(6000 / W.STREAMS_PER_WORKER) and "6,000 streams" in why
     # everything at once: the burst is the stream count
     n, _ = W.auto_workers(_sc(tmp_path, 'process = "poisson"\nrate = inf', "num_prompts = 3000"), cpus=16)
-    assert n == 2
-    # phases: the busiest phase decides
+    assert n == math.ceil(3000 / W.STREAMS_PER_WORKER)
+    # phases: the busiest phase decides (90 req/s x 1,000 tokens)
     phases = 'process = "phases"\nphases = [{duration = 10, rate = 1}, {duration = 10, rate = 90}]'
     n, _ = W.auto_workers(_sc(tmp_path, phases), cpus=16)
-    assert n == 3
+    assert n == math.ceil(90_000 / W.CHUNKS_PER_WORKER)
 
 
 def test_exit_codes_and_stderr_tails_read_as_words(tmp_path: Path) -> None:
