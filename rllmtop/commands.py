@@ -380,13 +380,16 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         from rllmtop.record.reader import open_recording
         from rllmtop.session.results import recording_results
         from rllmtop.summary import format_summary
+        from rllmtop.view import worker_warnings
 
         with open_recording(path) as rec:
             info, status = rec.info, rec.status
+            workers = worker_warnings(rec.worker_events())  # as the live view said them
         res = recording_results(path)
         clock = f"; times in {info.clock} seconds (speed {info.speed:g})" if info.clock != "wall" else ""
         print(f"{path}: {info.scenario_name or 'session'} on {info.engine_kind}, status {status}{clock}")
-        print(format_summary(res.summary, res.warnings) if res.requests else "no requests recorded")
+        warnings = (*workers, *res.warnings)
+        print(format_summary(res.summary, warnings) if res.requests else "no requests recorded")
         return 0
     session = Session(SessionPlan(mode="replay", replay_path=path, replay_speed=args.speed))
     return _present(session, headless=False)

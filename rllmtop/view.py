@@ -52,7 +52,7 @@ import json
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -125,6 +125,7 @@ __all__ = [
     "engine_label",
     "format_elapsed",
     "worker_label",
+    "worker_warnings",
 ]
 
 WINDOWS: tuple[float, ...] = (30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
@@ -1415,33 +1416,10 @@ class LiveView:
             self._offsets[w.worker] = w
 
     def _worker_alerts(self) -> list[Alert]:
-        out: list[Alert] = []
-        if self._died:
-            parts = []
-            for w in list(self._died.values())[:3]:
-                node = w.node or self._nodes.get(w.worker, "")
-                parts.append(
-                    f"{_worker_where(w.worker, node)} at {format_elapsed(w.t)}"
-                    + (f" ({w.detail})" if w.detail else "")
-                )
-            more = f" and {len(self._died) - 3} more" if len(self._died) > 3 else ""
-            n = len(self._died)
-            text = f"{n} sender worker{'s' if n > 1 else ''} died: " + "; ".join(parts) + more
-            out.append(Alert("worker-died", "worker died", text))
-        off = [w for w in self._offsets.values() if abs(w.clock_offset or 0.0) > CLOCK_OFFSET_WARN_S]
-        if off:
-            w = max(off, key=lambda x: abs(x.clock_offset or 0.0))
-            o = w.clock_offset or 0.0
-            where = _worker_where(w.worker, w.node or self._nodes.get(w.worker, ""))
-            text = (
-                f"{where}'s clock is {fmt.seconds(abs(o))} {'ahead of' if o > 0 else 'behind'} the session's "
-                f"(warned above {fmt.seconds(CLOCK_OFFSET_WARN_S)}): send lag and TTFT of its requests carry "
-                "up to that error"
-            )
-            if len(off) > 1:
-                text += f" ({len(off)} workers off by more)"
-            out.append(Alert("clock-offset", "clock offset", text))
-        return out
+        return [
+            Alert(key, short, text)
+            for key, short, text in _worker_texts(self._died, self._offsets, self._nodes)
+        ]
 
     def _alerts(self, now: float) -> tuple[Alert, ...]:
         out: list[Alert] = []
@@ -1775,3 +1753,52 @@ def _worker_where(worker: int, node: str) -> str:
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())[:200] or type(e).__name__
+
+
+def _worker_texts(
+    died: Mapping[int, WorkerEvent], offsets: Mapping[int, WorkerEvent], nodes: Mapping[int, str]
+) -> list[tuple[str, str, str]]:
+    """(key, short, sentence) of the worker warnings: sender workers that died, a worker clock off by more
+    than :data:`CLOCK_OFFSET_WARN_S`. ``died`` / ``offsets``: the last such event per worker."""
+    out: list[tuple[str, str, str]] = []
+    if died:
+        parts = []
+        for w in list(died.values())[:3]:
+            node = w.node or nodes.get(w.worker, "")
+            parts.append(
+                f"{_worker_where(w.worker, node)} at {format_elapsed(w.t)}"
+                + (f" ({w.detail})" if w.detail else "")
+            )
+        more = f" and {len(died) - 3} more" if len(died) > 3 else ""
+        n = len(died)
+        text = f"{n} sender worker{'s' if n > 1 else ''} died: " + "; ".join(parts) + more
+        out.append(("worker-died", "worker died", text))
+    off = [w for w in offsets.values() if abs(w.clock_offset or 0.0) > CLOCK_OFFSET_WARN_S]
+    if off:
+        w = max(off, key=lambda x: abs(x.clock_offset or 0.0))
+        o = w.clock_offset or 0.0
+        where = _worker_where(w.worker, w.node or nodes.get(w.worker, ""))
+        text = (
+            f"{where}'s clock is {fmt.seconds(abs(o))} {'ahead of' if o > 0 else 'behind'} the session's "
+            f"(warned above {fmt.seconds(CLOCK_OFFSET_WARN_S)}): send lag and TTFT of its requests carry "
+            "up to that error"
+        )
+        if len(off) > 1:
+            text += f" ({len(off)} workers off by more)"
+        out.append(("clock-offset", "clock offset", text))
+    return out
+
+
+def worker_warnings(events: Iterable[WorkerEvent]) -> list[str]:
+    """The worker warnings the live view shows, rebuilt from recorded worker events (``replay --headless``)."""
+    died: dict[int, WorkerEvent] = {}
+    offsets: dict[int, WorkerEvent] = {}
+    nodes: dict[int, str] = {}
+    for w in events:
+        if w.node:
+            nodes[w.worker] = w.node
+        if w.state == "died":
+            died[w.worker] = w
+        if w.clock_offset is not None and math.isfinite(w.clock_offset):
+            offsets[w.worker] = w
+    return [text for _, _, text in _worker_texts(died, offsets, nodes)]

@@ -5,6 +5,8 @@ under both policies, the session's stop policy, Ctrl-C and SIGTERM at the CLI, a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import os
 import signal
 import socket
@@ -109,6 +111,13 @@ async def test_a_killed_worker_fails_its_in_flight_requests_and_the_others_go_on
     died = [w for w in rec.worker_events() if w.state == "died"]
     assert len(died) == 1 and died[0].worker == 2 and died[0].pid == pid and reason in died[0].detail
     assert wait_gone(pids) == []
+    # replay --headless says it too, rebuilt from the recorded worker events as the live view said it
+    from rllmtop.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["replay", str(db), "--headless"]) == 0
+    assert "warning: 1 sender worker died: worker 2" in out.getvalue() and reason in out.getvalue()
 
 
 async def test_a_killed_worker_under_stop_fails_the_run_with_the_reason(
