@@ -42,6 +42,7 @@ error) and what could not be fitted and why.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -763,6 +764,7 @@ class Calibration:
     clock: str
     engine: str
     model: str
+    trust: tuple[str, ...] = ()  # the recordings' trust warnings (client late, simulator behind), by file
 
 
 def calibrate(paths: Sequence[str | Path], base: str = "rllm-7b") -> Calibration:
@@ -771,7 +773,11 @@ def calibrate(paths: Sequence[str | Path], base: str = "rllm-7b") -> Calibration
         raise UserError(
             "no recordings given", "pass one or more recordings: rllmtop sim calibrate REC.db -o out.toml"
         )
-    return _calibrate([_load(str(p)) for p in paths], base)
+    from rllmtop.session.results import recording_results
+
+    cal = _calibrate([_load(str(p)) for p in paths], base)
+    trust = tuple(f"{p}: {w}" for p in paths for w in recording_results(p).warnings)
+    return dataclasses.replace(cal, trust=trust)
 
 
 def _calibrate(recs: Sequence[_Rec], base: str) -> Calibration:
@@ -1073,6 +1079,11 @@ def report(cal: Calibration) -> list[str]:
         f"{len(cal.paths)} recording(s): {cal.engine}, model {cal.model}; times in session seconds ({cal.clock})",
         f"requests: {cal.requests} finished ok, {cal.timed_requests} with usable token timing; scrapes: {cal.scrapes}",
     ]
+    for w in cal.trust:  # first: the times the fit reads may not be the engine's
+        lines.append(
+            f"warning: {w}; the fit reads these times, so it may not describe the engine: calibrate from a run "
+            "where the client and the engine kept up"
+        )
     if cal.skipped:
         lines.append("left out: " + ", ".join(f"{v} {k}" for k, v in sorted(cal.skipped.items())))
     if cal.steps is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -124,12 +125,23 @@ def _step(cfg: EngineConfig, b: np.ndarray, ctx: np.ndarray) -> np.ndarray:
     return cfg.t0 + cfg.beta * b + np.maximum(cfg.t_weights, cfg.a * b) + cfg.c * ctx
 
 
+def _too_busy(warning: str) -> bool:
+    """The simulator fell behind its schedule, or client delay touched more than a quarter of the requests."""
+    if "the simulator" in warning:
+        return True
+    m = re.search(r"(\d+) of (\d+) requests were touched", warning)
+    return m is not None and int(m.group(1)) > 0.25 * int(m.group(2))
+
+
 def test_calibrate_recovers_the_simulators_own_profile(
     truth_recording: tuple[Path, Path], tmp_path: Path
 ) -> None:
     db, prof = truth_recording
     cal = calibrate([db])
     text = "\n".join(report(cal))
+    assert all(f"warning: {w}" in text for w in cal.trust)  # a trust warning is said first, in the report
+    if any(_too_busy(w) for w in cal.trust):  # the recording's times are not the simulator's own
+        pytest.skip(f"the truth recording cannot be trusted on this busy machine: {cal.trust[0]}")
     out = tmp_path / "fitted.toml"
     out.write_text(profile_toml(cal, "fitted"), encoding="utf-8")
     truth = build_engine_config(load_profile_file(prof))

@@ -185,8 +185,10 @@ async def test_a_time_lapse_run_compresses_the_schedule_and_records_session_seco
     assert len(finals) == 10 and all(r.status is RequestStatus.OK for r in finals)
     np.testing.assert_allclose(np.diff([r.t_scheduled for r in finals]), 0.05, atol=1e-9)
     span = recv[-1] - recv[0]
-    assert 0.03 < span < 0.2, span  # 0.45 session s = 45 ms of wall time (not 450 ms)
-    assert wall < 1.5  # the whole run: ~0.15 s of wall time for 1.5 s of session time
+    # 0.45 session s = 45 ms of wall time, not 450 ms (a loaded machine may send the first late and the
+    # rest on time: shorter, never longer than a few tens of ms over)
+    assert span < 0.2, span
+    assert wall < 5.0  # the whole run: ~0.15 s of wall time for 1.5 s of session time
     gaps = np.concatenate([np.asarray(decode_gaps(r.gaps)[0], dtype=float) for r in finals])
     assert 150_000 < np.median(gaps) < 600_000  # 20 ms wall x 10 = 200 ms session, in µs
     for r in finals:
@@ -209,7 +211,7 @@ async def test_the_timeout_is_in_session_seconds(tmp_path: Path) -> None:
         t0 = time.monotonic()
         await asyncio.wait_for(make(sc, srv.url, sink, Clock(speed=10.0)).run(), 5)
         wall = time.monotonic() - t0
-    assert wall < 1.5  # 3 session s = 0.3 wall s (plus one progress tick)
+    assert wall < 2.9  # 3 session s = 0.3 wall s (plus a progress tick); at speed 1 it cannot be under 3 s
     for rec in sink.finals().values():
         assert rec.error == "timed out after 3 s (load.timeout)" and rec.e2e is not None and rec.e2e >= 2.9
 
