@@ -116,11 +116,17 @@ def test_rllmtop_run_on_a_real_vllm(vllm_env: VllmCpuEnv, tiny_model: Path, tmp_
         assert r.t_sent <= r.t_first_token <= r.t_done
         if r.t_first_visible is not None:
             assert r.t_first_token <= r.t_first_visible <= r.t_done
-    # exact unless vLLM merged the end of reasoning and the start of the answer into one chunk under load
-    # (then the split inside that chunk is estimated and the record says so)
+    # the split is counted from the stream (a reasoning field, or the template's </think>); vLLM 0.32 with a
+    # template that opens <think> reports usage.reasoning_tokens = 0, so those records are not exact and
+    # say why in words (issue 10: tokens_exact is false whenever the engine's count disagrees)
     exact = sum(r.tokens_exact for r in ok)
-    say(f"{exact}/{len(ok)} requests with an exact reasoning/answer split")
-    assert exact >= 0.9 * len(ok)
+    modes = {r.reasoning_mode for r in ok}
+    say(f"{exact}/{len(ok)} requests with an exact reasoning/answer split; modes {sorted(modes)}")
+    assert modes <= {"field", "template", "inline"}, modes
+    for r in ok:
+        assert r.tokens_exact or r.split_note, r  # inexact always says why
+        if r.usage_reasoning is not None and r.usage_reasoning != r.reasoning_tokens:
+            assert not r.tokens_exact, r
     switched = [r for r in ok if r.reasoning_tokens and r.answer_tokens]
     say(f"{len(switched)}/{len(ok)} requests streamed reasoning, then an answer")
     assert len(switched) >= len(ok) // 2
