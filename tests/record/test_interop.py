@@ -9,11 +9,11 @@ import pytest
 
 from rllmtop.record.reader import open_recording
 
-SAMPLE = Path(__file__).resolve().parents[2] / "recordings" / "sample.db"
+SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "recordings" / "stragglers-schema1.db"  # rllmtop 0.1
 
 
-def test_the_sample_recording_opens_and_replays_its_summary() -> None:
-    """The committed sample is schema version 1 as written by this version: it must keep opening."""
+def test_the_v1_recording_opens_and_replays_its_summary() -> None:
+    """A recording of rllmtop 0.1 (schema version 1, the sample it shipped): it must keep opening."""
     rec = open_recording(SAMPLE)
     assert rec.info.scenario_name == "stragglers"
     reqs = rec.requests()
@@ -64,3 +64,17 @@ def test_the_v1_sample_replays_and_verifies() -> None:
             return got
 
         assert asyncio.run(replay())[1:] == stream
+
+
+NEW_SAMPLE = Path(__file__).resolve().parents[2] / "recordings" / "sample.db"
+
+
+def test_the_shipped_sample_is_a_whole_schema_2_recording_of_the_stragglers_scenario() -> None:
+    """recordings/sample.db (the README's command made it) opens, verifies with checksums and replays."""
+    with open_recording(NEW_SAMPLE) as rec:
+        assert rec.schema_version == 2 and rec.info.scenario_name == "stragglers"
+        assert rec.status.value == "done" and len(rec.requests()) == 128
+        assert rec.info.clock == "simulated" and rec.info.speed == 5
+        assert rec.client_health() and rec.info.provenance is not None
+        report = rec.verify()
+        assert report.ok and report.checksums, report.summary
