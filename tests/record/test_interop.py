@@ -9,7 +9,9 @@ import pytest
 
 from rllmtop.record.reader import open_recording
 
-SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "recordings" / "stragglers-schema1.db"  # rllmtop 0.1
+SAMPLE = (
+    Path(__file__).resolve().parents[1] / "fixtures" / "recordings" / "stragglers-schema1.db"
+)  # rllmtop 0.1
 
 
 def test_the_v1_recording_opens_and_replays_its_summary() -> None:

@@ -41,7 +41,9 @@ from rllmtop.record.report.stats import significance_table, significance_tests
 from rllmtop.scenario import load_scenario, matrix_cells
 from rllmtop.summary import markdown_table
 
-SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "recordings" / "stragglers-schema1.db"  # rllmtop 0.1
+SAMPLE = (
+    Path(__file__).resolve().parents[1] / "fixtures" / "recordings" / "stragglers-schema1.db"
+)  # rllmtop 0.1
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
