@@ -41,6 +41,7 @@ from rllmtop.tui.widgets.help import HelpScreen
 from rllmtop.tui.widgets.logpane import LogPane
 from rllmtop.tui.widgets.replaybar import ReplayBar, ReplayControls
 from rllmtop.tui.widgets.stragglers import StragglerList
+from rllmtop.tui.widgets.timeline import Timeline
 from rllmtop.view import WINDOWS, LiveView, Series, SummaryJob, ViewSnapshot, engine_label
 
 if TYPE_CHECKING:
@@ -185,6 +186,7 @@ class RllmtopApp(App[Any]):
         Binding("S", "reverse_sort", "reverse", show=False),
         Binding("f", "filter_phase", "filter"),
         Binding("slash", "filter_text", "find", key_display="/"),
+        Binding("t", "timeline", "timeline"),
         # fleets only (hidden with one engine, see check_action)
         Binding("e", "focus_engine(1)", "engine"),
         Binding("E", "focus_engine(-1)", "prev engine", show=False),
@@ -216,6 +218,12 @@ class RllmtopApp(App[Any]):
         ("f", "filter the board by phase (all, active, thinking, answering, waiting, stragglers, ended)"),
         ("/", "filter the board by class, id or phase (enter applies, esc cancels, empty clears)"),
         ("up / down", "move in the request board"),
+        (
+            "t",
+            "the request board <-> the per-request timeline: a row per request (in flight, then the newest "
+            "ended) coloured by phase on the charts' window, stalls marked as likely preemptions, under the KV "
+            "line; beside it who holds the KV cache now and at the last KV peak / preemption burst",
+        ),
         (
             "e / E",
             "fleets: show the next / previous engine's own series in the engine charts (then the fleet)",
@@ -292,6 +300,7 @@ class RllmtopApp(App[Any]):
                     yield FleetTable(id="fleet")
                 with Vertical(id="board-box", classes="box"):
                     yield RequestBoard(id="board")
+                yield Timeline(self.view.timeline, chart_window, id="timeline", classes="box")
             with Vertical(id="side"):
                 with Vertical(id="analysis"):
                     with Vertical(id="asu-box", classes="box"):
@@ -329,6 +338,7 @@ class RllmtopApp(App[Any]):
             *self.query(BrailleChart),
             self.query_one(FleetTable),
             self.query_one(RequestBoard),
+            self.query_one(Timeline),
             self.query_one(AsuPanel),
             self.query_one(ReasoningDist),
             self.query_one(StragglerList),
@@ -532,6 +542,18 @@ class RllmtopApp(App[Any]):
     def _close_filter(self) -> None:
         self._filter.remove_class("-open")
         self._board.focus()
+
+    def action_timeline(self) -> None:
+        """The board area shows the request board or the timeline (on the main page)."""
+        timeline = self.query_one(Timeline)
+        show = not timeline.display
+        timeline.display = show
+        self.query_one("#board-box").display = not show
+        if self.page != 1:
+            self.action_page(1)
+        if not show:
+            self._board.focus()
+        self._tick()
 
     def action_page(self, n: int) -> None:
         self.page = n
