@@ -172,13 +172,13 @@ async def test_t_toggles_the_timeline_with_phases_stalls_and_holders() -> None:
         assert now.kind == "now" and now.holders[0].rid == 7
         assert now.holders[-1].rid == 50 and now.holders[-1].stalled
         assert now.held_tokens == sum(h.tokens for h in now.holders if not h.stalled)
-        assert "KV held now" in text and "stalled" in text
+        assert "KV now · " in text and "stalled" in text
         # the moments: the preemption burst at 5 s and the KV peak (96%), with their holders then
         kinds = {m.moment.kind: m.moment for m in d.moments}
         assert kinds["preemptions"].t == 5.0 and kinds["preemptions"].preemptions == 4
         assert {h.rid for h in kinds["preemptions"].holders} >= {7, 50}
         assert kinds["kv peak"].kv == 0.96 and kinds["kv peak"].t == 7.75  # its first reading at 96%
-        assert "at 4 preemptions" in text and "at KV peak 96%" in text
+        assert "4 preemptions · " in text and "KV peak 96% · " in text
         await pilot.press("t")
         assert not tl.display and board_box.display
 
@@ -199,7 +199,7 @@ async def test_timeline_at_80x24_and_on_the_analysis_page() -> None:
         width, height = tl.size
         assert len(tl.lines) <= height and all(len(line) <= width for line in tl.lines)
         text = "\n".join(tl.lines)
-        assert "KV held now" in text and str(int(d.spans.rid[0])) in text
+        assert "KV now · " in text and str(int(d.spans.rid[0])) in text
         assert "timeline" in screen_text(app)
 
 

@@ -40,7 +40,7 @@ _STALL = "╳"
 _EIGHTHS = " ▁▂▃▄▅▆▇█"
 LEGEND = (
     " ".join(f"[{c}]█[/]{p.value}" for p, c in zip(_CODES, _COLORS, strict=True))
-    + f" [bold]{_STALL}[/]stall: likely preemption "
+    + f" [bold]{_STALL}[/] likely preemption "
 )
 """The box's subtitle: what the colours mean."""
 
@@ -161,7 +161,7 @@ class Timeline(CachedStyle):
         parts.append(f"{d.ended} ended in the window")
         if n < d.in_flight + d.ended:
             shown_open = int(d.spans.open.sum())
-            parts.append(f"rows: {shown_open} longest in flight, {n - shown_open} newest ended")
+            parts.append(f"rows: {shown_open} in flight (longest), {n - shown_open} ended (newest)")
         text = " · ".join(parts)
         if not rows:
             text += " · too small for rows"
@@ -309,14 +309,14 @@ class Timeline(CachedStyle):
         for cv in views:
             m = cv.moment
             if m.kind == "now":
-                head = f"KV held now · {m.in_flight} in flight · {_tok(m.held_tokens)} tok"
+                head = f"KV now · {m.in_flight} in flight · {_tok(m.held_tokens)} tok"
                 top = 5
             elif m.kind == "kv peak":
                 kv = "-" if m.kv is None else f"{100 * m.kv:.0f}%"
-                head = f"at KV peak {kv} · {_ago(now - m.t)} ago · {m.in_flight} in flight"
+                head = f"KV peak {kv} · {_ago(now - m.t)} ago · {m.in_flight} in flight"
                 top = 3
             else:
-                head = f"at {m.preemptions:.0f} preemptions · {_ago(now - m.t)} ago"
+                head = f"{m.preemptions:.0f} preemptions · {_ago(now - m.t)} ago · {m.in_flight} in flight"
                 top = 3
             out.append([Segment(head[:width], bold)])
             if not m.holders:
