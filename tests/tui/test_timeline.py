@@ -181,6 +181,8 @@ async def test_t_toggles_the_timeline_with_phases_stalls_and_holders() -> None:
         assert "4 preemptions · " in text and "KV peak 96% · " in text
         await pilot.press("t")
         assert not tl.display and board_box.display
+        await pilot.press("question_mark")  # the key is in the help
+        assert "the request board <-> the per-request timeline" in screen_text(app)
 
 
 async def test_timeline_at_80x24_and_on_the_analysis_page() -> None:

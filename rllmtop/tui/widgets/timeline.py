@@ -158,10 +158,11 @@ class Timeline(CachedStyle):
         base = self.base_style
         n = len(d.spans)
         parts = [f"{d.in_flight} in flight" + (f" ({d.queued} queued)" if d.queued else "")]
-        parts.append(f"{d.ended} ended in the window")
+        parts.append(f"{d.ended} ended")
         if n < d.in_flight + d.ended:
             shown_open = int(d.spans.open.sum())
-            parts.append(f"rows: {shown_open} in flight (longest), {n - shown_open} ended (newest)")
+            rows_text = f"rows: {shown_open} longest in flight"
+            parts.append(rows_text + (f" + {n - shown_open} newest ended" if n > shown_open else ""))
         text = " · ".join(parts)
         if not rows:
             text += " · too small for rows"
