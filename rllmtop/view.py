@@ -112,6 +112,7 @@ from rllmtop.workload.runner import PROGRESS_INTERVAL
 DIST_BINS = 64
 
 __all__ = [
+    "CACHE_MOMENTS_LIVE",
     "CLIENT_BOTTLENECK_LAG_S",
     "CLOCK_OFFSET_WARN_S",
     "LATE_INTERVALS_KEPT",

@@ -15,6 +15,7 @@ from rllmtop.events import (
     RequestEvent,
     RequestKind,
     RequestRecord,
+    RequestStatus,
     Scrape,
     SessionState,
     StateEvent,
@@ -103,6 +104,11 @@ def script() -> list[Record]:
     recs += stream(7, 0.2, until=40.0, cls="chat")  # the big one: in flight, never silent
     recs += stream(50, 1.0, until=4.0)  # silent from 4 s
     recs += ended_with_stall(60, 0.5)
+    failed = RequestRecord(
+        rid=70, cls="chat", difficulty="", t_scheduled=2.0, t_dispatch=2.0, t_sent=2.0,
+        status=RequestStatus.ERROR, error="HTTP 500",
+    )  # fmt: skip
+    recs += [RequestEvent(K.SENT, 2.0, 70, "chat"), RequestEvent(K.FAILED, 2.6, 70, "chat", record=failed)]
     return recs
 
 
@@ -150,7 +156,7 @@ async def test_t_toggles_the_timeline_with_phases_stalls_and_holders() -> None:
         d = tl.data
         assert d is not None
         rows = {int(r): k for k, r in enumerate(d.spans.rid)}
-        assert {0, 5, 7, 50, 60} <= set(rows)  # ended ones in the window and those in flight
+        assert {0, 5, 7, 50, 60, 70} <= set(rows)  # ended ones in the window and those in flight
         assert d.phase[rows[7]] is Phase.THINKING and d.phase[rows[0]] is Phase.DONE
         assert list(d.spans.rid) == sorted(d.spans.rid, key=lambda r: float(d.spans.t_queued[rows[int(r)]]))
         # the silent request is stalling now; the ended one's 4 s gap is found from its chunk times
@@ -163,6 +169,7 @@ async def test_t_toggles_the_timeline_with_phases_stalls_and_holders() -> None:
         assert (rows[50], 3.85, 9.0) in stalls  # its last count, to now
         text = "\n".join(tl.lines)
         assert "╳" in text and "KV " in text and "now" in text
+        assert d.phase[rows[70]] is Phase.FAILED and d.spans.status[rows[70]] == 1 and "✗" in text
         # phases coloured as the board colours them
         seen = colours(tl)
         for p in (Phase.THINKING, Phase.ANSWERING, Phase.DONE):
@@ -253,3 +260,22 @@ def test_the_view_keeps_the_timeline_bounded() -> None:
     assert shown[-9:] == list(range(10_000, 10_009))
     assert set(shown[:3]) == {n - 1, n - 2, n - 3}
     assert v.timeline(20.0, 0).spans.rid.size == 0
+
+
+def test_timeline_snapshot(snap_compare, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The timeline page of the demo recording paused at 20 s, 100x30 (holders beside the rows)."""
+    path = tmp_path / "demo.db"
+    write_recording(str(path))
+    app = build_app(Session(SessionPlan(mode="replay", replay_path=path)), view=LiveView(summary_interval=0))
+
+    async def run_before(pilot) -> None:  # type: ignore[no-untyped-def]
+        replay = pilot.app.replay
+        replay.pause()
+        replay.seek(20.0)
+        await pilot.pause()
+        await replay.settled()
+        await pilot.press("t")
+        pilot.app._tick()
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(100, 30), run_before=run_before)

@@ -3,7 +3,7 @@
 One text row per request on the charts' clock and window (``window_of``: the charts' own span), each cell
 two half-cells wide in time (``▌``: left half in its colour, right half in the background's), coloured by
 phase as the board colours them: queued, waiting for a first token, thinking, answering, then a done or
-failed mark at its end. ``╳``: a long stall of its stream, a likely preemption
+failed (``✗``) mark at its end. ``╳``: a long stall of its stream, a likely preemption
 (:class:`~rllmtop.metrics.analysis.StallRule`; the view finds them). Above the rows, on the same x axis,
 the engine's KV usage (the fleet's, or the engine in focus) with ``▼`` where preemptions were counted.
 Beside the rows (below on a narrow screen): the requests in flight holding the most KV tokens now, and
@@ -23,6 +23,7 @@ from collections.abc import Callable
 import numpy as np
 from rich.segment import Segment
 from rich.style import Style
+from rich.text import Text
 from textual.strip import Strip
 
 from rllmtop.events import Phase
@@ -37,12 +38,18 @@ _CODES = (*(Phase(p) for p in PHASES), Phase.DONE, Phase.FAILED)  # slot codes 0
 _DONE, _FAILED = 4, 5
 _COLORS = tuple(PHASE_STYLES[p] for p in _CODES)
 _STALL = "╳"
+_FAIL_MARK = "✗"
 _EIGHTHS = " ▁▂▃▄▅▆▇█"
-LEGEND = (
-    " ".join(f"[{c}]█[/]{p.value}" for p, c in zip(_CODES, _COLORS, strict=True))
-    + f" [bold]{_STALL}[/] likely preemption "
+LEGEND = Text.assemble(
+    *(
+        part
+        for p, c in zip(_CODES, _COLORS, strict=True)
+        for part in (((_FAIL_MARK if p is Phase.FAILED else "█"), Style(color=c, bold=True)), f"{p.value} ")
+    ),
+    (_STALL, Style(bold=True)),
+    " likely preemption ",
 )
-"""The box's subtitle: what the colours mean."""
+"""The box's subtitle: what the colours mean (Rich styles, as the rows and the board are coloured)."""
 
 LABEL_W = 14  # "  1234 math    "
 HOLDERS_W = 38  # the holders' column beside the rows
@@ -274,7 +281,9 @@ class Timeline(CachedStyle):
             style: Style | None = None
             for c in range(cols):
                 lo, hi = int(row[2 * c]), int(row[2 * c + 1])
-                if st[2 * c] or st[2 * c + 1]:
+                if lo == _FAILED or hi == _FAILED:  # its end, failed: a mark of its own (red is near magenta)
+                    ch, s = _FAIL_MARK, self._style(_FAILED, -1, True)
+                elif st[2 * c] or st[2 * c + 1]:
                     ch, s = _STALL, self._style(-1, hi if hi >= 0 else lo, True)
                 elif lo < 0 and hi < 0:
                     ch, s = " ", base
