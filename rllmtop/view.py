@@ -179,6 +179,7 @@ _MOMENT = {
     k: p.default for k, p in inspect.signature(cache_moments).parameters.items() if p.default is not p.empty
 }  # the report's cache-moment rule (analysis.cache_moments' defaults): the live view watches the same
 MOMENT_EVERY_S = 0.2  # least session seconds between two captures of the holders in one KV peak / burst
+MOMENT_KV_STEP = 0.005  # ... and a KV peak is taken again only this much higher (a capture is O(in flight))
 PROMPT_CLASSES = 1024  # classes whose mean prompt length is kept (the estimate for requests in flight)
 CACHE_MOMENTS_LIVE = (
     f"{CACHE_MOMENTS_RULE}. Live: the newest KV peak and the newest burst, on the fleet's readings; a prompt's "
@@ -1468,7 +1469,8 @@ class LiveView:
         fleet's readings: the highest KV reading of the newest stretch at or above the threshold (the
         run's highest while it never got there), and the busiest reading of the newest burst of
         preemptions (at least ``min_burst`` in ``burst_window`` seconds). At each, the top holders then
-        (O(in flight), at most every MOMENT_EVERY_S while one climbs)."""
+        (O(in flight): at most every MOMENT_EVERY_S while one climbs, a KV peak again only when
+        MOMENT_KV_STEP higher, so a climbing KV costs at most ~200 captures however long it climbs)."""
         kv = self._agg.kv()
         win = self._pre_win
         if preempt > 0:
@@ -1485,9 +1487,9 @@ class LiveView:
                 self._moment_t.pop("kv peak", None)
             self._kv_high = high
             self._kv_ever_high = self._kv_ever_high or high
-            if (high or not self._kv_ever_high) and kv > self._kv_peak:
-                self._kv_peak = kv
-                self._capture("kv peak", t, kv)
+            rising = (high or not self._kv_ever_high) and kv >= self._kv_peak + MOMENT_KV_STEP
+            if rising and self._capture("kv peak", t, kv):
+                self._kv_peak = kv  # the reading captured: its moment's KV
         busy = self._pre_sum >= _MOMENT["min_burst"]
         if not busy:
             self._burst_max = 0.0
@@ -1497,12 +1499,14 @@ class LiveView:
             self._burst_max = self._pre_sum
             self._capture("preemptions", t, None if math.isnan(kv) else kv)
 
-    def _capture(self, kind: str, t: float, kv: float | None) -> None:
+    def _capture(self, kind: str, t: float, kv: float | None) -> bool:
+        """The holders now, as the newest moment of ``kind`` (False: too soon after the last one)."""
         last = self._moment_t.get(kind)
         if last is not None and t - last < MOMENT_EVERY_S:
-            return
+            return False
         self._moment_t[kind] = t
         self._moments[kind] = self._cache_view(kind, t, kv, self._pre_sum, _MOMENT["top"])
+        return True
 
     def _prompt_of(self, req: _Req) -> tuple[int, bool]:
         """(its prompt tokens, estimated): known, else its class's mean so far (0 when none ended yet)."""

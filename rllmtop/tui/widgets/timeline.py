@@ -58,10 +58,13 @@ HEAD_LINES = 3  # status, KV line, time axis
 
 
 def _ago(seconds: float) -> str:
-    if seconds >= 3600:
-        return f"{seconds / 3600:.3g}h"
+    """A span as the charts' axes write it: ``30s``, ``1.5m``, ``2m``, ``1h``."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
     if seconds >= 60:
-        return f"{seconds / 60:.3g}m"
+        return f"{seconds / 60:.1f}m"
     return f"{round(seconds, 1):g}s"
 
 
