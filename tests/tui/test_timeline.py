@@ -279,3 +279,45 @@ def test_timeline_snapshot(snap_compare, tmp_path: Path) -> None:  # type: ignor
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=(100, 30), run_before=run_before)
+
+
+def _feed(v: LiveView, recs: list[Record]) -> None:
+    for r in recs:
+        v.handle(r)
+
+
+def test_live_stalls_need_silence_not_just_missing_counts() -> None:
+    """A gap between two counts is a likely preemption only when the request gained fewer tokens in it
+    than its pace would have made: a replay catching up after a seek leaves counts out, not tokens; in a
+    time-lapse run counts arrive once per progress tick of session time (0.25 s x speed)."""
+    v = LiveView()
+    v.handle(info())
+    silent = stream(1, 0.0, until=3.0)  # 40 tok/s, then silent 3 s .. 8 s, then 40 tok/s again
+    last = silent[-1]
+    assert isinstance(last, RequestEvent)
+    n = last.reasoning_tokens
+    silent += [RequestEvent(K.PROGRESS, 8.0 + 0.25 * k, 1, "math", n + 10 * k, 0) for k in range(1, 5)]
+    skipped = stream(2, 0.0, until=3.0)  # the same pace; counts missing from 3 s to 8 s
+    skipped += [RequestEvent(K.PROGRESS, 8.0 + 0.25 * k, 2, "math", n + 200 + 10 * k, 0) for k in range(1, 5)]
+    _feed(v, sorted(silent + skipped, key=lambda r: getattr(r, "t", 0.0)))
+    d = v.timeline(9.0, 10, t0=0.0)
+    rows = {int(r): k for k, r in enumerate(d.spans.rid)}
+    stalls = {
+        (int(r), round(a, 2), round(b, 2))
+        for r, a, b in zip(d.spans.stall_row, d.spans.stall_t0, d.spans.stall_t1, strict=True)
+    }
+    assert stalls == {(rows[1], 2.85, 8.25)}
+    assert not d.stalling.any()
+    # a time-lapse run at x10: counts every 2.5 session seconds are not stalls
+    lapse = LiveView()
+    lapse.handle(info(clock="simulated", speed=10.0))
+    recs: list[Record] = [
+        RequestEvent(K.SENT, 0.0, 3, "math"),
+        RequestEvent(K.FIRST_TOKEN, 0.1, 3, "math", 1, 0),
+    ]
+    recs += [RequestEvent(K.PROGRESS, 2.5 * k, 3, "math", 1 + 100 * k, 0) for k in range(1, 6)]
+    _feed(lapse, recs)
+    d = lapse.timeline(14.0, 5, t0=0.0)
+    assert d.spans.stall_row.size == 0 and not d.stalling.any()
+    d = lapse.timeline(17.0, 5, t0=0.0)  # 4.5 s without a count: more than a tick (2.5 s) past 1 s
+    assert d.stalling.all()
