@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 from scipy import optimize, special
 
-from rllmtop.errors import UserError
+from rllmtop.errors import UserError, run_command
 from rllmtop.events import MetricSample, RequestRecord, RequestStatus, SessionInfo, decode_gaps
 from rllmtop.record.reader import open_recording
 
@@ -1156,27 +1156,7 @@ def main(argv: Sequence[str] | None = None, *, verify: Callable[[Path], object] 
     simulator's profile loader, so a profile it would refuse is reported here)."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     debug = args.debug or bool(os.environ.get("RLLMTOP_DEBUG"))
-    try:
-        return _run(args, verify)
-    except UserError as e:
-        if debug:
-            raise
-        print(f"rllmtop sim calibrate: {e.what}", file=sys.stderr)
-        if e.hint:
-            print(f"  hint: {e.hint}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("rllmtop sim calibrate: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # a bug: one line, not a traceback (--debug shows it)
-        if debug:
-            raise
-        print(
-            f"rllmtop sim calibrate: internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]}",
-            file=sys.stderr,
-        )
-        print("  hint: run with --debug for the traceback, and please report it", file=sys.stderr)
-        return 2
+    return run_command("rllmtop sim calibrate", lambda: _run(args, verify), debug=debug)
 
 
 def _run(args: argparse.Namespace, verify: Callable[[Path], object] | None) -> int:

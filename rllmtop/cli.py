@@ -5,6 +5,7 @@ rllmtop run SCENARIO [--headless]    run a scenario (TUI unless --headless)
 rllmtop attach URL [URL ...]         monitor running vLLM/SGLang servers (load only with --scenario)
 rllmtop launch vllm|sglang MODEL     launch an engine, monitor it, tear it down
 rllmtop replay FILE                  replay a recording in the TUI
+rllmtop verify FILE                  check every row of a recording (checksums, values, row counts)
 rllmtop export FILE --format F       requests, samples and a per-second timeline as CSV/JSONL/Parquet
 rllmtop report FILE                  figures and ASU tables from a recording
 rllmtop compare A.db B.db ...        side-by-side ASU tables, significance tests, overlaid figures
@@ -21,7 +22,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from rllmtop.errors import UserError
+from rllmtop.errors import run_command
 
 __all__ = ["main"]
 
@@ -243,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=1.0, help="replay speed, 0.25 to 64 (default 1)")
     p.add_argument("--headless", action="store_true", help="print the recording's ASU summary instead")
 
+    p = sub.add_parser(
+        "verify",
+        help="check every row of a recording: checksums, values, structure, row counts",
+        epilog="Exit 0 when every check passes, 1 when something is damaged or missing (it says what).",
+    )
+    p.add_argument("file", help="a recording (.db)")
+
     p = sub.add_parser("export", help="export a recording to CSV, JSON lines or Parquet")
     p.add_argument("file", help="a recording (.db)")
     p.add_argument(
@@ -360,28 +368,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.engine_args = engine_args
     debug = args.debug or bool(os.environ.get("RLLMTOP_DEBUG"))
-    try:
+
+    def dispatch() -> int:
         from rllmtop import commands
 
         return commands.dispatch(args)
-    except UserError as e:
-        if debug:
-            raise
-        print(f"rllmtop: {e.what}", file=sys.stderr)
-        if e.hint:
-            print(f"  hint: {e.hint}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("rllmtop: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # a bug: one line, not a traceback (--debug shows it)
-        if debug:
-            raise
-        print(
-            f"rllmtop: internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]}", file=sys.stderr
-        )
-        print("  hint: run with --debug for the traceback, and please report it", file=sys.stderr)
-        return 2
+
+    return run_command("rllmtop", dispatch, debug=debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

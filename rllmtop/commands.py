@@ -115,6 +115,10 @@ def build_session(
         if scenario is None:
             raise UserError("nothing to run: no scenario and no engine", "give a scenario or an engine URL")
         engine = scenario.engine
+    if scenario is not None and mode != "replay":
+        from rllmtop.workload.schedule import preflight
+
+        preflight(scenario)  # a bad prompt file or trace is one message before any engine starts
     if scrape_interval is not None:
         interval = scrape_interval
         if not (math.isfinite(interval) and 0.05 <= interval <= 60):
@@ -347,11 +351,25 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         with open_recording(path) as rec:
             info, status = rec.info, rec.status
         res = recording_results(path)
-        print(f"{path}: {info.scenario_name or 'session'} on {info.engine_kind}, status {status}")
+        clock = f"; times in {info.clock} seconds (speed {info.speed:g})" if info.clock != "wall" else ""
+        print(f"{path}: {info.scenario_name or 'session'} on {info.engine_kind}, status {status}{clock}")
         print(format_summary(res.summary, res.warnings) if res.requests else "no requests recorded")
         return 0
     session = Session(SessionPlan(mode="replay", replay_path=path, replay_speed=args.speed))
     return _present(session, headless=False)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from rllmtop.record.reader import open_recording
+
+    path = Path(args.file)
+    with open_recording(path) as rec:
+        report = rec.verify()
+        status = rec.status
+    print(f"{path}: schema {rec.schema_version}, status {status}: {report.summary}")
+    for line in report.problems:
+        print(f"  {line}")
+    return 0 if report.ok else 1
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -476,6 +494,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return _cmd_launch(args)
     if cmd == "replay":
         return _cmd_replay(args)
+    if cmd == "verify":
+        return _cmd_verify(args)
     if cmd == "export":
         return _cmd_export(args)
     if cmd == "report":

@@ -20,6 +20,7 @@ __all__ = [
     "percent",
     "points",
     "rate",
+    "safe_name",
     "seconds",
     "seconds_trio",
     "tokens",
@@ -148,3 +149,11 @@ def elapsed(v: float | None) -> str:
     h, rem = divmod(s, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def safe_name(text: str, default: str = "cell") -> str:
+    """``text`` as a file-name part: letters, digits, ``-_.``; runs of anything else one ``-``."""
+    out = "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
+    while "--" in out:
+        out = out.replace("--", "-")
+    return out.strip("-") or default

@@ -110,6 +110,8 @@ def format_outcome(
         if info.model:
             head += f", model {info.model}"
     head += f" | {session.now() if elapsed is None else elapsed:.1f} s"
+    if info is not None and info.clock != "wall":
+        head += f" {info.clock} (speed {info.speed:g}); every time below is on that clock"
     if outcome.detail:
         head += f" | {outcome.detail}"
     lines.append(head)

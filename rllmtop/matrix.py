@@ -22,7 +22,9 @@ from typing import Any, TextIO
 
 from rllmtop.errors import UserError
 from rllmtop.events import SessionState
+from rllmtop.fmt import safe_name
 from rllmtop.scenario import Scenario
+from rllmtop.scenario.matrix import base_name
 
 __all__ = ["CellResult", "MatrixCell", "cell_label", "plan_matrix", "run_matrix"]
 
@@ -60,18 +62,6 @@ def cell_label(values: Mapping[str, Any]) -> str:
     return ",".join(f"{k.removeprefix('engine.')}={_show(v)}" for k, v in values.items())
 
 
-def _safe(text: str) -> str:
-    out = "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
-    while "--" in out:
-        out = out.replace("--", "-")
-    return out.strip("-") or "cell"
-
-
-def _base_name(sc: Scenario) -> str:
-    name = sc.name
-    return name[: name.index("[")] if "[" in name and name.endswith("]") else name
-
-
 def _record_dir(record: str | Path | None) -> Path:
     if record is None:
         return Path("recordings")
@@ -101,7 +91,7 @@ def plan_matrix(
     cells = matrix_cells(scenario)
     stamp = stamp or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     directory = _record_dir(record)
-    base = _safe(_base_name(scenario))
+    base = safe_name(base_name(scenario))
     out: list[MatrixCell] = []
     labels: set[str] = set()
     for i, (values, sc) in enumerate(cells, 1):
@@ -118,7 +108,7 @@ def plan_matrix(
                 build_command(eng, seed=sc.seed, port=eng.port or 1)
             except UserError as e:
                 raise UserError(f"{where}: matrix cell {label}: {e.what}", e.hint) from e
-        path = directory / f"{base}-{_safe(label)}-{stamp}.db"
+        path = directory / f"{base}-{safe_name(label)}-{stamp}.db"
         out.append(MatrixCell(i, dict(values), label, sc, path))
     return out
 
@@ -172,7 +162,7 @@ def run_matrix(
     progress = progress or sys.stderr
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     cells = plan_matrix(scenario, record=record, stamp=stamp)
-    base = _safe(_base_name(scenario))
+    base = safe_name(base_name(scenario))
     if report_dir is None:
         report_dir = (
             _record_dir(record) if record is not None else Path("reports")
@@ -194,7 +184,7 @@ def run_matrix(
             print(f"matrix interrupted: {n - cell.index} cell(s) not run", file=progress, flush=True)
             break
     total = time.monotonic() - t_start
-    print(f"\nmatrix {_base_name(scenario)}: {len(results)}/{n} cells in {total:.1f} s", file=out)
+    print(f"\nmatrix {base_name(scenario)}: {len(results)}/{n} cells in {total:.1f} s", file=out)
     for r in results:
         print(
             f"  {r.cell.index}. {r.cell.label}: {r.state.value}, {r.requests} requests, {r.wall_s:.1f} s, "

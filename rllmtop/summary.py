@@ -240,6 +240,18 @@ def goodput_line(summary: AsuSummary) -> str:
     )
 
 
+def turn_lines(summary: AsuSummary) -> list[str]:
+    """Per turn of the conversations (none without): ``turn 2: 38 ended, TTFVT p50/90/99 ..., E2E p50 ...``."""
+    out = []
+    for t in summary.turns:
+        out.append(
+            f"turn {t.turn}: {t.requests} ended ({t.ok} ok), TTFVT p50/90/99 "
+            f"{fmt.seconds_trio(t.ttfvt)}, E2E p50 {fmt.seconds(t.e2e[50])}, "
+            f"reasoning p50 {fmt.tokens(t.reasoning_len[50])}"
+        )
+    return out
+
+
 def summary_notes(summary: AsuSummary, warnings: Sequence[str] = ()) -> list[str]:
     """The lines that go with an ASU table: goodput, what it does not cover, the straggler rule, and the
     trust warnings (``analysis.trust_warnings``), each prefixed with "warning:"."""
@@ -253,6 +265,7 @@ def summary_notes(summary: AsuSummary, warnings: Sequence[str] = ()) -> list[str
         )
     if summary.recent is not None:
         lines.append(f"percentiles and stragglers over the most recent {summary.recent} ended requests")
+    lines += turn_lines(summary)
     lines.append(f"stragglers: {summary.straggler_rule}")
     lines += [f"warning: {w}" for w in warnings]
     return lines

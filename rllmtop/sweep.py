@@ -43,6 +43,7 @@ from typing import Any, TextIO
 
 from rllmtop.errors import UserError
 from rllmtop.events import LogEvent, Record, Scrape, SessionState, StateEvent
+from rllmtop.fmt import safe_name
 from rllmtop.metrics.analysis import (
     KNEE_RULE,
     SaturationMonitor,
@@ -61,6 +62,7 @@ from rllmtop.record.sweep import (
     write_sweep,
 )
 from rllmtop.scenario import Scenario
+from rllmtop.scenario.matrix import base_name
 
 __all__ = [
     "SaturationStop",
@@ -200,20 +202,12 @@ class SaturationStop:
         self.session.stop(force=True, reason=v.reason)
 
 
-def _safe(text: str) -> str:
-    out = "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
-    while "--" in out:
-        out = out.replace("--", "-")
-    return out.strip("-") or "sweep"
-
-
-def _base_name(sc: Scenario) -> str:
-    name = sc.name
-    return name[: name.index("[")] if "[" in name and name.endswith("]") else name
-
-
 def _out_dir(out: str | Path | None, scenario: Scenario, stamp: str) -> Path:
-    d = Path(out) if out is not None else Path("recordings") / f"sweep-{_safe(_base_name(scenario))}-{stamp}"
+    d = (
+        Path(out)
+        if out is not None
+        else Path("recordings") / f"sweep-{safe_name(base_name(scenario), 'sweep')}-{stamp}"
+    )
     if d.exists() and not d.is_dir():
         raise UserError(f"--out {d}: exists and is not a directory", "pass a new directory for the sweep")
     if d.is_dir() and any(d.glob("level-*.db")):
@@ -309,7 +303,7 @@ def run_sweep(
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "kind": "rllmtop-sweep",
-        "scenario": _base_name(base),
+        "scenario": base_name(base),
         "source": base.path or base.name,
         "axis": spec.axis,
         "mode": "search" if spec.search else "grid",
@@ -353,7 +347,7 @@ def run_sweep(
 
     save()
     total = str(len(spec.grid)) if spec.grid else f"<={spec.max_levels}"
-    print(f"sweep {_base_name(base)}: {directory}", file=progress, flush=True)
+    print(f"sweep {base_name(base)}: {directory}", file=progress, flush=True)
     try:
         index = 0
         while True:
@@ -404,7 +398,7 @@ def run_sweep(
     answer = sweep_answer(levels, spec.axis, str(doc["clock"]))
     knee = knee_of(sorted(levels, key=lambda x: x.value))
     wall = time.monotonic() - t_start
-    print(f"\nsweep {_base_name(base)}: {len(levels)} level(s) in {wall:.1f} s; {why_end}", file=out)
+    print(f"\nsweep {base_name(base)}: {len(levels)} level(s) in {wall:.1f} s; {why_end}", file=out)
     if levels:
         print(sweep_table(levels, knee=knee, best=answer.best).text(), file=out)
         print(answer.line, file=out)
@@ -451,7 +445,7 @@ def _run_level(
     from rllmtop.session import Session, SessionPlan
 
     sc = replace(make(level_overrides), slo=dict(slo), goodput=dict(goodput))
-    stem = f"level-{index:02d}-{spec.axis}-{_safe(f'{value:g}')}"
+    stem = f"level-{index:02d}-{spec.axis}-{safe_name(f'{value:g}')}"
     path = directory / f"{stem}.db"
     print(f"level {index}/{total}: {_value_label(spec, value)} -> {path}", file=progress, flush=True)
     session = Session(

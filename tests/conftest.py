@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -31,3 +32,21 @@ def outside_sim() -> Iterator[str]:
     finally:
         proc.kill()
         proc.wait(10)
+
+
+REAL_COMPONENTS = ("prometheus", "router", "ray", "real_engine")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """Where CI asks for the real components (RLLMTOP_REQUIRE_REAL=1, set by .ci/run), a test that needs one
+    and skips because it is missing fails instead: a CI that silently skipped Prometheus proved nothing."""
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("RLLMTOP_REQUIRE_REAL") == "1" and report.skipped:
+        needs = [m for m in REAL_COMPONENTS if item.get_closest_marker(m) is not None]
+        if needs:
+            report.outcome = "failed"
+            report.longrepr = (
+                f"needs {', '.join(needs)} but was skipped (RLLMTOP_REQUIRE_REAL=1): {report.longrepr}"
+            )

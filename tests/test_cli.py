@@ -103,6 +103,7 @@ def test_run_headless_records_and_summarises(tmp_path: Path) -> None:
     p = rllmtop("run", str(scenario(tmp_path)), "--headless", "--record", str(db))
     assert p.returncode == 0, p.stderr
     assert "rllmtop: done" in p.stdout
+    assert "simulated (speed 40); every time below is on that clock" in p.stdout  # which clock, said
     assert "TTFVT p50/90/99" in p.stdout and "easy" in p.stdout
     assert f"recording: {db}" in p.stdout
     rec = open_recording(db)
@@ -285,6 +286,7 @@ def test_replay_headless_prints_the_recorded_summary(recorded: Path) -> None:
     p = rllmtop("replay", str(recorded), "--headless")
     assert p.returncode == 0, p.stderr
     assert "cli-fast on sim" in p.stdout and "TTFVT" in p.stdout
+    assert "times in simulated seconds (speed 40)" in p.stdout
 
 
 def test_replay_errors(tmp_path: Path, recorded: Path) -> None:
@@ -418,3 +420,18 @@ def test_sigkill_keeps_every_request_sent_with_its_state_at_the_last_commit(tmp_
     in_flight = [r for r in rows.values() if r.status is RequestStatus.IN_FLIGHT]
     assert in_flight, "hard requests at speed 1 run for seconds: some were in flight at the kill"
     assert any(r.reasoning_tokens > 0 for r in in_flight)  # their progress at the last commit is kept
+
+
+def test_a_bad_trace_is_refused_before_any_engine_starts(tmp_path: Path) -> None:
+    """The schedule's files are read and checked before the engine is launched: one message naming the
+    file and column, and no engine start-up line (before, the simulator started first)."""
+    trace = tmp_path / "t.csv"
+    trace.write_text("timestamp,x\nabc,1\n")
+    f = tmp_path / "bt.toml"
+    f.write_text(
+        f'name = "bt"\n[engine]\nkind = "sim"\n[arrival]\nprocess = "trace"\ntrace_file = "{trace}"\n'
+        'trace_format = "burstgpt"\n[[classes]]\nname = "a"\nprompts = "math-easy"\nmax_tokens = 64\n'
+    )
+    p = rllmtop("run", str(f), "--headless", "--no-record")
+    assert_user_error(p, str(trace), "Timestamp")
+    assert "starting" not in p.stderr and "engine:" not in p.stderr

@@ -41,7 +41,7 @@ import math
 import struct
 import warnings
 from collections import Counter, defaultdict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -93,6 +93,7 @@ __all__ = [
     "StragglerBaselines",
     "StragglerRule",
     "Timeline",
+    "TurnSummary",
     "asu_summary",
     "cache_holders",
     "cache_moments",
@@ -166,7 +167,7 @@ _TIME_FIELDS = (
     "t_first_visible",
     "t_done",
 )
-_FLOAT_FIELDS = (*_TIME_FIELDS, "reasoning_tokens", "answer_tokens", "gap_sum", "gap_n")
+_FLOAT_FIELDS = (*_TIME_FIELDS, "reasoning_tokens", "answer_tokens", "gap_sum", "gap_n", "turn")
 _GAPS_HEAD = struct.Struct("<BBI")
 
 
@@ -225,6 +226,7 @@ class RequestColumns:
     answer_tokens: np.ndarray
     gap_sum: np.ndarray  # seconds from the first to the last token-bearing chunk (NaN: no gap blob)
     gap_n: np.ndarray  # gaps in the blob (NaN: no gap blob)
+    turn: np.ndarray  # 0-based turn of a conversation (0 for single requests)
 
     def __len__(self) -> int:
         return int(self.cls.size)
@@ -268,7 +270,9 @@ class RequestColumns:
         ci, st, fi, co, wk = array("i"), array("b"), array("h"), array("b"), array("i")
         floats = {f: array("d") for f in _FLOAT_FIELDS}
         times = [(f, floats[f]) for f in _TIME_FIELDS]
-        rt, at, gs, gn = (floats[f] for f in ("reasoning_tokens", "answer_tokens", "gap_sum", "gap_n"))
+        rt, at, gs, gn, tu = (
+            floats[f] for f in ("reasoning_tokens", "answer_tokens", "gap_sum", "gap_n", "turn")
+        )
         for r in records:
             c = classes.get(r.cls)
             if c is None:
@@ -293,6 +297,7 @@ class RequestColumns:
             s, n = _gap_stats(r.gaps)
             gs.append(s)
             gn.append(n)
+            tu.append(r.turn)
         return cls._build(list(classes), ci, st, list(finishes), fi, co, wk, floats)
 
     @classmethod
@@ -326,7 +331,9 @@ class RequestColumns:
         for f in _FLOAT_FIELDS:
             col = cols.get(f)
             if col is None:
-                floats[f] = np.full(n, 0.0 if f in ("reasoning_tokens", "answer_tokens") else math.nan)
+                floats[f] = np.full(
+                    n, 0.0 if f in ("reasoning_tokens", "answer_tokens", "turn") else math.nan
+                )
             else:
                 numeric = isinstance(col, np.ndarray) and col.dtype.kind in "fiub"
                 floats[f] = col if numeric else np.array([_nan(v) for v in col], dtype=float)
@@ -727,6 +734,36 @@ def _none_nan(v: float | None) -> float:
 # ------------------------------------------------------------------------------------------ goodput
 
 
+def _parse_pairs(
+    items: Sequence[str],
+    flag: str,
+    sep: str,
+    keys: Collection[str],
+    hint: str,
+    check: Callable[[str, str, str], float],
+    *,
+    form: str,
+    unknown: str,
+) -> dict[str, float]:
+    """KEY<sep>VALUE items of a CLI flag -> {key: value}; ``check(item, key, value)`` turns a value into a
+    number or raises UserError. One message per kind of mistake, naming the item."""
+    out: dict[str, float] = {}
+    for item in items:
+        key, found, value = item.partition(sep)
+        key = key.strip().lower()
+        if not found or not key or not value.strip():
+            raise UserError(f"{flag} {item!r} is not {form}", hint)
+        if key not in keys:
+            raise UserError(f"{flag} {item!r}: unknown {unknown} {key!r}", hint)
+        v = check(item, key, value)
+        if key in out:
+            raise UserError(f"{flag} names {key!r} twice", hint)
+        out[key] = v
+    if not out:
+        raise UserError(f"{flag} needs at least one {form} item", hint)
+    return out
+
+
 def parse_goodput(spec: str | Sequence[str]) -> dict[str, float]:
     """The CLI form ``--goodput ttfvt:30 e2el:120`` -> ``{"ttfvt": 30.0, "e2el": 120.0}``.
 
@@ -736,26 +773,17 @@ def parse_goodput(spec: str | Sequence[str]) -> dict[str, float]:
     items = spec.split() if isinstance(spec, str) else [t for s in spec for t in str(s).split()]
     keys = ", ".join(GOODPUT_KEYS)
     hint = f"write KEY:SECONDS items, e.g. --goodput ttfvt:30 e2el:120 (keys: {keys}; seconds)"
-    out: dict[str, float] = {}
-    for item in items:
-        key, sep, value = item.partition(":")
-        key = key.strip().lower()
-        if not sep or not key or not value.strip():
-            raise UserError(f"--goodput {item!r} is not KEY:SECONDS", hint)
-        if key not in GOODPUT_KEYS:
-            raise UserError(f"--goodput {item!r}: unknown key {key!r}", hint)
+
+    def check(item: str, key: str, value: str) -> float:
         try:
             v = float(value)
         except ValueError:
             raise UserError(f"--goodput {item!r}: {value!r} is not a number of seconds", hint) from None
         if not math.isfinite(v) or v <= 0:
             raise UserError(f"--goodput {item!r}: the limit must be a positive number of seconds", hint)
-        if key in out:
-            raise UserError(f"--goodput names {key!r} twice", hint)
-        out[key] = v
-    if not out:
-        raise UserError("--goodput needs at least one KEY:SECONDS item", hint)
-    return out
+        return v
+
+    return _parse_pairs(items, "--goodput", ":", GOODPUT_KEYS, hint, check, form="KEY:SECONDS", unknown="key")
 
 
 def parse_slo(spec: str | Sequence[str], flag: str = "--slo") -> dict[str, float]:
@@ -765,14 +793,8 @@ def parse_slo(spec: str | Sequence[str], flag: str = "--slo") -> dict[str, float
     items = (spec.replace(",", " ").split() if isinstance(spec, str) else
              [t for s in spec for t in str(s).replace(",", " ").split()])  # fmt: skip
     hint = f"write KEY=VALUE items, e.g. {flag} ttfvt_p99=30 (keys as in [slo]: {', '.join(SLO_KEYS)})"
-    out: dict[str, float] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip().lower()
-        if not sep or not key or not value.strip():
-            raise UserError(f"{flag} {item!r} is not KEY=VALUE", hint)
-        if key not in SLO_KEYS:
-            raise UserError(f"{flag} {item!r}: unknown SLO key {key!r}", hint)
+
+    def check(item: str, key: str, value: str) -> float:
         try:
             v = float(value)
         except ValueError:
@@ -780,12 +802,9 @@ def parse_slo(spec: str | Sequence[str], flag: str = "--slo") -> dict[str, float
         if not math.isfinite(v) or v < 0 or (key in ("error_rate", "accuracy") and v > 1):
             what = "a fraction from 0 to 1" if key in ("error_rate", "accuracy") else "a number >= 0"
             raise UserError(f"{flag} {item!r}: the limit must be {what}", hint)
-        if key in out:
-            raise UserError(f"{flag} names {key!r} twice", hint)
-        out[key] = v
-    if not out:
-        raise UserError(f"{flag} needs at least one KEY=VALUE item", hint)
-    return out
+        return v
+
+    return _parse_pairs(items, flag, "=", SLO_KEYS, hint, check, form="KEY=VALUE", unknown="SLO key")
 
 
 _SLO_TO_GOODPUT = {"ttft": "ttft", "ttfvt": "ttfvt", "e2e": "e2el"}
@@ -933,6 +952,18 @@ class ClassSummary:
 
 
 @dataclass(frozen=True)
+class TurnSummary:
+    """User-end latency of one turn of multi-turn conversations (every conversation's k-th request)."""
+
+    turn: int  # 1-based, as a user counts turns
+    requests: int  # ended
+    ok: int
+    ttfvt: dict[int, float | None]
+    e2e: dict[int, float | None]
+    reasoning_len: dict[int, float | None]
+
+
+@dataclass(frozen=True)
 class AsuSummary:
     overall: ClassSummary
     classes: tuple[ClassSummary, ...]
@@ -941,6 +972,7 @@ class AsuSummary:
     run_span_s: float = 0.0  # first request start .. last end of the run: the goodput denominator
     unfinished: int = 0  # requests that never ended (in flight when a recording stopped)
     recent: int | None = None  # percentiles and stragglers cover only the most recent N ended (LiveAsu)
+    turns: tuple[TurnSummary, ...] = ()  # per turn, when the run had conversations (else empty)
 
     def by_name(self) -> dict[str, ClassSummary]:
         return {c.name: c for c in (self.overall, *self.classes)}
@@ -1128,7 +1160,34 @@ def _summary(
         )
     every = np.ones(len(cols), dtype=bool)
     overall = _class_summary("all", total, d, ok, every, int(strag.sum()), run_span, has_goodput, pcts)
-    return AsuSummary(overall, tuple(classes), rule.describe(), dict(slo), run_span, unfinished, recent)
+    turns = _turn_summaries(cols, d, ok, pcts)
+    return AsuSummary(
+        overall, tuple(classes), rule.describe(), dict(slo), run_span, unfinished, recent, turns
+    )
+
+
+def _turn_summaries(
+    cols: RequestColumns, d: Mapping[str, np.ndarray], ok: np.ndarray, pcts: Sequence[int]
+) -> tuple[TurnSummary, ...]:
+    """Per turn of the conversations in ``cols`` (none: no request is past its first turn)."""
+    turn = cols.turn
+    if not len(cols) or not (turn > 0).any():
+        return ()
+    out = []
+    for k in np.unique(turn[np.isfinite(turn)]).tolist():
+        m = turn == k
+        g = ok & m
+        out.append(
+            TurnSummary(
+                turn=int(k) + 1,
+                requests=int(m.sum()),
+                ok=int(g.sum()),
+                ttfvt=percentiles(d["ttfvt"][g], pcts),
+                e2e=percentiles(d["e2e"][g], pcts),
+                reasoning_len=percentiles(d["reasoning"][g], pcts),
+            )
+        )
+    return tuple(out)
 
 
 def asu_summary(

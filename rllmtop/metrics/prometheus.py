@@ -39,7 +39,7 @@ from rllmtop.engines.adapters import FLEET_ADAPTER, EngineAdapter, adapter_for
 from rllmtop.errors import UserError
 from rllmtop.events import EngineInfo, LogEvent, Scrape
 from rllmtop.metrics.prom import SERIES_CAP, Problem, RawSample, build_scrape, failed_scrape, parse_value
-from rllmtop.metrics.scrape import ProblemLog
+from rllmtop.metrics.scrape import FailureStreak, ProblemLog
 from rllmtop.redact import redact_url
 
 if TYPE_CHECKING:
@@ -251,9 +251,7 @@ class PrometheusSource:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.engines: dict[str, _Engine] = {}
         self._jobs: dict[str, str] = {}
-        self._failing = 0
-        self._failing_since = 0.0
-        self._last_failure_log = -1e18
+        self._streak = FailureStreak(self._log, log_every)
         self._problem_log = ProblemLog(self._log, log_every)
         self.polls = 0
 
@@ -374,11 +372,7 @@ class PrometheusSource:
             self._failed(t, str(e))
             return [failed_scrape(t, t - started, str(e), engine_id=i) for i in self.engines]
         t = self.clock.now()
-        if self._failing:
-            self._log(
-                t, "info", f"{self.shown}: Prometheus answers again after {self._failing} failed poll(s)"
-            )
-            self._failing = 0
+        self._streak.ok(t, f"{self.shown}: Prometheus answers again after {{n}} failed poll(s)")
         out = []
         for inst, eng in self.engines.items():
             points = by_inst.get(inst)
@@ -447,7 +441,11 @@ class PrometheusSource:
         if status not in (200, 400, 422, 503):
             raise PrometheusError(f"{where}: HTTP {status}")
         try:
-            series, problems = parse_promql(bytes(body), where, "vector" if api == "query" else "matrix")
+            # off the event loop: a 64-engine answer with histograms is ~100 ms of parsing, and the load
+            # generator may share this loop (its sends would wait for it)
+            series, problems = await asyncio.to_thread(
+                parse_promql, bytes(body), where, "vector" if api == "query" else "matrix"
+            )
         except PrometheusError as e:
             if status in (400, 422) and self.selector:
                 raise PrometheusError(f"{e} (check --prometheus-selector {self.selector!r})") from None
@@ -530,18 +528,7 @@ class PrometheusSource:
     # -- logs
 
     def _failed(self, t: float, error: str) -> None:
-        self._failing += 1
-        if self._failing == 1:
-            self._failing_since = t
-            self._last_failure_log = t
-            self._log(t, "warning", f"Prometheus poll failed: {error}")
-        elif t - self._last_failure_log >= self.log_every:
-            self._last_failure_log = t
-            self._log(
-                t,
-                "warning",
-                f"Prometheus polls failing for {t - self._failing_since:.0f} s ({self._failing} polls): {error}",
-            )
+        self._streak.failed(t, "Prometheus polls", error)
 
     def _log(self, t: float, level: str, text: str) -> None:
         self.publish(LogEvent(t, "scrape", level, text))

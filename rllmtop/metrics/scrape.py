@@ -48,7 +48,7 @@ from rllmtop.redact import redact_url
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["GpuReader", "ProblemLog", "Scraper", "run_scrapers"]
+__all__ = ["FailureStreak", "GpuReader", "ProblemLog", "Scraper", "run_scrapers"]
 
 _PROBLEM_LINES = 5  # new bad series logged per log_every window (per engine)
 _SEEN_MAX = 10_000  # bad series remembered per engine (so each is logged once)
@@ -117,9 +117,7 @@ class Scraper:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._shown = redact_url(metrics_url)
         self._last_ok: Scrape | None = None
-        self._failures = 0  # consecutive failed polls
-        self._failing_since = 0.0
-        self._last_failure_log = -1e18
+        self._streak = FailureStreak(self._log, log_every)
         self._logged_missing: tuple[str, ...] | None = None
         self._problem_log = ProblemLog(self._log, log_every)
         self._cap_logged = False
@@ -286,14 +284,10 @@ class Scraper:
         self.publish(scrape)
         t = scrape.t
         if scrape.ok:
-            if self._failures:
-                self._log(
-                    t,
-                    "info",
-                    f"{self.engine_id}: metrics scrapes recovered after {self._failures} failure(s) "
-                    f"over {t - self._failing_since:.1f} s",
-                )
-                self._failures = 0
+            self._streak.ok(
+                t,
+                f"{self.engine_id}: metrics scrapes recovered after {{n}} failure(s) over {{seconds:.1f}} s",
+            )
             if scrape.counter_reset:
                 self._log(t, "warning", f"{self._shown}: counters went backwards (did the engine restart?)")
             if scrape.dropped_series and not self._cap_logged:
@@ -316,19 +310,7 @@ class Scraper:
                     )
             self._last_ok = scrape
             return
-        self._failures += 1
-        if self._failures == 1:
-            self._failing_since = t
-            self._last_failure_log = t
-            self._log(t, "warning", f"metrics scrape failed: {scrape.error}")
-        elif t - self._last_failure_log >= self.log_every:
-            self._last_failure_log = t
-            self._log(
-                t,
-                "warning",
-                f"metrics scrapes failing for {t - self._failing_since:.0f} s "
-                f"({self._failures} polls): {scrape.error}",
-            )
+        self._streak.failed(t, "metrics scrapes", scrape.error or "")
 
     def _problems(self, parsed: Parsed) -> None:
         self._problem_log.report(parsed.scrape.t, self.engine_id, parsed.problems)
@@ -340,6 +322,36 @@ class Scraper:
 
     def _log(self, t: float, level: str, text: str) -> None:
         self.publish(LogEvent(t, "scrape", level, text))
+
+
+class FailureStreak:
+    """The one policy for logging a run of failed polls: the first failure at once, then one line per
+    ``log_every`` seconds while they go on (how long, how many), and one line when polls succeed again."""
+
+    def __init__(self, log: Callable[[float, str, str], None], log_every: float) -> None:
+        self._log = log
+        self.log_every = log_every
+        self.failures = 0  # consecutive failed polls
+        self._since = 0.0
+        self._last_log = -1e18
+
+    def failed(self, t: float, what: str, error: str) -> None:
+        """A poll failed at ``t``: ``what`` names the polls ("metrics scrapes", "Prometheus polls")."""
+        self.failures += 1
+        if self.failures == 1:
+            self._since = self._last_log = t
+            self._log(t, "warning", f"{what.rstrip('s')} failed: {error}")
+        elif t - self._last_log >= self.log_every:
+            self._last_log = t
+            self._log(
+                t, "warning", f"{what} failing for {t - self._since:.0f} s ({self.failures} polls): {error}"
+            )
+
+    def ok(self, t: float, recovered: str) -> None:
+        """A poll succeeded: after failures, log ``recovered`` (formatted with ``n`` and ``seconds``)."""
+        if self.failures:
+            self._log(t, "info", recovered.format(n=self.failures, seconds=t - self._since))
+            self.failures = 0
 
 
 class ProblemLog:

@@ -10,7 +10,7 @@ from rllmtop.scenario.limits import MAX_MATRIX_CELLS
 from rllmtop.scenario.messages import Ctx, display, key_path, show
 from rllmtop.scenario.overrides import check_cell_key
 
-__all__ = ["build_matrix", "cell_label", "cells"]
+__all__ = ["base_name", "build_matrix", "cell_label", "cells"]
 
 
 def build_matrix(ctx: Ctx, raw: object) -> dict[str, tuple[object, ...]]:
@@ -78,3 +78,9 @@ def cell_label(cell: Mapping[str, object]) -> str:
         return str(v)
 
     return ",".join(f"{k}={one(v)}" for k, v in cell.items())
+
+
+def base_name(scenario: object) -> str:
+    """A scenario's name without its matrix cell's ``[label]`` (the loader names cells ``name[label]``)."""
+    name: str = getattr(scenario, "name", "")
+    return name[: name.index("[")] if "[" in name and name.endswith("]") else name

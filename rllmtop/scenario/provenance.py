@@ -34,7 +34,10 @@ _HEADER = "# rllmtop: "
 def planned_requests(sc: Scenario) -> int | None:
     """Requests the schedule will hold, when the scenario says up front: ``num_prompts`` (an upper bound
     when ``duration`` may end sending first), or one burst's size. None: open-ended (duration only, or a
-    trace whose length is only known once it is read)."""
+    trace whose length is only known once it is read, or conversations, whose turn counts are drawn: the
+    runner counts those once its schedule is built)."""
+    if any(c.conversation is not None for c in sc.classes):
+        return None
     if sc.load.num_prompts is not None:
         return sc.load.num_prompts
     a = sc.arrival

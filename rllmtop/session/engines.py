@@ -288,6 +288,7 @@ class EngineSide:
 
     def _startup(self, i: int, elapsed: float, last_line: str) -> None:
         n = len(self._engines)
+        last_line = last_line.strip() or "waiting for the engine to be ready"
         if n == 1:
             self._set_state(SessionState.STARTING, f"{elapsed:.0f} s: {last_line[:160]}")
             return

@@ -1,4 +1,5 @@
-"""A session's results, computed from its recording: the ASU summary, the SLO verdicts, the trust warnings.
+"""A session's results, computed from its recording: the ASU summary, the SLO verdicts, the trust warnings (the
+client or the simulator was late, the file had damaged rows).
 
 The end of a live run and ``rllmtop replay FILE --headless`` both call :func:`recording_results`, so they say
 the same thing. It reads the file in a streaming pass (memory ~110 bytes per request, only while it runs):
@@ -60,7 +61,15 @@ def recording_results(
             engines = [e.id for e in info.engines] or [""]
             by_engine = {e: rec.samples(["sim_drift_seconds"], engine=e) for e in engines}
             drift = sim_drift_verdict(by_engine, rec.duration or summary.run_span_s or 0.0)
-        warnings = tuple(trust_warnings(delay, drift))
+        damage = rec.problems
+        warnings = tuple(trust_warnings(delay, drift)) + (
+            (
+                f"the recording {path} is damaged: {len(damage)} unreadable cell(s) or row(s) were left out "
+                f"of these figures (first: {damage[0]}); `rllmtop verify {path}` checks every row",
+            )
+            if damage
+            else ()
+        )
     if summary.overall.requests == 0:
         return Results(None, n, (), warnings)
     missed = tuple(check_slos(summary.overall, slo)) if slo else ()

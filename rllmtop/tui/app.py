@@ -271,7 +271,6 @@ class RllmtopApp(App[Any]):
         self._engine_box: Widget | None = None
         self._fleet_box: Widget | None = None
         self._fleet_title = ""
-        self._fleet_title_key: object = None  # (second, engines, focus) the title was last made for
         self._replay_bar: ReplayBar | None = None
         self._board: RequestBoard  # set in on_mount
         self._filter: FilterInput
@@ -470,15 +469,12 @@ class RllmtopApp(App[Any]):
                 height = min(n, max(2, min(FLEET_ROWS, rows))) + FleetTable.HEADER_LINES + 2
                 if fleet_box.styles.height is None or fleet_box.styles.height.value != height:
                     fleet_box.styles.height = height
-                key = (int(snap.t), n, snap.focus)  # the spread moves at every scrape: once a second
-                if key != self._fleet_title_key:  # (a new title repaints the whole box)
-                    self._fleet_title_key = key
-                    title = "fleet · " + spread_text(n, snap.spread)
-                    if snap.focus is not None:
-                        title += f" · charts: {engine_label(snap.focus)}"
-                    if title != self._fleet_title:
-                        self._fleet_title = title
-                        fleet_box.border_title = title
+                title = "fleet · " + spread_text(n, snap.spread)
+                if snap.focus is not None:
+                    title += f" · charts: {engine_label(snap.focus)}"
+                if title != self._fleet_title:
+                    self._fleet_title = title
+                    fleet_box.border_title = title
 
     # ------------------------------------------------------------------ actions
 

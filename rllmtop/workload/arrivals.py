@@ -5,22 +5,27 @@ the mean gap is 1/rate and its coefficient of variation 1/sqrt(b); b = 1 is Pois
 there, send i happens at the sum of gaps 0..i (the first request waits one gap). Unlike `vllm bench serve`,
 the schedule is *not* stretched so that the last send lands at N/rate unless ``arrival.rescale = true``: the
 gaps then stay exactly Gamma distributed (vLLM's rescaling changes them by 1-2%).
+
+Ramp-up (``arrival.ramp_up_strategy``) mirrors ``vllm bench serve --ramp-up-strategy``: request i of N has
+its own rate r_i = start + (end - start) p (linear) or start (end / start)^p (exponential), p = i / (N - 1),
+and its gap (the wait before it) is drawn at that rate: Gamma(shape=b, scale=1/(r_i b)) (constant: 1/r_i).
+As there, the first request waits one gap and a ramp is never rescaled.
+
+Traces (``rllmtop.workload.traces``): the file's timestamps x ``time_scale`` / ``rate_scale``, cut by
+``num_prompts`` and ``duration``, and checked against the run limits when read.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
-import orjson
 
-from rllmtop.errors import UserError
 from rllmtop.scenario import ArrivalSpec, PhaseSpec
+from rllmtop.workload.traces import check_bounds, load_trace, trace_times
 
-__all__ = ["CHUNK", "load_trace", "schedule", "schedule_chunks", "schedule_count"]
+__all__ = ["CHUNK", "load_trace", "ramp_rates", "schedule", "schedule_chunks", "schedule_count"]
 
 _ARRIVAL_STREAM = 0x41525256  # separates the arrival RNG stream from the prompt-mix stream
 
@@ -73,6 +78,9 @@ def schedule_chunks(
     p = spec.process
     if p in ("gamma", "poisson", "constant"):
         b = 1.0 if p == "poisson" else spec.burstiness
+        if spec.ramp_up_strategy is not None:
+            yield from _ramp(spec, p, b, n, duration, seed, chunk)
+            return
 
         def times() -> Iterator[np.ndarray]:
             return _renewal(p, spec.rate, b, n, duration, _rng(seed), 0.0, chunk)
@@ -100,19 +108,50 @@ def schedule_chunks(
     elif p == "phases":
         yield from _phases(spec.phases, spec.repeat_phases, n, duration, seed, chunk)
     elif p == "trace":
-        if spec.trace_file is None:
-            raise UserError(
-                "arrival.process = 'trace' needs arrival.trace_file", "set trace_file = 'times.csv'"
-            )
-        t = load_trace(spec.trace_file, spec.trace_column) * spec.time_scale
+        t = trace_times(spec)
         if duration is not None:
-            t = t[t < duration]
+            t = t[: int(np.searchsorted(t, duration, side="left"))]
         if n is not None:
             t = t[:n]
+        check_bounds(spec, int(t.size), float(t[-1]) if t.size else 0.0)
         for i in range(0, t.size, chunk):
             yield t[i : i + chunk]
     else:
         raise ValueError(f"unknown arrival process {p!r}")
+
+
+def ramp_rates(strategy: str, start: float, end: float, i: np.ndarray, n: int) -> np.ndarray:
+    """The rate of requests ``i`` (indices) of ``n`` in a ramp-up, as ``vllm bench serve`` computes it."""
+    progress = i / max(n - 1, 1)
+    if strategy == "linear":
+        return start + (end - start) * progress
+    return start * (end / start) ** progress
+
+
+def _ramp(
+    spec: ArrivalSpec,
+    process: str,
+    b: float,
+    n: int | None,
+    duration: float | None,
+    seed: int,
+    chunk: int,
+) -> Iterator[np.ndarray]:
+    if n is None or spec.ramp_up_start_rate is None or spec.ramp_up_end_rate is None:
+        raise ValueError("a ramp-up needs num_prompts and both rates")
+    rng = _rng(seed)
+    carry = 0.0
+    for i0 in range(0, n, chunk):
+        i = np.arange(i0, min(i0 + chunk, n), dtype=float)
+        rate = ramp_rates(str(spec.ramp_up_strategy), spec.ramp_up_start_rate, spec.ramp_up_end_rate, i, n)
+        g = 1.0 / rate if process == "constant" else rng.standard_gamma(b, size=i.size) / (rate * b)
+        s = np.cumsum(np.concatenate(([carry], g)))[1:]
+        carry = float(s[-1])
+        t, over = _cut(s, duration)
+        if t.size:
+            yield t
+        if over:
+            return
 
 
 def _gaps(process: str, rate: float, b: float, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -256,49 +295,3 @@ def _phases(
                 yield t
         start += ph.duration
         i += 1
-
-
-def load_trace(path: str | Path, column: str = "timestamp") -> np.ndarray:
-    """Timestamps from a CSV (header row) or JSONL file, sorted and shifted to start at 0 (seconds).
-
-    BurstGPT's CSV uses ``column = "Timestamp"``. A JSONL line may also be a bare number.
-    """
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise UserError(f"cannot read arrival trace {p}: {e}", "check arrival.trace_file") from e
-    values: list[float] = []
-    where = ""
-    try:
-        if p.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-            for lineno, line in enumerate(raw.splitlines(), 1):
-                where = f"line {lineno}"
-                if not line.strip():
-                    continue
-                obj = orjson.loads(line)
-                values.append(float(obj if isinstance(obj, int | float) else obj[column]))
-        else:
-            reader = csv.DictReader(raw.decode("utf-8-sig").splitlines())
-            if reader.fieldnames is None or column not in reader.fieldnames:
-                have = ", ".join(reader.fieldnames or []) or "(no header row)"
-                raise UserError(
-                    f"arrival trace {p} has no column {column!r} (columns: {have})",
-                    "set arrival.trace_column to the timestamp column",
-                )
-            for lineno, row in enumerate(reader, 2):
-                where = f"line {lineno}"
-                values.append(float(row[column]))
-    except UserError:
-        raise
-    except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as e:
-        raise UserError(
-            f"arrival trace {p}, {where}: cannot read a timestamp from column {column!r} ({e})",
-            "every row needs a number of seconds in that column",
-        ) from e
-    t = np.sort(np.asarray(values, dtype=float))
-    if t.size == 0:
-        raise UserError(f"arrival trace {p} has no timestamps", "add rows, or pick another file")
-    if not np.all(np.isfinite(t)):
-        raise UserError(f"arrival trace {p} has a non-finite timestamp", "every timestamp must be a number")
-    return t - t[0]

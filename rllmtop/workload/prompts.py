@@ -15,7 +15,7 @@ import csv
 import functools
 import string
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -421,6 +421,14 @@ class PromptMix:
             out.append((c, self.items[c][int(self._orders[c][self._pos[c]])]))
             self._pos[c] += 1
         return out
+
+    def class_draws(self, total: int, chunk: int) -> Iterator[np.ndarray]:
+        """The class indices of a fresh ``draw(total)``, ``chunk`` at a time, without drawing the items."""
+        rng = np.random.default_rng(np.random.SeedSequence([int(self.seed), 0x4D4958]))
+        cdf = self._p.cumsum()
+        cdf /= cdf[-1]
+        for i in range(0, total, chunk):
+            yield cdf.searchsorted(rng.random(min(chunk, total - i)), side="right")
 
     def draws(self, total: int) -> MixDraws:
         """The picks of a fresh ``draw(total)``, taken a few at a time (``MixDraws.take``) without holding

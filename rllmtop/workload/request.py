@@ -5,12 +5,14 @@ declared difficulty goes in the header ``x-rllmtop-difficulty: easy|medium|hard|
 ("low" | "medium" | "high") is a top-level body field (the OpenAI/vLLM name); a reasoning budget is
 top-level ``thinking_token_budget`` (vLLM's name) and ``chat_template_kwargs.thinking_budget`` (SGLang's);
 ``ignore_eos: true`` is top-level (vLLM, the simulator); ``chat_template_kwargs`` is the class's own,
-merged over ``enable_thinking``.
+merged over ``enable_thinking``. A later turn of a conversation carries its history as alternating user
+and assistant messages, the assistant's being the visible answer only (R1 / Qwen3 chat templates drop the
+reasoning of earlier turns, and their documentation asks clients not to send it back).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -74,11 +76,16 @@ def build_request_body(
     thinking_budget: int | None = None,
     ignore_eos: bool = False,
     chat_template_kwargs: Mapping[str, Any] | None = None,
+    history: Sequence[tuple[str, str]] = (),
 ) -> bytes:
-    """The JSON body of one streamed request (usage requested in the final chunk)."""
+    """The JSON body of one streamed request (usage requested in the final chunk). ``history``: the
+    (user, answer) pairs of the conversation's earlier turns (chat API)."""
     body: dict[str, Any] = {"model": model}
     if api == "chat":
         msgs = [{"role": "system", "content": system}] if system else []
+        for user, answer in history:
+            msgs.append({"role": "user", "content": user})
+            msgs.append({"role": "assistant", "content": answer})
         msgs.append({"role": "user", "content": prompt})
         body["messages"] = msgs
     else:

@@ -8,6 +8,13 @@ wait is recorded apart (``t_dispatch`` -> ``t_start``), and so is the time to op
 tick for every request whose counts moved, never per chunk. A heartbeat measures the loop's own lateness
 all run long (``heartbeat``).
 
+Where requests go: one URL, or client-side balancing over a fleet's engines (``balance``: one HTTP client
+per endpoint; every record names its ``engine``). Traces with lengths send a prompt synthesized to the
+row's input length (``synth``) and ask for its output length. A conversation class sends each arrival's
+turns closed-loop: the next turn is due ``think_time`` after the previous answer ended, and is paced like a
+scheduled request (``conversation``); ``load.duration`` ends every sending, so a turn due after it is not
+sent (its conversation ends there; the count is logged).
+
 Clock: everything is on the session clock, which in a time-lapse run of the simulator runs at speed K
 (session seconds = wall seconds x K): schedule times, the per-request timeout, every time in a record and
 the token-gap blobs are session seconds, so speed 1 and speed K are the same experiment.
@@ -19,6 +26,7 @@ import asyncio
 import contextlib
 import contextvars
 import gc
+import heapq
 import math
 import re
 import time
@@ -35,7 +43,10 @@ from rllmtop.events import (
     RequestStatus,
     encode_gaps,
 )
-from rllmtop.scenario import RequestClass, Scenario
+from rllmtop.redact import redact_url
+from rllmtop.scenario import ConversationSpec, RequestClass, Scenario
+from rllmtop.workload.balance import Balancer, Target
+from rllmtop.workload.conversation import think_time, turn_count, turn_item
 from rllmtop.workload.grading import grade
 from rllmtop.workload.heartbeat import Heartbeat
 from rllmtop.workload.http import HttpClient
@@ -43,7 +54,9 @@ from rllmtop.workload.prompts import PromptItem
 from rllmtop.workload.request import build_request_body, difficulty_header, endpoint_path
 from rllmtop.workload.schedule import Schedule, ScheduleChunk, request_seed
 from rllmtop.workload.sse import ChatStream
+from rllmtop.workload.synth import PromptSynth
 from rllmtop.workload.timers import SPIN, Pacer
+from rllmtop.workload.traces import Trace, read_trace
 
 if TYPE_CHECKING:
     from rllmtop.workload.http import Exchange
@@ -83,15 +96,30 @@ def _quiet_gc(thresholds: tuple[int, int, int]) -> None:
 class _Class:
     """What the runner derives once per request class (the body's fixed parts, the stream's options)."""
 
-    __slots__ = ("c", "keep_answer", "thinking")
+    __slots__ = ("c", "conv", "items", "keep_answer", "thinking")
 
-    def __init__(self, c: RequestClass, scenario: Scenario) -> None:
+    def __init__(self, c: RequestClass, scenario: Scenario, items: list[PromptItem]) -> None:
         self.c = c
         kw = c.chat_template_kwargs or {}
         self.thinking = (
             bool(kw.get("enable_thinking", c.thinking)) if scenario.load.api == "chat" else c.thinking
         )
-        self.keep_answer = scenario.load.record_answers
+        self.conv: ConversationSpec | None = c.conversation
+        self.keep_answer = scenario.load.record_answers or c.conversation is not None
+        self.items = items  # the class's prompt set (later turns of a conversation pick from it)
+
+
+class _Conv:
+    """A conversation in progress: its turns so far (the user text sent, the visible answer)."""
+
+    __slots__ = ("arrival", "engine", "history", "rid0", "turns")
+
+    def __init__(self, arrival: int, rid0: int, turns: int) -> None:
+        self.arrival = arrival
+        self.rid0 = rid0
+        self.turns = turns
+        self.engine = -1  # the endpoint every turn goes to (set when the first one starts)
+        self.history: list[tuple[str, str]] = []
 
 
 class _Req:
@@ -99,14 +127,18 @@ class _Req:
 
     __slots__ = (
         "abort",
+        "arrival",
         "cls",
         "connect_s",
+        "conv",
         "deadline",
         "difficulty",
         "ended",
+        "engine",
         "http_status",
         "item",
         "last",
+        "max_tokens",
         "name",
         "rid",
         "runner",
@@ -115,18 +147,30 @@ class _Req:
         "t_scheduled",
         "t_sent",
         "t_start",
+        "target",
         "task",
+        "text",
+        "turn",
     )
 
-    def __init__(self, runner: Runner, rid: int, cls: int, item: PromptItem, t_scheduled: float) -> None:
+    def __init__(
+        self, runner: Runner, rid: int, arrival: int, cls: int, item: PromptItem, t_scheduled: float
+    ) -> None:
         self.runner = runner
         self.rid = rid
+        self.arrival = arrival
         self.cls = cls
         c = runner.scenario.classes[cls]
         self.name = c.name
         self.difficulty = c.difficulty or item.difficulty or ""
         self.item = item
         self.t_scheduled = t_scheduled
+        self.max_tokens = c.max_tokens
+        self.target: int | None = None  # a trace's input length (the prompt is synthesized to it)
+        self.conv: _Conv | None = None
+        self.turn = 0
+        self.engine = -1  # endpoint index, chosen when the request starts
+        self.text = ""  # the user text sent (kept for a conversation's history)
         self.t_dispatch: float | None = None
         self.t_start: float | None = None
         self.connect_s: float | None = None
@@ -197,10 +241,14 @@ class _Req:
             t_start=self.t_start,
             connect_s=self.connect_s,
             t_sent=self.t_sent,
-            max_tokens=r.scenario.classes[self.cls].max_tokens,
+            max_tokens=self.max_tokens,
             status=RequestStatus.IN_FLIGHT,
             reference=self.item.reference,
+            engine=r._engine_name(self.engine),
             worker=r.worker,
+            conversation=self.conv.arrival if self.conv is not None else None,
+            turn=self.turn,
+            target_input_tokens=self.target,
         )
 
     def done(self, task: asyncio.Task[None]) -> None:
@@ -211,6 +259,8 @@ class Runner:
     """Sends a scenario's requests open-loop and publishes every request's life as RequestEvents, and the
     client's own health (ClientHealth, from the heartbeat).
 
+    Where to send: ``target`` (a ``rllmtop.session.load.LoadTarget``: one URL, or endpoints with a
+    balance policy, see ``balance``), or ``base_url`` / ``model`` / ``api_key`` for one URL.
     ``schedule``: the requests to send (default: the whole schedule of ``scenario``; a sender process
     passes its ``Schedule.part(k, n)`` and ``worker=k``). ``start_at``: the session time of the
     schedule's t = 0 (senders of one run agree on it; default: a few ms after ``run`` starts).
@@ -226,9 +276,10 @@ class Runner:
         self,
         scenario: Scenario,
         *,
-        base_url: str,
-        model: str,
-        api_key: str | None,
+        target: Target | None = None,
+        base_url: str | None = None,
+        model: str | None = None,
+        api_key: str | None = None,
         clock: Clock,
         publish: Publish,
         use_timerfd: bool = True,
@@ -242,6 +293,17 @@ class Runner:
         rs = scenario.load.request_seed
         self._send_seed = rs if rs is not None else scenario.engine.kind == "sim"
         self._freeze_gc = freeze_gc
+        if target is not None:
+            base_url, model, api_key = target.url, target.model, target.api_key
+            if target.balance != "none" and target.endpoints:
+                urls = [(e.url, e.engine_id) for e in target.endpoints]
+                policy = target.balance
+            else:
+                urls, policy = [(target.url, target.url_engine)], "none"
+        elif base_url is None or model is None:
+            raise TypeError("Runner needs target= or base_url= and model=")
+        else:
+            urls, policy = [(base_url, "")], "none"
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.clock = clock
@@ -262,11 +324,25 @@ class Runner:
         self.queued = 0
         self.sending_done = asyncio.Event()
         self.pacer_kind = ""
-        self._classes = [_Class(c, scenario) for c in scenario.classes]
-        self._client = HttpClient(
-            base_url, api_key, connect_timeout=clock.wall(min(scenario.load.timeout, 30.0))
-        )
-        self._path = endpoint_path(base_url, scenario.load.api)
+        self._classes: list[_Class] = []
+        connect = clock.wall(min(scenario.load.timeout, 30.0))
+        self._clients = [HttpClient(u, api_key, connect_timeout=connect) for u, _ in urls]
+        self._client = self._clients[0]
+        self._paths = [endpoint_path(u, scenario.load.api) for u, _ in urls]
+        self._urls = [u for u, _ in urls]
+        self._engines = [e for _, e in urls]
+        self._balancer = Balancer(policy, len(urls))
+        self._trace: Trace | None = None
+        self._trace_in: list[int] = []
+        self._trace_out: list[int] = []
+        self._synth = PromptSynth(scenario.seed)
+        # a trace's output length is generated in full where the engine honours ignore_eos
+        self._trace_eos = scenario.load.ignore_eos or scenario.engine.kind in ("sim", "vllm")
+        self._capped: set[int] = set()  # classes whose max_tokens capped a trace's output length (logged)
+        self._turns: list[tuple[float, int, _Conv, int]] = []  # later turns due: (deadline, rid, conv, cls)
+        self._open = 0  # conversations that will send another turn (queued in _turns, or one in flight)
+        self._send_end = math.inf  # monotonic end of load.duration: no turn is sent after it
+        self._turns_cut = 0  # later turns not sent: due after load.duration
         self._active: dict[int, _Req] = {}
         self._queue: deque[_Req] = deque()
         self._stopped = False
@@ -277,6 +353,7 @@ class Runner:
         self._dl: list[float] = []  # monotonic deadlines
         self._ts: list[float] = []  # session times
         self._rid: list[int] = []
+        self._arr: list[int] = []
         self._cls: list[int] = []
         self._items: list[PromptItem] = []
         self._ci = 0
@@ -295,7 +372,17 @@ class Runner:
         """Send the whole schedule; return when every request has ended."""
         loop = asyncio.get_running_loop()
         sched = self._schedule if self._schedule is not None else Schedule(self.scenario)
-        self.planned = len(sched)
+        self._classes = [
+            _Class(c, self.scenario, list(it))
+            for c, it in zip(self.scenario.classes, sched.items, strict=True)
+        ]
+        self._trace = sched.trace
+        if self._trace is not None:
+            assert self._trace.input_tokens is not None and self._trace.output_tokens is not None
+            n = sched.total
+            self._trace_in = self._trace.input_tokens[:n].tolist()
+            self._trace_out = self._trace.output_tokens[:n].tolist()
+        self.planned = sched.planned
         quiet = self._freeze_gc and gc.isenabled() and gc.get_freeze_count() == 0
         thresholds = gc.get_threshold()
         if quiet:
@@ -311,6 +398,8 @@ class Runner:
         sc = self.scenario
         clock = self.clock
         self._t_base = self._start_at if self._start_at is not None else clock.now() + clock.session(_SETUP)
+        if sc.load.duration is not None:
+            self._send_end = clock.to_monotonic(self._t_base + sc.load.duration)
         self._chunks = sched.chunks()
         a = sc.arrival
         how = {
@@ -318,15 +407,28 @@ class Runner:
             "poisson": f"poisson {a.rate:g} req/s",
             "constant": f"constant {a.rate:g} req/s",
         }.get(a.process, a.process)
+        if a.ramp_up_strategy is not None:
+            how = (
+                f"{a.process} with a {a.ramp_up_strategy} ramp-up {a.ramp_up_start_rate:g} -> "
+                f"{a.ramp_up_end_rate:g} req/s"
+            )
         share = f" (sender {sched.index} of {sched.parts})" if sched.parts > 1 else ""
+        convs = f" ({sched.total} arrivals, conversations' turns included)" if sched.stride > 1 else ""
+        if len(self._clients) > 1:
+            where = f"{len(self._clients)} engines ({self._balancer.policy})"
+        else:
+            where = redact_url(self.base_url) + self._paths[0]
         self._log(
             "info",
-            f"sending {self.planned} requests{share} ({how}) to {self.base_url}{self._path}, "
-            f"model {self.model!r}",
+            f"sending {self.planned} requests{share}{convs} ({how}) to {where}, model {self.model!r}",
         )
+        if a.process == "trace" and a.trace_file is not None:
+            tr = self._trace or read_trace(a.trace_file, a.trace_format, a.trace_column)
+            self._log("info", "replaying " + tr.describe(sched.total))
         self._pacer = Pacer(loop, self._pace, use_timerfd=self._use_timerfd)
         self.pacer_kind = self._pacer.kind
-        self._client.on_due = self._pace
+        for c in self._clients:
+            c.on_due = self._pace
         if self.heartbeat is not None:
             self.heartbeat.start()
         ticker = loop.create_task(self._progress_loop())
@@ -348,11 +450,14 @@ class Runner:
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
             self._progress()
-            self._client.close()
+            for c in self._clients:
+                c.close()
             if self.heartbeat is not None:
                 self.heartbeat.stop()
             self._chunks = iter(())
-            self._dl, self._ts, self._rid, self._cls, self._items = [], [], [], [], []
+            self._dl, self._ts, self._rid, self._arr, self._cls, self._items = [], [], [], [], [], []
+            self._turns = []
+            self._trace_in, self._trace_out = [], []
             self.sending_done.set()
 
     def stop_sending(self) -> None:
@@ -360,8 +465,11 @@ class Runner:
         if self._stopped:
             return
         self._stopped = True
-        self._client.due_at = math.inf
+        self._set_due(math.inf)
         now = self.clock.now()
+        dropped_turns = len(self._turns)
+        self._open -= dropped_turns
+        self._turns = []
         while self._queue:
             req = self._queue.popleft()
             self.queued -= 1
@@ -372,7 +480,8 @@ class Runner:
             self._finalize(req, now)
         skipped = (self.planned or 0) - self._next
         if skipped > 0 and self.planned:
-            self._log("info", f"sending stopped: {skipped} scheduled request(s) not sent")
+            due = f", {dropped_turns} of them conversation turns already due" if dropped_turns else ""
+            self._log("info", f"sending stopped: {skipped} scheduled request(s) not sent{due}")
         self._sending_over()
 
     def cancel(self) -> None:
@@ -402,6 +511,7 @@ class Runner:
             self._dl = (m0 + ch.times * self.clock.wall(1.0)).tolist()
             self._ts = ts.tolist()
             self._rid = ch.rids.tolist()
+            self._arr = ch.arrivals.tolist() if ch.arrivals is not None else self._rid
             self._cls = ch.classes.tolist()
             self._items = ch.items
             self._ci = 0
@@ -410,8 +520,15 @@ class Runner:
     def _pace(self) -> None:
         now = time.monotonic()
         cap = self.scenario.load.max_concurrency
-        while not self._stopped and self._refill():
-            d = self._dl[self._ci]
+        turns = self._turns
+        while not self._stopped:
+            have = self._refill()
+            d = self._dl[self._ci] if have else math.inf
+            if turns and turns[0][0] <= d:  # a conversation's next turn is due first
+                d = turns[0][0]
+                have = False
+            elif not have:
+                break
             if d > now:
                 if d - now > SPIN:
                     self._backlog = False
@@ -421,24 +538,71 @@ class Runner:
                     now = time.monotonic()
             if cap is not None and self.in_flight >= cap and len(self._queue) >= _QUEUE_MAX:
                 self._backlog = True  # resumed when a slot frees (see _finalize)
-                self._client.due_at = math.inf
+                self._set_due(math.inf)
                 return
-            self._dispatch(now, d)
+            if have:
+                self._dispatch(now, d)
+            else:
+                self._dispatch_turn(now, heapq.heappop(turns))
             now = time.monotonic()
-        self._client.due_at = math.inf
-        if not self._stopped and not self._queue:
+        self._set_due(math.inf)
+        if not self._stopped and not self._queue and not self._open:
             self._sending_over()
 
     def _arm(self, deadline: float) -> None:
         assert self._pacer is not None
         self._pacer.arm(deadline)
-        self._client.due_at = deadline
+        self._set_due(deadline)
+
+    def _set_due(self, deadline: float) -> None:
+        """Tell every client's read path when the next send is due (see ``HttpClient.on_due``)."""
+        for c in self._clients:
+            c.due_at = deadline
 
     def _dispatch(self, now_mono: float, deadline: float) -> None:
         i = self._ci
         self._ci += 1
+        cls = self._cls[i]
+        arrival = self._arr[i]
+        req = _Req(self, self._rid[i], arrival, cls, self._items[i], self._ts[i])
+        if self._trace_in:
+            req.target = self._trace_in[arrival]
+            out = self._trace_out[arrival]
+            if out > req.max_tokens:
+                self._cap_note(req, out)
+            else:
+                req.max_tokens = out
+        spec = self._classes[cls].conv
+        if spec is not None:
+            k = turn_count(spec, self.scenario.seed, arrival)
+            req.conv = _Conv(arrival, req.rid, k)
+            if k > 1:
+                self._open += 1
+        self._enqueue(req, now_mono, deadline)
+
+    def _dispatch_turn(self, now_mono: float, due: tuple[float, int, _Conv, int]) -> None:
+        deadline, rid, conv, cls = due
+        turn = rid - conv.rid0
+        k = self._classes[cls]
+        item = turn_item(k.items, self.scenario.seed, conv.arrival, turn)
+        req = _Req(self, rid, conv.arrival, cls, item, self.clock.from_monotonic(deadline))
+        req.conv, req.turn, req.engine = conv, turn, conv.engine
+        self._enqueue(req, now_mono, deadline)
+
+    def _cap_note(self, req: _Req, out: int) -> None:
+        if req.cls in self._capped:
+            return
+        self._capped.add(req.cls)
+        c = self.scenario.classes[req.cls]
+        self._log(
+            "warning",
+            f"request {req.rid}: the trace asks for {out} output tokens, more than class {c.name!r}'s "
+            f"max_tokens = {c.max_tokens}: capped to it (raise max_tokens to replay the trace's lengths; "
+            "not said again for this class)",
+        )
+
+    def _enqueue(self, req: _Req, now_mono: float, deadline: float) -> None:
         self._next += 1
-        req = _Req(self, self._rid[i], self._cls[i], self._items[i], self._ts[i])
         # held back in the schedule by a full cap queue, it was due (and waiting on the cap) since its time
         req.t_dispatch = self.clock.from_monotonic(deadline if self._backlog else now_mono)
         cap = self.scenario.load.max_concurrency
@@ -455,10 +619,16 @@ class Runner:
         req.t_start = self.clock.now()
         self.in_flight += 1
         self._active[req.rid] = req
+        k = req.engine
+        if k < 0:
+            k = req.engine = self._balancer.pick(req.arrival)
+            if req.conv is not None:
+                req.conv.engine = k
+        self._balancer.started(k)
         request = self._prepare(req)
         assert req.stream is not None
         # on a warm keep-alive connection the request is written now, not when a task first runs
-        started = self._client.send_now(request, req.stream)
+        started = self._clients[k].send_now(request, req.stream)
         now = time.monotonic()
         if started is not None:
             req.sent(now)
@@ -471,6 +641,12 @@ class Runner:
     def _sending_over(self) -> None:
         if not self.sending_done.is_set():
             self.sending_done.set()
+            if self._turns_cut:
+                self._log(
+                    "info",
+                    f"{self._turns_cut} conversation turn(s) not sent: due after load.duration = "
+                    f"{self.scenario.load.duration:g} s",
+                )
         if not self._active and not self._queue:
             self._finished.set()
 
@@ -485,16 +661,25 @@ class Runner:
             thinking=k.thinking,
             keep_answer=k.keep_answer or req.item.reference is not None,
             gap_scale=self.clock.speed,
-            max_tokens=c.max_tokens,
+            max_tokens=req.max_tokens,
         )
         stream.on_first_token = req.first_token
         stream.on_first_visible = req.first_visible
         req.stream = stream
+        text = req.item.text
+        ignore_eos = sc.load.ignore_eos
+        if req.target is not None:
+            assert self._trace is not None
+            text = self._synth.text(req.target, text, self._trace.hash_ids(req.arrival), req.rid)
+            ignore_eos = self._trace_eos
+        conv = req.conv
+        if conv is not None and req.turn + 1 < conv.turns:
+            req.text = text  # the next turn sends it back as history
         body = build_request_body(
             api=sc.load.api,
             model=self.model,
-            prompt=req.item.text,
-            max_tokens=c.max_tokens,
+            prompt=text,
+            max_tokens=req.max_tokens,
             temperature=c.temperature,
             top_p=c.top_p,
             thinking=c.thinking,
@@ -503,15 +688,17 @@ class Runner:
             return_token_ids=sc.load.return_token_ids,
             reasoning_effort=c.reasoning_effort,
             thinking_budget=c.reasoning_budget,
-            ignore_eos=sc.load.ignore_eos,
+            ignore_eos=ignore_eos,
             chat_template_kwargs=c.chat_template_kwargs,
+            history=conv.history if conv is not None else (),
         )
-        return self._client.request_bytes(self._path, body, difficulty_header(req.difficulty))
+        e = req.engine
+        return self._clients[e].request_bytes(self._paths[e], body, difficulty_header(req.difficulty))
 
     async def _send(self, req: _Req, request: bytes, started: Exchange | None) -> None:
         assert req.stream is not None
         try:
-            req.http_status = await self._client.post_stream(
+            req.http_status = await self._clients[req.engine].post_stream(
                 request,
                 req.stream,
                 on_sent=req.sent,
@@ -571,6 +758,7 @@ class Runner:
         t_done = rel(st.t_done) if st is not None and st.t_done is not None else now
         if status is not RequestStatus.OK:
             t_done = now
+        conv = req.conv
         rec = RequestRecord(
             rid=req.rid,
             cls=c.name,
@@ -594,7 +782,7 @@ class Runner:
             reasoning_mode=st.reasoning_mode if st else "",
             usage_reasoning=st.usage_reasoning if st else None,
             split_note=st.split_note if st else "",
-            max_tokens=c.max_tokens,
+            max_tokens=req.max_tokens,
             finish_reason=st.finish_reason if st else None,
             status=status,
             http_status=http_status or None,
@@ -604,7 +792,11 @@ class Runner:
             extracted=extracted,
             correct=correct,
             gaps=encode_gaps(st.gaps, st.tokens_per_chunk) if st is not None and st.chunks else b"",
+            engine=self._engine_name(req.engine),
             worker=self.worker,
+            conversation=conv.arrival if conv is not None else None,
+            turn=req.turn,
+            target_input_tokens=req.target,
         )
         ok = status is RequestStatus.OK
         self._publish(
@@ -626,24 +818,55 @@ class Runner:
             self.failed += 1
             if status is RequestStatus.ERROR:
                 self._log_failure(req.rid, error or "error")
+        if conv is not None and conv.turns > 1:
+            self._next_turn(req, conv, ok, answer, st)
         # break the request's reference cycles (stream -> bound methods -> request -> task -> coroutine)
         # so it is freed now by reference counting, not by a full collection later
         if st is not None:
             st.on_first_token = st.on_first_visible = None
         req.stream = None
         req.task = None
+        req.conv = None
         if self._active.pop(req.rid, None) is not None:
             self.in_flight -= 1
+            self._balancer.ended(req.engine)
             if self._queue and not self._stopped:
                 nxt = self._queue.popleft()
                 self.queued -= 1
                 self._start(nxt)
             if self._backlog and not self._stopped:
                 self._pace()  # the schedule waited on a full cap queue: take what is due now
-            elif not self._queue and self._exhausted and not self._stopped:
+            elif not self._queue and self._exhausted and not self._stopped and not self._open:
                 self._sending_over()
         if self.sending_done.is_set() and not self._active and not self._queue:
             self._finished.set()
+
+    def _next_turn(self, req: _Req, conv: _Conv, ok: bool, answer: str, st: ChatStream | None) -> None:
+        """After a turn of a multi-turn conversation: queue the next one, or close the conversation (its
+        last turn, a failed turn, or sending stopped)."""
+        nxt = req.turn + 1
+        if not ok or nxt >= conv.turns or self._stopped:
+            self._open -= 1
+            return
+        conv.history.append((req.text, answer))
+        spec = self._classes[req.cls].conv
+        assert spec is not None
+        think = think_time(spec, self.scenario.seed, conv.arrival, nxt)
+        end = st.t_done if st is not None and st.t_done is not None else time.monotonic()
+        deadline = end + self.clock.wall(think)
+        if deadline >= self._send_end:  # load.duration ends all sending, later turns included
+            self._open -= 1
+            self._turns_cut += conv.turns - nxt
+            return
+        heapq.heappush(self._turns, (deadline, conv.rid0 + nxt, conv, req.cls))
+        if deadline < self._client.due_at and not self._backlog:
+            self._arm(deadline)
+
+    def _engine_name(self, k: int) -> str:
+        """``RequestRecord.engine`` of endpoint ``k`` (-1: not sent yet; "" when unknown)."""
+        if k < 0:
+            return self._engines[0] if len(self._engines) == 1 else ""
+        return self._engines[k]
 
     # ----------------------------------------------------------------------------------------- progress
 
@@ -662,7 +885,7 @@ class Runner:
         mono = time.monotonic()
         publish = self._publish
         expired = []
-        client = self._client
+        client = self._clients[0]
         w = self.worker
         for i, req in enumerate(list(self._active.values())):
             if not i & 127 and time.monotonic() >= client.due_at:

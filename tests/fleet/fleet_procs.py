@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 from aiohttp import web
 
 from rllmtop.events import Record, Scrape, SessionState, StateEvent
@@ -24,9 +25,11 @@ __all__ = [
     "SGLANG_METRICS",
     "Collector",
     "free_port",
+    "long_requests",
     "router_binary",
     "sglang_engine",
     "sims",
+    "sims_each",
     "start_router",
     "stop",
 ]
@@ -38,8 +41,16 @@ SGLANG_METRICS = (FIXTURES / "sglang-0.5" / "metrics_dp2_tp2.txt").read_text()
 @contextlib.contextmanager
 def sims(n: int, *args: str) -> Iterator[list[tuple[subprocess.Popen[bytes], str]]]:
     """``n`` simulators started in parallel (``args`` for each; ``{i}`` in an arg is the index)."""
-    with ThreadPoolExecutor(n) as pool:
-        futures = [pool.submit(start_sim, *(a.replace("{i}", str(i)) for a in args)) for i in range(n)]
+    with sims_each([[a.replace("{i}", str(i)) for a in args] for i in range(n)]) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def sims_each(arg_lists: list[list[str]]) -> Iterator[list[tuple[subprocess.Popen[bytes], str]]]:
+    """One simulator per argument list, started in parallel, in that order; all stopped at the end (and
+    the started ones when another fails to start)."""
+    with ThreadPoolExecutor(len(arg_lists)) as pool:
+        futures = [pool.submit(start_sim, *args) for args in arg_lists]
         started = []
         errors = []
         for f in futures:
@@ -83,6 +94,31 @@ async def sglang_engine(model: str = "qwen3-sg") -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+async def long_requests(base: str, n: int) -> list[asyncio.Task[None]]:
+    """``n`` long streaming requests to the simulator at ``base`` (ignore_eos, 6000 tokens: they run
+    for the whole test); the caller cancels the tasks."""
+    async with httpx.AsyncClient() as c:
+        model = (await c.get(base + "/v1/models")).json()["data"][0]["id"]
+
+    async def one() -> None:
+        body = {
+            "model": model,
+            "stream": True,
+            "max_tokens": 6000,
+            "ignore_eos": True,
+            "messages": [{"role": "user", "content": "think hard about primes " * 20}],
+        }
+        with contextlib.suppress(httpx.HTTPError, asyncio.CancelledError):
+            async with (
+                httpx.AsyncClient(timeout=120) as c,
+                c.stream("POST", base + "/v1/chat/completions", json=body) as r,
+            ):
+                async for _ in r.aiter_raw():
+                    pass
+
+    return [asyncio.create_task(one()) for _ in range(n)]
 
 
 def router_binary() -> str | None:

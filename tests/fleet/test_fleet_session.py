@@ -44,7 +44,9 @@ def _pgids(session: object) -> list[int]:
 
 async def test_replicas_start_in_parallel_are_each_watched_and_all_torn_down(tmp_path: Path) -> None:
     db = tmp_path / "replicas.db"
-    session = build_session(None, mode="headless", engine=REPLICAS, record=db, duration=1.5)
+    # 10 simulated seconds = 0.5 s of wall time at speed 20: room for several scrapes of each replica on a
+    # loaded machine (one scrape took 0.16 s of wall time at load average 6; 1.5 s = 75 ms was too short)
+    session = build_session(None, mode="headless", engine=REPLICAS, record=db, duration=10.0)
     sink = Collector()
     session.add_sink(sink)
     outcome = await asyncio.wait_for(session.run(), 60)
@@ -72,7 +74,8 @@ async def test_replicas_start_in_parallel_are_each_watched_and_all_torn_down(tmp
 
 async def test_a_replica_lost_mid_run_does_not_end_the_run_and_the_status_says_so(tmp_path: Path) -> None:
     db = tmp_path / "lost.db"
-    session = build_session(None, mode="headless", engine=REPLICAS, record=db, duration=4.0)
+    # 20 simulated seconds = 1 s of wall time at speed 20: the kill lands well inside the run when loaded
+    session = build_session(None, mode="headless", engine=REPLICAS, record=db, duration=20.0)
     sink = Collector()
     session.add_sink(sink)
     task = asyncio.get_running_loop().create_task(session.run())

@@ -645,3 +645,32 @@ def test_engines_missing_a_metric_stay_missing_in_the_fleet() -> None:
     assert tl.columns["requests_waiting"][3] == 1.0  # only a serves it: a's value, not a + 0
     only_kv = {"b": fleet["b"], "c": fleet["b"]}
     assert np.all(np.isnan(A.timeline((), only_kv, step=1.0, t_end=10.0).columns["requests_waiting"]))
+
+
+def test_conversations_get_a_per_turn_breakdown_and_single_requests_none() -> None:
+    """Issue 16: per-turn TTFVT. The k-th turn of every conversation is summarised apart (history grows,
+    so later turns answer later); the same numbers from records and from columns; none without turns."""
+    from rllmtop.metrics.analysis import RequestColumns, asu_summary
+    from rllmtop.summary import summary_notes
+
+    rs = []
+    for conv in range(10):
+        for turn in range(3):
+            t0 = conv * 1.0 + turn * 5
+            rs.append(
+                RequestRecord(
+                    rid=conv * 64 + turn, cls="chat", t_scheduled=t0, t_dispatch=t0, t_start=t0, t_sent=t0,
+                    t_first_token=t0 + 0.1, t_first_visible=t0 + 1 + turn + conv / 100, t_done=t0 + 2 + turn,
+                    reasoning_tokens=100 * (turn + 1), answer_tokens=10, conversation=conv, turn=turn,
+                )
+            )  # fmt: skip
+    s = asu_summary(rs)
+    assert [t.turn for t in s.turns] == [1, 2, 3] and all(t.requests == 10 == t.ok for t in s.turns)
+    assert [t.ttfvt[50] for t in s.turns] == pytest.approx([1.045, 2.045, 3.045])
+    assert [t.reasoning_len[50] for t in s.turns] == [100, 200, 300]
+    assert asu_summary(RequestColumns.from_records(rs)).turns == s.turns
+    notes = summary_notes(s)
+    assert any(n.startswith("turn 3: 10 ended (10 ok), TTFVT p50/90/99 3.0") for n in notes), notes
+    single = [r for r in rs if r.turn == 0]
+    assert asu_summary(single).turns == ()
+    assert not any(n.startswith("turn ") for n in summary_notes(asu_summary(single)))

@@ -26,7 +26,7 @@ from rllmtop.metrics.prometheus import PrometheusSource
 from rllmtop.metrics.scrape import Scraper, run_scrapers
 
 pytestmark = [
-    pytest.mark.slow,
+    pytest.mark.prometheus,
     pytest.mark.skipif(
         not have_prometheus(), reason="needs Debian's prometheus (apt-get install -y prometheus)"
     ),

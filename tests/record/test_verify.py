@@ -114,3 +114,26 @@ def test_schema_version_edited_down_is_noticed(path: Path) -> None:
     with open_recording(path) as r:
         assert r.schema_version == 2  # the tables decide how it is read
         assert not r.verify().ok and len(r.requests()) == 12
+
+
+def test_the_verify_command_and_the_results_say_a_file_is_damaged(
+    path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`rllmtop verify FILE` exits 0 on a whole file and 1 on a damaged one, naming what is wrong; the
+    summary computed from a damaged file (end of run, replay --headless) warns that rows were left out."""
+    from rllmtop.cli import main
+    from rllmtop.session.results import recording_results
+
+    assert main(["verify", str(path)]) == 0
+    assert "rows check out" in capsys.readouterr().out
+    assert not any("damaged" in w for w in recording_results(path).warnings)
+    edit(
+        path,
+        "UPDATE requests SET status = 'exploded' WHERE rid = 2",
+        "UPDATE requests SET t_done = 'x' WHERE rid = 3",
+    )
+    assert main(["verify", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert str(path) in out and "requests rows fail their checks" in out
+    warn = [w for w in recording_results(path).warnings if "damaged" in w]
+    assert len(warn) == 1 and str(path) in warn[0] and "rllmtop verify" in warn[0]

@@ -30,6 +30,10 @@ def test_source_is_the_name_or_path_as_given() -> None:
     assert sc.provenance is not None and sc.provenance.source == "default"
     assert sc.provenance.planned_requests is None, "duration only: open-ended"
     assert load_scenario("stragglers").provenance.planned_requests == 128  # type: ignore[union-attr]
+    # conversations: num_prompts counts arrivals, not the turns the runner will send (drawn per chat)
+    chats = load_scenario("chat-multiturn")
+    assert chats.load.num_prompts is not None
+    assert chats.provenance.planned_requests is None  # type: ignore[union-attr]
 
 
 def test_same_workload_compares_equal(load: Loader) -> None:

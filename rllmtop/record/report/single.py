@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 from collections.abc import Mapping
 from pathlib import Path
@@ -111,6 +112,7 @@ def _write(run: RunData, ctx: Ctx, out: Path) -> Path:
             "definitions": dict(DEFINITIONS),
             "overall": summary.overall.as_dict(),
             "classes": [c.as_dict() for c in summary.classes],
+            "turns": [dataclasses.asdict(t) for t in summary.turns],
             "engine": d.engine.as_dict(),
             "engines": {e: s.as_dict() for e, s in d.engines.items()},
             "engine_note": note,
