@@ -186,7 +186,6 @@ class RllmtopApp(App[Any]):
         Binding("S", "reverse_sort", "reverse", show=False),
         Binding("f", "filter_phase", "filter"),
         Binding("slash", "filter_text", "find", key_display="/"),
-        Binding("t", "timeline", "timeline"),
         # fleets only (hidden with one engine, see check_action)
         Binding("e", "focus_engine(1)", "engine"),
         Binding("E", "focus_engine(-1)", "prev engine", show=False),
@@ -194,6 +193,7 @@ class RllmtopApp(App[Any]):
         Binding("1", "page(1)", "main"),
         Binding("2", "page(2)", "ASU"),
         Binding("3", "page(3)", "logs"),
+        Binding("t", "timeline", "timeline"),  # after the page keys: those must fit in 80 columns
         # replay only (hidden otherwise, see check_action)
         Binding("space", "replay_pause", "pause"),
         Binding("full_stop", "replay_step(1)", "step", key_display="."),
