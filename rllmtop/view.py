@@ -48,6 +48,8 @@ as 0; an engine that stopped answering shows as down or stale, not as zero.
 
 from __future__ import annotations
 
+import heapq
+import inspect
 import json
 import math
 import time
@@ -79,42 +81,55 @@ from rllmtop.events import (
     WorkerEvent,
 )
 from rllmtop.metrics.analysis import (
+    CACHE_MOMENTS_RULE,
     CLIENT_DELAY_S,
     EMPTY_DIST,
     AsuState,
     AsuSummary,
+    CacheHolder,
+    CacheMoment,
     ClientDelayVerdict,
     DistGroup,
     Distribution,
     InFlight,
     LiveAsu,
     RequestColumns,
+    RequestSpans,
     SimDriftVerdict,
+    StallRule,
     StragglerBaselines,
     StragglerRule,
+    cache_holders,
+    cache_moments,
     client_delay_verdict,
     kv_weights,
     reasoning_distribution,
+    request_spans,
     sim_drift_verdict,
 )
+from rllmtop.workload.runner import PROGRESS_INTERVAL
 
 DIST_BINS = 64
 
 __all__ = [
+    "CACHE_MOMENTS_LIVE",
     "CLIENT_BOTTLENECK_LAG_S",
     "CLOCK_OFFSET_WARN_S",
     "LATE_INTERVALS_KEPT",
     "LOG_LINES",
     "RECENT_REQUESTS",
+    "TIMELINE_ENDED",
     "WINDOWS",
     "Alert",
     "BoardRow",
+    "CacheView",
     "DistGroup",
     "Distribution",
     "EngineRow",
     "FleetSpread",
     "LiveView",
     "Progress",
+    "RequestTimeline",
     "ScrapeHealth",
     "Series",
     "Straggler",
@@ -157,6 +172,32 @@ RESTART_SHOW_S = 30.0  # an engine shows as restarted this long after a counter 
 HEALTH_POINTS = 4 * 3600  # client heartbeat intervals kept for the chart
 VERDICT_INTERVAL_S = 1.0  # least wall seconds between two client-delay verdicts (unless a new late interval)
 _CAPACITY = ("kv_total_blocks", "kv_total_tokens")  # what analysis.kv_weights weighs engines by
+
+TIMELINE_ENDED = 256
+"""Ended requests the timeline keeps (the newest; each ~1 KB with its record until its stalls are read)."""
+STALLS_KEPT = 8  # stalls seen so far per request in flight (the newest)
+_MOMENT = {
+    k: p.default for k, p in inspect.signature(cache_moments).parameters.items() if p.default is not p.empty
+}  # the report's cache-moment rule (analysis.cache_moments' defaults): the live view watches the same
+MOMENT_EVERY_S = 0.2  # least session seconds between two captures of the holders in one KV peak / burst
+MOMENT_KV_STEP = 0.005  # ... and a KV peak is taken again only this much higher (a capture is O(in flight))
+PROMPT_CLASSES = 1024  # classes whose mean prompt length is kept (the estimate for requests in flight)
+CACHE_MOMENTS_LIVE = (
+    f"{CACHE_MOMENTS_RULE}. Live: the newest KV peak and the newest burst, on the fleet's readings; a prompt's "
+    "length arrives with its usage when the request ends, so a request in flight counts its class's mean "
+    "prompt so far (~)"
+)
+_STATUS = {
+    RequestStatus.OK: 0,
+    RequestStatus.ERROR: 1,
+    RequestStatus.CANCELLED: 2,
+    RequestStatus.IN_FLIGHT: 3,
+}
+
+
+def _holder_order(h: CacheHolder) -> tuple[bool, int, int]:
+    """``analysis.cache_holders``' order: the most tokens first, stalled ones (likely preempted) last."""
+    return (h.stalled, -h.tokens, h.rid)
 
 
 class _Fleet:
@@ -423,6 +464,43 @@ class Alert:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheView:
+    """Who held the KV cache at one moment: an :class:`~rllmtop.metrics.analysis.CacheMoment` (``kind``
+    "now", "kv peak" or "preemptions"; holders from :func:`~rllmtop.metrics.analysis.cache_holders`).
+    A request's prompt length arrives with its usage at its end: ``estimated`` holds the holders whose
+    prompt is the mean of their class's ended requests so far (or unknown: 0)."""
+
+    moment: CacheMoment
+    estimated: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTimeline:
+    """The per-request timeline at ``t`` (:meth:`LiveView.timeline`): at most the rows asked for, in
+    start order, as :class:`~rllmtop.metrics.analysis.RequestSpans` (the report's Gantt rows:
+    ``spans.phase_bounds()`` gives each phase's begin and end; rows in flight end at ``t``, ``open``).
+
+    Stalls (likely preemptions, :class:`~rllmtop.metrics.analysis.StallRule`): an ended request's from
+    its chunk times (``request_spans``, as the report finds them); a request in flight's from the token
+    counts seen so far (they arrive every 0.25 s): a gap longer than the rule's limit against its mean
+    gap so far, in which it gained fewer tokens than that pace would have made past the limit (a replay
+    catching up after a seek skips counts, but not tokens). ``stalling``: in flight and silent past the
+    limit now (drawn to ``t``)."""
+
+    t: float
+    t0: float  # the left edge asked for
+    spans: RequestSpans
+    phase: tuple[Phase, ...]  # per row, now
+    stalling: np.ndarray  # bool per row
+    in_flight: int  # sent or queued, not ended (rows may show fewer)
+    queued: int  # of those, not sent yet
+    ended: int  # ended requests kept that overlap the window (rows may show fewer)
+    now: CacheView  # the requests in flight holding the most tokens now
+    moments: tuple[CacheView, ...]  # the last KV peak and the last preemption burst (time order)
+    rule: str  # the moments' rule, in words (analysis.CACHE_MOMENTS_RULE, live)
+
+
+@dataclass(frozen=True, slots=True)
 class Summary:
     """The O(recent) numbers, computed by a :class:`SummaryJob` from the requests that had ended."""
 
@@ -575,18 +653,25 @@ class _Req:
     __slots__ = (
         "answer",
         "cls",
+        "difficulty",
         "limits",
         "node",
         "phase",
+        "prompt",
         "reasoning",
+        "rec",
         "rid",
+        "stalls",
+        "status",
         "straggler",
+        "t_due",
         "t_end",
         "t_first_token",
         "t_first_visible",
         "t_queued",
         "t_sent",
         "t_start",
+        "t_tok",
         "worker",
     )
 
@@ -607,6 +692,14 @@ class _Req:
         self.straggler: str | None = None
         # (summary version, run-time limit, reasoning limit): StragglerBaselines.limits, renewed per summary
         self.limits: tuple[int, float, float] | None = None
+        # the timeline's facts
+        self.difficulty = ""
+        self.t_due = t  # its schedule (t_dispatch), where its "queued" bar starts
+        self.t_tok: float | None = None  # when its token count last moved
+        self.stalls: list[tuple[float, float]] | None = None  # likely preemptions (None: none yet)
+        self.prompt: int | None = None  # prompt tokens where known (a trace's target; usage at the end)
+        self.rec: RequestRecord | None = None  # ended: the final record until its stalls are read
+        self.status = RequestStatus.IN_FLIGHT
 
     def row(self, now: float, straggler: str | None = None) -> BoardRow:
         start = self.t_start if self.t_start is not None else self.t_queued
@@ -769,6 +862,7 @@ class LiveView:
         wall: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rule = rule or StragglerRule()
+        self.stall_rule = StallRule()  # the timeline's likely preemptions (the report's rule)
         self.window = float(window)
         self._planned_arg = planned
         self.capacity = capacity
@@ -848,6 +942,17 @@ class LiveView:
         self._done = 0
         self._failed = 0
         self._fin_stragglers: deque[Straggler] = deque(maxlen=FINISHED_STRAGGLERS)
+        # the timeline and who filled the cache
+        self._tl_ended: deque[_Req] = deque(maxlen=TIMELINE_ENDED)
+        self._prompt_mean: dict[str, tuple[int, int]] = {}  # class -> (prompt tokens summed, requests)
+        self._kv_high = False  # inside a stretch at or above the KV threshold
+        self._kv_ever_high = False
+        self._kv_peak = -1.0  # the highest reading of the current stretch (or of the run, never high)
+        self._pre_win: deque[tuple[float, float]] = deque()  # (t, preemptions) of the last burst window
+        self._pre_sum = 0.0
+        self._burst_max = 0.0  # the busiest window of the current burst
+        self._moments: dict[str, CacheView] = {}  # "kv peak" | "preemptions" -> the newest
+        self._moment_t: dict[str, float] = {}  # when each was last captured
         # summary
         self._summary: Summary | None = None
         self._summary_version = 0
@@ -1010,23 +1115,59 @@ class LiveView:
         req.t_sent = rec.t_sent if rec is not None and rec.t_sent is not None else t
         start = rec.latency_start if rec is not None else None
         req.t_start = start if start is not None else req.t_sent
-        if rec is not None and rec.node:
-            req.node = rec.node
+        if rec is not None:
+            req.node = rec.node or req.node
+            self._facts(req, rec)
         req.phase = Phase.WAITING
         self._sent += 1
         self._workers.add(req.worker)
         self._count(2, req.t_sent, 1)
 
+    def _facts(self, req: _Req, rec: RequestRecord) -> None:
+        """What the timeline needs of a request's record (its starting facts, or its final ones)."""
+        req.difficulty = rec.difficulty or req.difficulty
+        due = rec.t_dispatch if rec.t_dispatch is not None else rec.t_scheduled
+        if math.isfinite(due) and due <= req.t_queued:
+            req.t_due = due
+        p = rec.prompt_tokens if rec.prompt_tokens is not None else rec.target_input_tokens
+        if p is not None:
+            req.prompt = p
+
     def _tokens(self, req: _Req, t: float, reasoning: int, answer: int) -> None:
-        """Cumulative counts in; the increase goes to the tokens/s bins (counts never go down)."""
+        """Cumulative counts in; the increase goes to the tokens/s bins (counts never go down). A gap
+        without tokens that the stall rule calls long is kept as a likely preemption (see
+        :class:`RequestTimeline`)."""
         dr = reasoning - req.reasoning
         da = answer - req.answer
+        if dr <= 0 and da <= 0:
+            return
+        last = req.t_tok
+        if last is not None and req.t_first_token is not None:
+            gap = t - last
+            limit, pace = self._stall_limit(req, last)
+            if gap > limit and max(dr, 0) + max(da, 0) < (gap - limit) / pace:
+                stalls = req.stalls if req.stalls is not None else []
+                stalls.append((last, t))
+                req.stalls = stalls[-STALLS_KEPT:]
+        req.t_tok = t
         if dr > 0:
             self._count(0, t, dr)
             req.reasoning = reasoning
         if da > 0:
             self._count(1, t, da)
             req.answer = answer
+
+    def _stall_limit(self, req: _Req, t_last: float) -> tuple[float, float]:
+        """(the longest gap without new tokens the stall rule allows this request, its mean gap per token
+        so far). Counts arrive once per progress tick (PROGRESS_INTERVAL wall seconds: that many times
+        the speed in session seconds in a time-lapse run), so a tick's worth is allowed on top."""
+        rule = self.stall_rule
+        ft = req.t_first_token if req.t_first_token is not None else t_last
+        pace = max(t_last - ft, 0.0) / max(1, req.reasoning + req.answer - 1)
+        pace = max(pace, 1e-6)
+        info = self.info
+        tick = PROGRESS_INTERVAL * (info.speed if info is not None and info.clock == "simulated" else 1.0)
+        return max(rule.factor * pace, rule.min_s) + tick, pace
 
     def _on_end(self, req: _Req, ev: RequestEvent) -> None:
         rec = ev.record
@@ -1048,6 +1189,15 @@ class LiveView:
         ok = ev.kind is RequestKind.DONE and (rec is None or rec.status is RequestStatus.OK)
         req.phase = Phase.DONE if ok else Phase.FAILED
         req.t_end = ev.t
+        req.status = (
+            rec.status if rec is not None and rec.ended else RequestStatus.OK if ok else RequestStatus.ERROR
+        )
+        if rec is not None:
+            self._facts(req, rec)
+            if rec.gaps:
+                req.rec = rec  # its exact stalls are read when the timeline draws it
+                req.stalls = None
+        self._tl_ended.append(req)
         del self._reqs[req.rid]
         if ok:
             self._done += 1
@@ -1080,6 +1230,11 @@ class LiveView:
         summed for TPOT/ITL) and, if ok, its class, difficulty and reasoning length for the distribution."""
         self._n_finished += 1
         self._asu.add(rec)
+        if rec.prompt_tokens is not None and (
+            rec.cls in self._prompt_mean or len(self._prompt_mean) < PROMPT_CLASSES
+        ):
+            total, n = self._prompt_mean.get(rec.cls, (0, 0))
+            self._prompt_mean[rec.cls] = (total + rec.prompt_tokens, n + 1)
         if rec.status is RequestStatus.OK and rec.t_done is not None:
             key = (rec.cls, rec.difficulty)
             self._dist_n[key] = self._dist_n.get(key, 0) + 1
@@ -1239,6 +1394,7 @@ class LiveView:
         if gen_seen and not s.stale:
             self._engine_rate(e, s.t, gen_delta)
         self._fleet_point(e, before, s.t)
+        self._watch_cache(s.t, preempt)
 
     def _update_missing(self) -> None:
         sets = [e.missing for e in self._engines.values() if e.n_ok]
@@ -1306,6 +1462,204 @@ class LiveView:
             else:
                 self._fleet_tps.append(t, tps)
                 self._tps_in_round = True
+
+    # ------------------------------------------------------------------ who filled the cache
+
+    def _watch_cache(self, t: float, preempt: float) -> None:
+        """The report's cache moments (``analysis.cache_moments``' rule and defaults), watched live on the
+        fleet's readings: the highest KV reading of the newest stretch at or above the threshold (the
+        run's highest while it never got there), and the busiest reading of the newest burst of
+        preemptions (at least ``min_burst`` in ``burst_window`` seconds). At each, the top holders then
+        (O(in flight): at most every MOMENT_EVERY_S while one climbs, a KV peak again only when
+        MOMENT_KV_STEP higher, so a climbing KV costs at most ~200 captures however long it climbs)."""
+        kv = self._agg.kv()
+        win = self._pre_win
+        if preempt > 0:
+            win.append((t, preempt))
+            self._pre_sum += preempt
+        while win and win[0][0] <= t - _MOMENT["burst_window"]:
+            self._pre_sum -= win.popleft()[1]
+        if not win:
+            self._pre_sum = 0.0  # no float residue
+        if not math.isnan(kv):
+            high = kv >= _MOMENT["kv_threshold"]
+            if high and not self._kv_high:  # a new stretch: its own peak
+                self._kv_peak = -1.0
+                self._moment_t.pop("kv peak", None)
+            self._kv_high = high
+            self._kv_ever_high = self._kv_ever_high or high
+            rising = (high or not self._kv_ever_high) and kv >= self._kv_peak + MOMENT_KV_STEP
+            if rising and self._capture("kv peak", t, kv):
+                self._kv_peak = kv  # the reading captured: its moment's KV
+        busy = self._pre_sum >= _MOMENT["min_burst"]
+        if not busy:
+            self._burst_max = 0.0
+        elif self._pre_sum > self._burst_max:
+            if self._burst_max == 0.0:
+                self._moment_t.pop("preemptions", None)
+            self._burst_max = self._pre_sum
+            self._capture("preemptions", t, None if math.isnan(kv) else kv)
+
+    def _capture(self, kind: str, t: float, kv: float | None) -> bool:
+        """The holders now, as the newest moment of ``kind`` (False: too soon after the last one)."""
+        last = self._moment_t.get(kind)
+        if last is not None and t - last < MOMENT_EVERY_S:
+            return False
+        self._moment_t[kind] = t
+        self._moments[kind] = self._cache_view(kind, t, kv, self._pre_sum, _MOMENT["top"])
+        return True
+
+    def _prompt_of(self, req: _Req) -> tuple[int, bool]:
+        """(its prompt tokens, estimated): known, else its class's mean so far (0 when none ended yet)."""
+        if req.prompt is not None:
+            return req.prompt, False
+        total, n = self._prompt_mean.get(req.cls, (0, 0))
+        return (round(total / n) if n else 0), True
+
+    def _stalling(self, req: _Req, now: float) -> bool:
+        """In flight, streaming, and silent for longer than the stall rule allows: likely preempted."""
+        last = req.t_tok
+        if last is None or req.t_first_token is None or req.t_end is not None:
+            return False
+        return now - last > self._stall_limit(req, last)[0]
+
+    def _cache_view(self, kind: str, t: float, kv: float | None, pre: float, top: int) -> CacheView:
+        """The requests in flight holding the most tokens at ``t`` (prompt + tokens so far), through
+        ``analysis.cache_holders``; those stalling (likely preempted: holding no KV) last and not counted
+        as holding. O(in flight + top log top)."""
+        live = [r for r in self._reqs.values() if r.t_start is not None and r.t_start <= t]
+        held = 0
+        keyed = []
+        for r in live:
+            p, _ = self._prompt_of(r)
+            tokens = p + r.reasoning + r.answer
+            stalled = self._stalling(r, t)
+            if not stalled:
+                held += tokens
+            keyed.append((stalled, -tokens, r.rid, r))
+        best = heapq.nsmallest(top, keyed, key=lambda k: k[:3])
+        stalled_rids = {k[2] for k in best if k[0]}
+        recs = []
+        estimated = set()
+        for _, _, rid, r in best:
+            p, est = self._prompt_of(r)
+            if est:
+                estimated.add(rid)
+            recs.append(
+                RequestRecord(
+                    rid=rid,
+                    cls=r.cls,
+                    difficulty=r.difficulty,
+                    t_start=r.t_start,
+                    t_sent=r.t_sent,
+                    t_first_token=r.t_first_token,
+                    t_first_visible=r.t_first_visible,
+                    reasoning_tokens=r.reasoning,
+                    answer_tokens=r.answer,
+                    prompt_tokens=p,
+                    status=RequestStatus.IN_FLIGHT,
+                )
+            )
+        holders = [replace(h, stalled=True) if h.rid in stalled_rids else h for h in cache_holders(recs, t)]
+        holders.sort(key=_holder_order)
+        moment = CacheMoment(t, kind, kv, pre, len(live), held, tuple(holders))
+        return CacheView(moment, frozenset(estimated))
+
+    # ------------------------------------------------------------------ the timeline
+
+    def timeline(self, now: float, rows: int, t0: float | None = None) -> RequestTimeline:
+        """The per-request timeline at session time ``now`` over ``[t0, now]`` (default: the chart
+        window), at most ``rows`` rows: the requests in flight (the longest-running first when they do not
+        all fit; a quarter of the rows is left to ended ones if any), then the most recently ended of the
+        last :data:`TIMELINE_ENDED` that overlap the window; shown in start order. With the holders now
+        and at the last cache moments. Cost: O(in flight + rows log rows + the chunks of the ended rows
+        drawn for the first time)."""
+        now = self._clamp_now(now)
+        if t0 is None:
+            t0 = now - self.window
+        rows = max(0, int(rows))
+        open_ = list(self._reqs.values())
+        ended = [r for r in reversed(self._tl_ended) if r.t_end is not None and r.t_end >= t0]
+        n_open = len(open_)
+        room_open = rows - min(len(ended), rows // 4) if n_open > rows else rows
+        if n_open > room_open:
+            open_ = heapq.nsmallest(room_open, open_, key=lambda r: (r.t_due, r.rid))
+        shown = open_ + ended[: max(0, rows - len(open_))]
+        shown.sort(key=lambda r: (r.t_due, r.rid))
+        spans, stalling = self._spans(shown, now)
+        moments = tuple(sorted(self._moments.values(), key=lambda c: c.moment.t))
+        kv = self._agg.kv()
+        return RequestTimeline(
+            now,
+            t0,
+            spans,
+            tuple(r.phase for r in shown),
+            stalling,
+            n_open,
+            sum(1 for r in self._reqs.values() if r.t_sent is None),
+            len(ended),
+            self._cache_view("now", now, kv if math.isfinite(kv) else None, self._pre_sum, _MOMENT["top"]),
+            moments,
+            CACHE_MOMENTS_LIVE,
+        )
+
+    def _spans(self, reqs: list[_Req], now: float) -> tuple[RequestSpans, np.ndarray]:
+        n = len(reqs)
+        nan = math.nan
+        classes: dict[str, int] = {}
+        srow: list[int] = []
+        s0: list[float] = []
+        s1: list[float] = []
+        stalling = np.zeros(n, dtype=bool)
+        cols = np.full((8, n), nan)
+        for i, r in enumerate(reqs):
+            classes.setdefault(r.cls, len(classes))
+            if r.rec is not None:  # ended: the report's stalls, from its chunk times (once)
+                sp = request_spans((r.rec,), rule=self.stall_rule)
+                r.stalls = list(zip(sp.stall_t0.tolist(), sp.stall_t1.tolist(), strict=True)) or None
+                r.rec = None
+            for a, b in r.stalls or ():
+                srow.append(i)
+                s0.append(a)
+                s1.append(b)
+            if self._stalling(r, now):
+                stalling[i] = True
+                srow.append(i)
+                s0.append(r.t_tok if r.t_tok is not None else now)
+                s1.append(now)
+            p, _ = self._prompt_of(r)
+            c = cols[:, i]
+            c[0] = r.t_due
+            c[1] = nan if r.t_start is None else r.t_start
+            c[2] = nan if r.t_first_token is None else r.t_first_token
+            c[3] = nan if r.t_first_visible is None else r.t_first_visible
+            c[4] = now if r.t_end is None else r.t_end
+            c[5] = p
+            c[6] = r.reasoning
+            c[7] = r.answer
+        status = np.array([_STATUS.get(r.status, 1) for r in reqs], dtype=np.int8)
+        spans = RequestSpans(
+            rid=np.array([r.rid for r in reqs], dtype=np.int64),
+            classes=tuple(classes),
+            cls=np.array([classes[r.cls] for r in reqs], dtype=np.int32),
+            difficulty=tuple(r.difficulty for r in reqs),
+            status=status,
+            finish=tuple(r.status.value for r in reqs),
+            t_queued=cols[0],
+            t_start=cols[1],
+            t_first_token=cols[2],
+            t_first_visible=cols[3],
+            t_end=cols[4],
+            open=np.array([r.t_end is None for r in reqs], dtype=bool),
+            prompt_tokens=cols[5],
+            reasoning_tokens=cols[6],
+            answer_tokens=cols[7],
+            stall_row=np.asarray(srow, dtype=np.int64),
+            stall_t0=np.asarray(s0, dtype=float),
+            stall_t1=np.asarray(s1, dtype=float),
+            rule=self.stall_rule,
+        )
+        return spans, stalling
 
     # ------------------------------------------------------------------ the client
 

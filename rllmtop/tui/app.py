@@ -41,6 +41,7 @@ from rllmtop.tui.widgets.help import HelpScreen
 from rllmtop.tui.widgets.logpane import LogPane
 from rllmtop.tui.widgets.replaybar import ReplayBar, ReplayControls
 from rllmtop.tui.widgets.stragglers import StragglerList
+from rllmtop.tui.widgets.timeline import Timeline
 from rllmtop.view import WINDOWS, LiveView, Series, SummaryJob, ViewSnapshot, engine_label
 
 if TYPE_CHECKING:
@@ -192,6 +193,7 @@ class RllmtopApp(App[Any]):
         Binding("1", "page(1)", "main"),
         Binding("2", "page(2)", "ASU"),
         Binding("3", "page(3)", "logs"),
+        Binding("t", "timeline", "timeline"),  # after the page keys: those must fit in 80 columns
         # replay only (hidden otherwise, see check_action)
         Binding("space", "replay_pause", "pause"),
         Binding("full_stop", "replay_step(1)", "step", key_display="."),
@@ -216,6 +218,12 @@ class RllmtopApp(App[Any]):
         ("f", "filter the board by phase (all, active, thinking, answering, waiting, stragglers, ended)"),
         ("/", "filter the board by class, id or phase (enter applies, esc cancels, empty clears)"),
         ("up / down", "move in the request board"),
+        (
+            "t",
+            "the request board <-> the per-request timeline: a row per request (in flight, then the newest "
+            "ended) coloured by phase on the charts' window, stalls marked as likely preemptions, under the KV "
+            "line; beside it who holds the KV cache now and at the last KV peak / preemption burst",
+        ),
         (
             "e / E",
             "fleets: show the next / previous engine's own series in the engine charts (then the fleet)",
@@ -291,6 +299,7 @@ class RllmtopApp(App[Any]):
                     yield FleetTable(id="fleet")
                 with Vertical(id="board-box", classes="box"):
                     yield RequestBoard(id="board")
+                yield Timeline(self.view.timeline, chart_window, id="timeline", classes="box")
             with Vertical(id="side"):
                 with Vertical(id="analysis"):
                     with Vertical(id="asu-box", classes="box"):
@@ -328,6 +337,7 @@ class RllmtopApp(App[Any]):
             *self.query(BrailleChart),
             self.query_one(FleetTable),
             self.query_one(RequestBoard),
+            self.query_one(Timeline),
             self.query_one(AsuPanel),
             self.query_one(ReasoningDist),
             self.query_one(StragglerList),
@@ -528,6 +538,18 @@ class RllmtopApp(App[Any]):
     def _close_filter(self) -> None:
         self._filter.remove_class("-open")
         self._board.focus()
+
+    def action_timeline(self) -> None:
+        """The board area shows the request board or the timeline (on the main page)."""
+        timeline = self.query_one(Timeline)
+        show = not timeline.display
+        timeline.display = show
+        self.query_one("#board-box").display = not show
+        if self.page != 1:
+            self.action_page(1)
+        if not show:
+            self._board.focus()
+        self._tick()
 
     def action_page(self, n: int) -> None:
         self.page = n
