@@ -48,7 +48,15 @@ from rllmtop.redact import redact_url
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["FailureStreak", "GpuReader", "ProblemLog", "Scraper", "run_scrapers"]
+__all__ = [
+    "POLL_CPU_S",
+    "FailureStreak",
+    "GpuReader",
+    "ProblemLog",
+    "Scraper",
+    "run_scrapers",
+    "scrape_cost_warning",
+]
 
 _PROBLEM_LINES = 5  # new bad series logged per log_every window (per engine)
 _SEEN_MAX = 10_000  # bad series remembered per engine (so each is logged once)
@@ -401,6 +409,25 @@ class ProblemLog:
                 )
             elif len(self._unlisted) < _SEEN_MAX:
                 self._unlisted.add(key)
+
+
+POLL_CPU_S = 0.004
+"""CPU seconds one poll of a full vLLM /metrics costs here (bench_scrape: 15-16 ms per engine-second at 4 Hz)."""
+
+
+def scrape_cost_warning(engines: int, wall_interval: float) -> str | None:
+    """A warning when polling ``engines`` directly every ``wall_interval`` wall seconds would take more than a
+    quarter of a core, which the load generator shares (its sends would be late); None otherwise."""
+    if engines <= 0 or wall_interval <= 0:
+        return None
+    share = engines / wall_interval * POLL_CPU_S
+    if share <= 0.25:
+        return None
+    return (
+        f"scraping {engines} engines every {wall_interval:g} s (wall) directly costs about {share:.0%} of a core, "
+        "which the load generator shares: read them through Prometheus (--prometheus URL) or poll less often "
+        f"(--scrape-interval {max(1.0, engines * POLL_CPU_S * 4):g})"
+    )
 
 
 async def run_scrapers(scrapers: Sequence[Scraper], stop: asyncio.Event) -> None:

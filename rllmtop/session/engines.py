@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from rllmtop.clock import Clock, Publish
 from rllmtop.errors import UserError
-from rllmtop.events import EngineInfo, Scrape, SessionInfo, SessionState
+from rllmtop.events import EngineInfo, LogEvent, Scrape, SessionInfo, SessionState
 from rllmtop.redact import redact_url
 from rllmtop.scenario import EngineSpec, Scenario
 from rllmtop.session.fleet import (
@@ -510,7 +510,7 @@ class EngineSide:
     async def watch(self, stop: asyncio.Event) -> None:
         """Run the metric sources until ``stop`` is set (Prometheus: the backfill is published first)."""
         from rllmtop.engines.adapters import adapter_for
-        from rllmtop.metrics.scrape import Scraper, run_scrapers
+        from rllmtop.metrics.scrape import Scraper, run_scrapers, scrape_cost_warning
 
         assert self._info is not None, "start() first"
         runs = []
@@ -537,6 +537,9 @@ class EngineSide:
             for e in self._engines
         ]
         if self._scrapers:
+            warning = scrape_cost_warning(len(self._scrapers), self.clock.wall(interval))
+            if warning:
+                self.publish(LogEvent(self.clock.now(), "rllmtop", "warning", warning))
             runs.append(run_scrapers(self._scrapers, stop))
         await asyncio.gather(*runs)
 

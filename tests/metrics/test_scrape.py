@@ -446,3 +446,16 @@ async def test_a_fleet_shares_one_loop_polls_never_overlap_and_a_slow_engine_del
     assert all(s.client is None for s in scrapers)  # the shared client was handed back
     first = sorted(min(s.t - s.latency_s for s in col.scrapes if s.engine_id == f"e{i}") for i in range(7))
     assert len({round(x, 3) for x in first}) == 7  # first polls spread over the interval, not all at once
+
+
+def test_a_fleet_too_big_to_poll_directly_is_warned_about() -> None:
+    """bench_scrape: a full vLLM /metrics poll costs ~4 ms of CPU; 64 engines at 4 Hz took a whole core
+    (heartbeat lateness p99 112 ms), which the load generator shares. Past a quarter of a core: a warning
+    naming the way out; below it: nothing."""
+    from rllmtop.metrics.scrape import scrape_cost_warning
+
+    assert scrape_cost_warning(1, 0.25) is None and scrape_cost_warning(12, 0.25) is None
+    w = scrape_cost_warning(64, 0.25)
+    assert w is not None and "64 engines" in w and "--prometheus" in w and "--scrape-interval" in w
+    assert scrape_cost_warning(64, 2.0) is None  # 32 polls/s: ~13% of a core
+    assert scrape_cost_warning(0, 0.25) is None
