@@ -259,6 +259,11 @@ def summary_notes(summary: AsuSummary, warnings: Sequence[str] = ()) -> list[str
     g = goodput_line(summary)
     if g:
         lines.append(g)
+    if summary.overall.cancelled:
+        n = summary.overall.cancelled
+        lines.append(
+            f"{n} request(s) cancelled by rllmtop when the run was stopped: counted in err, not engine errors"
+        )
     if summary.unfinished:
         lines.append(
             f"{summary.unfinished} request(s) never ended (in flight when the recording stopped): not counted"

@@ -113,3 +113,22 @@ def test_unfinished_and_recent_are_said() -> None:
     for r in RECS:
         live.add(r)
     assert "over the most recent 5 ended requests" in format_summary(live.summary())
+
+
+def test_cancelled_requests_are_said_apart_from_engine_errors() -> None:
+    """A stop that cancels in-flight requests puts them in the err column; a note says they were rllmtop's."""
+    from rllmtop.events import RequestRecord, RequestStatus
+    from rllmtop.metrics.analysis import asu_summary
+    from rllmtop.summary import summary_notes
+
+    def rec(i: int, status: RequestStatus) -> RequestRecord:
+        return RequestRecord(
+            rid=i, cls="a", t_scheduled=0.0, t_dispatch=0.0, t_start=0.0, t_sent=0.0, t_first_token=0.1,
+            t_done=1.0, status=status, error=None if status is RequestStatus.OK else "cancelled",
+        )  # fmt: skip
+
+    notes = summary_notes(asu_summary([rec(0, RequestStatus.OK), rec(1, RequestStatus.CANCELLED)]))
+    assert any(n.startswith("1 request(s) cancelled by rllmtop") for n in notes), notes
+    assert not any(
+        "cancelled by rllmtop" in n for n in summary_notes(asu_summary([rec(0, RequestStatus.OK)]))
+    )
