@@ -859,3 +859,17 @@ def test_time_axes_of_runs_with_one_schedule_line_up() -> None:
     assert ga is not None and gb is not None
     n = min(ga.t.size, gb.t.size)
     np.testing.assert_allclose(ga.columns["kv_cache_usage"][:n], gb.columns["kv_cache_usage"][:n])
+
+
+def test_a_v1_speed_run_and_a_time_lapse_are_not_compared_as_if_on_one_clock(tmp_path: Path) -> None:
+    """rllmtop 0.1's `--speed 5` recorded wall seconds of a simulator 5x fast (its model time / 5); a
+    time-lapse records simulated seconds. Same workload and seed, different clocks: refused unless --force,
+    and the reason names both clocks."""
+    new = Path(__file__).resolve().parents[2] / "recordings" / "sample.db"
+    with pytest.raises(UserError) as e:
+        R.compare_recordings([new, SAMPLE], tmp_path / "c", force=False)
+    assert "different clocks" in e.value.what and "speed 5" in e.value.what
+    c = R.compare_recordings([new, SAMPLE], tmp_path / "f", force=True)
+    assert not c.comparable and any("different clocks" in p for p in c.problems)
+    same = R.compare_recordings([new, new], tmp_path / "s", force=False)
+    assert same.comparable

@@ -21,7 +21,7 @@ from typing import Any
 
 from rllmtop import fmt
 from rllmtop.errors import UserError
-from rllmtop.events import Provenance
+from rllmtop.events import Provenance, SessionInfo
 from rllmtop.metrics.analysis import StragglerRule
 from rllmtop.record.report.figures import Ctx, draw_figures, matplotlib_figure
 from rllmtop.record.report.html import figures_html, note_html, page
@@ -120,8 +120,22 @@ def _cells_of_one_matrix(pa: Provenance, pb: Provenance) -> bool:
     )
 
 
+def _timebase(info: SessionInfo) -> str:
+    """What a run's seconds are: "" for serving time (a real engine's wall seconds, a simulator at speed 1, or
+    a time-lapse's simulated seconds), else how they differ (a simulator at speed K recorded on the wall clock:
+    its model time / K, as rllmtop 0.1 ran ``--speed``)."""
+    if info.clock != "wall" or info.engine_kind != "sim":
+        return ""
+    try:
+        k = float(dict(info.extra).get("speed", 1) or 1)
+    except (TypeError, ValueError):
+        return ""
+    return "" if k == 1 else f"wall seconds of a simulator at speed {k:g} (its model time / {k:g})"
+
+
 def comparability(runs: Sequence[RunData]) -> Comparability:
-    """Whether the runs drove the same workload (see the module docstring), each against the first."""
+    """Whether the runs drove the same workload (see the module docstring), each against the first, on
+    the same time base."""
     problems: list[str] = []
     if not runs:
         return Comparability(True, (), "")
@@ -130,6 +144,11 @@ def comparability(runs: Sequence[RunData]) -> Comparability:
     cells = True
     for b in runs[1:]:
         who = f"{b.label} vs {a.label}"
+        ta, tb = _timebase(a.info), _timebase(b.info)
+        if ta != tb:
+            problems.append(
+                f"{who}: times on different clocks: {tb or 'serving seconds'} vs {ta or 'serving seconds'}"
+            )
         pb, wb = b.info.provenance, _workload(b.info.provenance)
         missing = [r.label for r, w in ((a, wa), (b, wb)) if w is None]
         if missing or pa is None or pb is None or wa is None or wb is None:
@@ -156,7 +175,7 @@ def comparability(runs: Sequence[RunData]) -> Comparability:
             problems.append(f"{who}: workload differs: {_show_diff(keys, wa, wb)}")
     if problems:
         return Comparability(
-            False, tuple(problems), "NOT comparable (different workload): " + "; ".join(problems)
+            False, tuple(problems), "NOT comparable (different workload or clock): " + "; ".join(problems)
         )
     if cells and len(runs) > 1:
         labels = ", ".join(r.info.provenance.cell_label for r in runs if r.info.provenance is not None)
@@ -261,7 +280,8 @@ def write_comparison(
     verdict = comparability(runs)
     if not verdict.comparable and not force:
         raise UserError(
-            "these recordings are not comparable (different workload): " + "; ".join(verdict.problems),
+            "these recordings are not comparable (different workload or clock): "
+            + "; ".join(verdict.problems),
             "compare runs of the same scenario and seed, or pass --force to compare anyway",
         )
     rule = rule or StragglerRule()
