@@ -15,11 +15,10 @@ from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 from aiohttp import web
 
 from rllmtop.events import Record, Scrape, SessionState, StateEvent
-from tests.metrics.prometheus_procs import free_port, start_sim, stop
+from tests.metrics.prometheus_procs import free_port, long_requests, start_sim, stop
 
 __all__ = [
     "SGLANG_METRICS",
@@ -94,31 +93,6 @@ async def sglang_engine(model: str = "qwen3-sg") -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
-
-
-async def long_requests(base: str, n: int) -> list[asyncio.Task[None]]:
-    """``n`` long streaming requests to the simulator at ``base`` (ignore_eos, 6000 tokens: they run
-    for the whole test); the caller cancels the tasks."""
-    async with httpx.AsyncClient() as c:
-        model = (await c.get(base + "/v1/models")).json()["data"][0]["id"]
-
-    async def one() -> None:
-        body = {
-            "model": model,
-            "stream": True,
-            "max_tokens": 6000,
-            "ignore_eos": True,
-            "messages": [{"role": "user", "content": "think hard about primes " * 20}],
-        }
-        with contextlib.suppress(httpx.HTTPError, asyncio.CancelledError):
-            async with (
-                httpx.AsyncClient(timeout=120) as c,
-                c.stream("POST", base + "/v1/chat/completions", json=body) as r,
-            ):
-                async for _ in r.aiter_raw():
-                    pass
-
-    return [asyncio.create_task(one()) for _ in range(n)]
 
 
 def router_binary() -> str | None:

@@ -6,6 +6,7 @@ deadline (never a fixed sleep standing in for an event we cannot await).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -18,6 +19,8 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+import httpx
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,3 +134,28 @@ def wait_targets(url: str, n_up: int, *, deadline: float = 30.0) -> dict[str, st
             return health
         time.sleep(0.1)  # polling Prometheus's view of its targets, with a deadline
     raise RuntimeError(f"targets not up within {deadline:g} s: {health}")
+
+
+async def long_requests(base: str, n: int) -> list[asyncio.Task[None]]:
+    """``n`` long streaming requests to the simulator at ``base`` (ignore_eos, 6000 tokens: they run
+    for the whole test); the caller cancels the tasks."""
+    async with httpx.AsyncClient() as c:
+        model = (await c.get(base + "/v1/models")).json()["data"][0]["id"]
+
+    async def one() -> None:
+        body = {
+            "model": model,
+            "stream": True,
+            "max_tokens": 6000,
+            "ignore_eos": True,
+            "messages": [{"role": "user", "content": "think hard about primes " * 20}],
+        }
+        with contextlib.suppress(httpx.HTTPError, asyncio.CancelledError):
+            async with (
+                httpx.AsyncClient(timeout=120) as c,
+                c.stream("POST", base + "/v1/chat/completions", json=body) as r,
+            ):
+                async for _ in r.aiter_raw():
+                    pass
+
+    return [asyncio.create_task(one()) for _ in range(n)]

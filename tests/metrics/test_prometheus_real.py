@@ -14,10 +14,9 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 from aiohttp import web
-from prometheus_procs import have_prometheus, start_prometheus, start_sim, stop, wait_targets
+from prometheus_procs import have_prometheus, long_requests, start_prometheus, start_sim, stop, wait_targets
 
 from rllmtop.clock import Clock
 from rllmtop.engines.adapters import adapter_for
@@ -58,30 +57,6 @@ async def sglang_target() -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-async def load(base: str, n: int) -> list[asyncio.Task[None]]:
-    """``n`` long streaming requests to a simulator (they run for the whole test)."""
-    async with httpx.AsyncClient() as c:
-        model = (await c.get(base + "/v1/models")).json()["data"][0]["id"]
-
-    async def one() -> None:
-        body = {
-            "model": model,
-            "stream": True,
-            "max_tokens": 6000,
-            "ignore_eos": True,
-            "messages": [{"role": "user", "content": "think hard about primes " * 20}],
-        }
-        with contextlib.suppress(httpx.HTTPError, asyncio.CancelledError):
-            async with (
-                httpx.AsyncClient(timeout=120) as c,
-                c.stream("POST", base + "/v1/chat/completions", json=body) as r,
-            ):
-                async for _ in r.aiter_raw():
-                    pass
-
-    return [asyncio.create_task(one()) for _ in range(n)]
-
-
 def gauge(s: Scrape, name: str) -> float | None:
     return next((m.value for m in s.samples if m.name == name and m.labels == E0), None)
 
@@ -98,7 +73,7 @@ async def test_prometheus_source_agrees_with_the_direct_scrape_and_shows_a_stopp
             inst0, inst1 = base0.split("//")[1], base1.split("//")[1]
             prom, purl = start_prometheus(tmp_path, [inst0, inst1, sglang])
             procs.append(prom)
-            tasks = await load(base0, 5)  # 3 running, 2 waiting on engine 0; engine 1 idle
+            tasks = await long_requests(base0, 5)  # 3 running, 2 waiting on engine 0; engine 1 idle
             await asyncio.to_thread(wait_targets, purl, 3)
 
             clock = Clock()
