@@ -157,6 +157,8 @@ def test_class_field_dotted_path(tmp_path: Path) -> None:
         ("[engine.faults]\nexplode = 0.1\n", "engine.faults.explode", "drop_rate"),
         ('[engine]\nkv_cache_dtype = "fp4"\n', "engine.kv_cache_dtype", "fp8_e4m3"),
         ("[engine]\ngpu_memory_utilization = 1.2\n", "engine.gpu_memory_utilization = 1.2", "<= 1"),
+        ("[engine]\nnice = 20\n", "engine.nice = 20", "<= 19"),
+        ("[engine]\nnice = -5\n", "engine.nice = -5", ">= 0"),
         (
             '[engine.speculative]\nmethod = "magic"\nnum_speculative_tokens = 3\n',
             "engine.speculative.method",
@@ -248,6 +250,8 @@ def test_engine_kind_consistency(tmp_path: Path) -> None:
     assert "not an http(s) URL" in e.what
     e = error(tmp_path, MINIMAL + '\n[engine]\nkind = "url"\nurl = "http://h:1"\nkv_cache_dtype = "fp8"\n')
     assert "engine.kv_cache_dtype" in e.what and "launches" in e.what
+    e = error(tmp_path, MINIMAL + '\n[engine]\nkind = "url"\nurl = "http://h:1"\nnice = 10\n')
+    assert "engine.nice" in e.what and "launches" in e.what
     e = error(tmp_path, MINIMAL + '\n[engine]\nkind = "vllm"\n')
     assert "engine.model is missing" in e.what
     e = error(tmp_path, MINIMAL + '\n[engine]\nkind = "vllm"\nmodel = "m"\nprofile = "rllm-7b"\n')

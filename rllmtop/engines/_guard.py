@@ -1,6 +1,6 @@
 """The engine's guard: a tiny stdlib-only parent that makes sure a launched engine never outlives rllmtop.
 
-Run as ``python -I _guard.py GRACE PARENT_PID -- ENGINE ARGV...`` by :mod:`rllmtop.engines.launcher`,
+Run as ``python -I _guard.py GRACE PARENT_PID NICE -- ENGINE ARGV...`` by :mod:`rllmtop.engines.launcher`,
 which starts it as the leader of a new session and process group. The guard:
 
 * asks the kernel for SIGTERM when its parent dies (``PR_SET_PDEATHSIG``) and also treats EOF on its
@@ -8,6 +8,11 @@ which starts it as the leader of a new session and process group. The guard:
   the engine down;
 * becomes a child subreaper (``PR_SET_CHILD_SUBREAPER``), so the engine's orphaned workers are
   re-parented to it and reaped here rather than left behind;
+* with NICE > 0, lowers the CPU priority of its session before the engine starts: the session's
+  autogroup (``/proc/self/autogroup``; with autogroups the kernel shares CPU between sessions, and a
+  task's own nice value counts only inside its session) and its own nice value, which the engine and
+  its workers inherit. Measured with a CPU vLLM on 2 cores: at 0, rllmtop's client waited up to 5.5 s
+  on the run queue; at 10, at most 18 ms;
 * starts the engine in the guard's own process group (so one group signal from rllmtop reaches both),
   with stdin on /dev/null and stdout/stderr inherited;
 * on SIGTERM/SIGINT/SIGHUP, lifeline EOF, or the engine exiting on its own: SIGTERM to the whole group,
@@ -86,13 +91,30 @@ def _signal_all(me: int, pgid: int, sig: int) -> None:
             os.kill(pid, sig)
 
 
+def _lower_priority(nice: int) -> None:
+    """Give this session (and so the engine) ``nice``: the autogroup where the kernel has them, and the
+    process's own value either way. A refusal is said, not fatal: the engine then runs unchanged."""
+    try:
+        with open("/proc/self/autogroup", "w") as f:
+            f.write(str(nice))
+    except FileNotFoundError:
+        pass  # no autogroups (or not Linux): the nice value below is what counts
+    except OSError as e:
+        _say(f"cannot set the session's autogroup nice to {nice}: {e.strerror or e}")
+    try:
+        os.nice(nice)
+    except OSError as e:
+        _say(f"cannot lower the engine's priority by {nice}: {e.strerror or e}")
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) < 4 or argv[2] != "--":
-        _say("usage: _guard.py GRACE PARENT_PID -- COMMAND [ARGS...]")
+    if len(argv) < 5 or argv[3] != "--":
+        _say("usage: _guard.py GRACE PARENT_PID NICE -- COMMAND [ARGS...]")
         return 2
     grace = float(argv[0])
     parent = int(argv[1])
-    cmd = argv[3:]
+    nice = int(argv[2])
+    cmd = argv[4:]
     me = os.getpid()
     pgid = os.getpgrp()
 
@@ -101,6 +123,8 @@ def main(argv: list[str]) -> int:
         _say("rllmtop exited before the engine started; not starting it")
         return 1
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    if nice > 0:
+        _lower_priority(nice)
 
     stop = False
 

@@ -131,6 +131,7 @@ class LaunchPlan:
     ready_pattern: str | None = None  # regex for the engine's "listening" log line (group ``url`` if any)
     secrets: tuple[str, ...] = field(default=(), repr=False)  # values to scrub from engine log lines
     api_key: str | None = field(default=None, repr=False)  # the engine's --api-key, for rllmtop's own probes
+    nice: int = 0  # CPU priority the guard gives the engine's session (0: unchanged)
 
 
 def build_command(
@@ -154,6 +155,7 @@ def build_command(
             f"use one of {', '.join(LAUNCHABLE_KINDS)} (kind = 'url' attaches to a running server)",
         )
     _check_int("port", port, low=0, high=65535)
+    _check_int("nice", spec.nice, low=0, high=19)
     if port == 0 and kind != "sim":
         raise UserError(
             f"engine.port = 0: {kind} cannot report the port it picks",
@@ -195,6 +197,7 @@ def build_command(
         ready_pattern=_READY_LINES[kind],
         secrets=secrets,
         api_key=api_key or None,
+        nice=spec.nice,
     )
 
 

@@ -216,7 +216,10 @@ class EngineProcess:
             raise RuntimeError(f"{self.name} was already started")
         env = os.environ.copy()
         env.update(self.plan.env)
-        argv = (sys.executable, "-I", str(GUARD), repr(self._grace), str(os.getpid()), "--", *self.plan.argv)
+        argv = (
+            sys.executable, "-I", str(GUARD), repr(self._grace), str(os.getpid()), str(self.plan.nice),
+            "--", *self.plan.argv,
+        )  # fmt: skip
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *argv,

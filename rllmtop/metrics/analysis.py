@@ -1398,6 +1398,7 @@ class ClientDelayVerdict:
     touched: int  # requests whose life [start, end] overlaps an interval over the threshold
     requests: int  # requests considered (with a start time)
     sentence: str  # in words, for every face
+    cpu_share: float | None = None  # the sender's CPU use in the worst interval, in cores (None: not known)
 
     def as_dict(self) -> dict[str, object]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -1472,10 +1473,13 @@ def client_delay_verdict(
     wall = ""
     if clock == "simulated" and speed != 1:
         wall = f"; simulated seconds: {fmt.seconds(worst.lag_max / speed)} of wall time at speed {speed:g}"
+    share = None
+    if worst.cpu_s is not None and worst.interval > 0:
+        share = worst.cpu_s / (worst.interval / speed if clock == "simulated" else worst.interval)
     if fired:
         sentence = (
             f"latencies include up to {fmt.seconds(worst.lag_max)} of client delay (client event loop "
-            f"late{wall}); {k} of {n} requests were touched"
+            f"late{wall}); {k} of {n} requests were touched{_delay_cause(share)}"
         )
     else:
         sentence = (
@@ -1483,8 +1487,26 @@ def client_delay_verdict(
             f"(threshold {fmt.seconds(threshold)}{wall})"
         )
     return ClientDelayVerdict(
-        True, fired, threshold, worst.lag_max, worst.t, len(hs), len(every), k, n, sentence
+        True, fired, threshold, worst.lag_max, worst.t, len(hs), len(every), k, n, sentence, share
     )
+
+
+STARVED_SHARE = 0.5
+"""A late client that used less than this share of a core in its worst interval was waiting for a CPU
+(other processes held the cores); one that used more was busy itself."""
+
+
+def _delay_cause(share: float | None) -> str:
+    """Why the client was late, from its CPU use in the worst interval, and what to do about it."""
+    if share is None:
+        return ""
+    if share < STARVED_SHARE:
+        return (
+            f"; it was waiting for a CPU (it used {share:.0%} of a core then): other processes held the "
+            "cores. Give it cores of its own (taskset -c), lower a launched engine's priority "
+            "([engine] nice = 10), or run the engine on another machine"
+        )
+    return f"; it was busy itself ({share:.0%} of a core then): spread the load over processes (--workers N)"
 
 
 @dataclass(frozen=True)

@@ -288,6 +288,7 @@ def build_engine(ctx: Ctx, raw: object) -> EngineSpec:
         host=t.line("host", "127.0.0.1") or "127.0.0.1",
         port=port if port else None,
         startup_timeout=t.number("startup_timeout", 900.0, gt=0, le=MAX_WAIT_SECONDS),
+        nice=t.integer("nice", 0, ge=0, le=19),
         quantization=_quantization(t),
         kv_cache_dtype=t.string_opt("kv_cache_dtype", choices=KV_CACHE_DTYPES),
         prefix_caching=t.flag_opt("prefix_caching"),

@@ -162,6 +162,9 @@ class EngineSpec:
     host: str = "127.0.0.1"
     port: int | None = None  # None: a free port is picked
     startup_timeout: float = 900.0
+    # CPU priority of a launched engine (0-19, higher = lower priority; 0 leaves it): on a box the engine
+    # shares with rllmtop (a CPU engine, a dev machine) the client is not starved of CPU by it
+    nice: int = 0
     # named toggles, mapped to each engine's flags (and modelled by the simulator)
     quantization: str | None = None  # e.g. "awq", "gptq", "fp8" (sim: bytes per weight)
     kv_cache_dtype: str | None = None  # "auto" | "fp8" | "fp8_e4m3" | "fp8_e5m2"

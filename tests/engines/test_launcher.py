@@ -32,7 +32,9 @@ PARENT = str(HERE / "parent_script.py")
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def fake_plan(mode: str, *opts: str, port: int | None = None, secrets: tuple[str, ...] = ()) -> LaunchPlan:
+def fake_plan(
+    mode: str, *opts: str, port: int | None = None, secrets: tuple[str, ...] = (), nice: int = 0
+) -> LaunchPlan:
     port = pick_free_port() if port is None else port
     argv = (sys.executable, FAKE, mode, str(port), *opts)
     return LaunchPlan(
@@ -45,6 +47,7 @@ def fake_plan(mode: str, *opts: str, port: int | None = None, secrets: tuple[str
         redacted_argv=argv,
         ready_pattern=r"listening on (?P<url>http://\S+)",
         secrets=secrets,
+        nice=nice,
     )
 
 
@@ -126,6 +129,26 @@ async def test_ready_logs_version_and_clean_stop() -> None:
     assert engine not in live_engines()
     for t, line in seen:
         assert t >= 0 and isinstance(line, str)
+
+
+async def test_nice_lowers_the_priority_of_the_engine_and_its_workers_not_rllmtop() -> None:
+    """`[engine] nice = N`: the engine's session autogroup (where the kernel has them) and every process
+    of the engine get N; rllmtop's own priority is unchanged."""
+    logs = Logs()
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    engine = EngineProcess(
+        fake_plan("ready", "--grandchild", nice=7), clock=Clock(), publish=logs, name="fake"
+    )
+    async with engine:
+        await engine.wait_ready(30.0)
+        pids = logs.pids()
+        assert len(pids) == 2
+        for pid in pids:  # the engine and its worker (a grandchild of the guard)
+            assert os.getpriority(os.PRIO_PROCESS, pid) == mine + 7
+            group = Path(f"/proc/{pid}/autogroup")
+            if group.exists():
+                assert group.read_text().split()[-1] == "7", group.read_text()
+    assert os.getpriority(os.PRIO_PROCESS, 0) == mine
 
 
 async def test_never_ready_times_out_with_last_lines_and_is_stopped() -> None:

@@ -520,6 +520,30 @@ def test_client_delay_verdict_fires_on_a_starved_client_and_names_the_requests_t
     assert A.trust_warnings(v) == [v.sentence]
 
 
+def test_client_delay_verdict_says_whether_the_client_was_starved_or_busy() -> None:
+    """The heartbeat's CPU use in the worst interval tells a client waiting for a CPU (another process
+    held the cores: measured 34 ms of CPU in a 4.6 s late interval beside a CPU vLLM) from one busy
+    itself, and the sentence names the remedy for each."""
+    recs = [rec(i, sent=float(i), e2e=0.5) for i in range(10)]
+
+    def health(cpu: float, interval: float = 1.0) -> list[ClientHealth]:
+        hs = _health([0.001] * 10)
+        hs[4] = ClientHealth(t=5.0, interval=interval, lag_max=0.9, lag_mean=0.4, cpu_s=cpu)
+        return hs
+
+    starved = A.client_delay_verdict(health(0.03), recs)
+    assert starved.cpu_share == pytest.approx(0.03)
+    assert "it was waiting for a CPU (it used 3% of a core then)" in starved.sentence
+    assert "nice = 10" in starved.sentence and "taskset" in starved.sentence
+    busy = A.client_delay_verdict(health(0.97), recs)
+    assert "it was busy itself (97% of a core then)" in busy.sentence and "--workers" in busy.sentence
+    # a time-lapse at speed 10: a 1 s (session) interval is 0.1 wall seconds; 0.09 s of CPU is 90% busy
+    lapse = A.client_delay_verdict(health(0.09), recs, clock="simulated", speed=10.0)
+    assert lapse.cpu_share == pytest.approx(0.9) and "busy itself" in lapse.sentence
+    unknown = A.client_delay_verdict(_health([0.001] * 4 + [0.9] + [0.001] * 5), recs)
+    assert unknown.cpu_share is None and unknown.sentence.endswith("requests were touched")
+
+
 def test_client_delay_verdict_is_silent_on_an_idle_run_and_says_when_not_measured() -> None:
     recs = [rec(i, sent=float(i)) for i in range(10)]
     v = A.client_delay_verdict(_health([0.0004] * 12), recs)

@@ -34,7 +34,10 @@ from .harness import SERVED_NAME, say, tiny_vllm, tiny_vllm_spec
 pytestmark = [pytest.mark.real_engine, pytest.mark.timeout(1800)]
 
 N_REQUESTS = 160
-RATE = 16.0  # requests/s: beyond the engine's capacity, so the run is saturated (tok/s is its capacity)
+# requests/s: far beyond the engine's capacity (~2,100-2,800 tok/s against 8,192 asked), so tok/s is its
+# capacity and the latency medians are set by it: at 16 req/s (4,096 tok/s asked) the queue grew slowly, and a
+# 14% change in capacity moved the TTFT median 90% (run B against A) or, in one CI run, emptied it (-96%)
+RATE = 32.0
 MAX_TOKENS = (
     256  # the prompt is a small share of a request's KV (the simulator tokenizes prompts its own way)
 )
@@ -188,7 +191,11 @@ def _rel(a: float, b: float) -> float:
 async def test_a_calibrated_simulator_reproduces_the_real_engine(
     vllm_env: VllmCpuEnv, tiny_model: Path, tmp_path: Path
 ) -> None:
-    spec = tiny_vllm_spec(vllm_env, tiny_model)
+    # nice = 10: the CPU vLLM shares this machine's cores with the client that measures it; at nice 0 the
+    # client waited up to 5.5 s on the run queue (the kernel shares CPU between sessions, and vLLM's
+    # engine core, worker and API server are busy), its latencies were seconds late and most streams
+    # reached it in bursts; at 10 it is at most tens of ms late
+    spec = tiny_vllm_spec(vllm_env, tiny_model, nice=10)
     loads = [f"start {_load()}"]
     async with tiny_vllm(spec, seed=11) as launched:
         url = launched.engine.base_url
@@ -266,9 +273,10 @@ async def test_a_calibrated_simulator_reproduces_the_real_engine(
     # the timing figures. Issue 16 asks for 20% of the real run; that is asserted when the measurement
     # allows it: the real engine repeated itself (its second run B within 10% of A on that figure) and the
     # client saw most of A's streams token by token (fewer than half in bursts). Otherwise the bound that
-    # holds, and why: the CPU API server shares its core with the client (and, here, other work), so many
-    # streams reach the client in bursts; the fit can time only the others, which come from the engine's
-    # slower periods, and runs slow (measured: 4-32% fewer tokens/s, latency medians -46% to +132%); then
+    # holds, and why. The CPU engine does not repeat itself: with the client kept up (nice = 10), B differed
+    # from A by 14% in tok/s, 17-54% in the E2E median and 31-90% in the TTFT median, while the simulator
+    # stayed within 14% of A on all three. And should the client be starved all the same, many streams reach
+    # it in bursts; the fit can time only the others, which come from the engine's slower periods. Then
     # throughput within 50% and the latency medians within a factor of 3, which a wrong KV capacity, block
     # size or output length (the figures that do not depend on the machine) would still break.
     bursty = _bursty_share(tmp_path / "A.db")
