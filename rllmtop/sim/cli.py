@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rllmtop sim",
         description="The embedded simulated reasoning engine: an OpenAI-compatible server shaped like vLLM.",
+        # calibrate reads recordings on the client side (rllmtop.calibrate); `rllmtop` routes it there
+        epilog="also: `rllmtop sim calibrate REC.db [REC.db ...] -o profile.toml` fits a profile to recordings "
+        "of a real engine, for `serve --profile-file` (`rllmtop sim calibrate --help`)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("serve", help="serve the simulator over HTTP (vLLM-style flags)")

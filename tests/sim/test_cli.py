@@ -194,3 +194,13 @@ def test_the_core_stays_independent() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
+
+
+def test_sim_help_names_calibrate(capsys: pytest.CaptureFixture[str]) -> None:
+    """`calibrate` lives on the client side (rllmtop.calibrate) but is reached as `rllmtop sim calibrate`:
+    the simulator's own help says so."""
+    with pytest.raises(SystemExit) as e:
+        rllmtop_main(["sim", "--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "rllmtop sim calibrate REC.db" in out and "-o profile.toml" in out

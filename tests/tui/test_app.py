@@ -4,6 +4,7 @@ The same assertions against the real session and the time-scaled simulator live 
 
 from __future__ import annotations
 
+from textual.containers import VerticalScroll
 from tui_fakes import ScriptedReplaySession, ScriptedSession, engine_log, info, request_life, scrapes
 from tui_helpers import screen_text, until
 
@@ -134,6 +135,11 @@ async def test_keys_change_window_sort_filter_and_pages() -> None:
         assert app.query_one(RequestBoard).region.width > 0
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
+        app.screen.query_one(VerticalScroll).scroll_end(animate=False)
+        await pilot.pause()
+        await pilot.pause()
+        text = " ".join(screen_text(app).split())
+        assert "likely preemption" in text and "holds the cache" in text  # the timeline page (t), explained
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
         s.finish()

@@ -57,6 +57,14 @@ PANELS = (
         "the client was late, the simulator fell behind, a sender worker died or a worker's clock is off",
     ),
     ("reasoning length", "distribution of finished requests' reasoning tokens per class/difficulty"),
+    (
+        "timeline (t)",
+        "one row per request on the charts' clock and window, coloured by phase (queued, waiting for a first "
+        "token, thinking, answering, done, ✗ failed); ╳ marks a long stall of its stream, a likely "
+        "preemption; above the rows the engine's KV usage with ▼ where preemptions were counted; beside them "
+        "who holds the cache: the requests in flight with the most KV tokens now, at the last KV peak and at "
+        "the last burst of preemptions",
+    ),
     ("logs", "events (errors and warnings) and the engine's own log when rllmtop launched it"),
 )
 
