@@ -262,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="give up if not ready after S seconds (default: the scenario's engine.startup_timeout, 900)",
     )
+    p.add_argument(
+        "--nice",
+        type=int,
+        metavar="N",
+        help="run the engine at CPU priority N, 0-19 (engine.nice): on a box it shares with rllmtop, 10 keeps "
+        "the client from being starved",
+    )
     _add_load_overrides(p, simulator=False, target=False)
     _add_scale_out(p)
     _add_results(p)

@@ -355,6 +355,12 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         changes["command"] = tuple(shlex.split(args.engine_command))
     if args.startup_timeout:
         changes["startup_timeout"] = args.startup_timeout
+    if args.nice is not None:
+        if not 0 <= args.nice <= 19:
+            raise UserError(
+                f"--nice {args.nice} is out of range", "use a CPU priority from 0 to 19 (10 yields)"
+            )
+        changes["nice"] = args.nice
     engine = dataclasses.replace(base, **changes)
     if scenario is not None:
         scenario = dataclasses.replace(scenario, engine=engine)

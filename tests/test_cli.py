@@ -252,9 +252,11 @@ def test_launch_that_fails_to_start_is_a_clear_failure(tmp_path: Path) -> None:
         "--record",
         str(db),
         "--command",
-        f"{sys.executable} -c 'import sys; print(\"boom: no GPU\"); sys.exit(3)'",
+        f"{sys.executable} -c 'import os, sys; print(\"boom: no GPU, nice\", os.nice(0)); sys.exit(3)'",
         "--startup-timeout",
         "30",
+        "--nice",
+        "10",
         "--",
         "--max-model-len",
         "777",
@@ -262,6 +264,10 @@ def test_launch_that_fails_to_start_is_a_clear_failure(tmp_path: Path) -> None:
     assert p.returncode == 2
     assert "Traceback" not in p.stdout + p.stderr
     assert "boom: no GPU" in p.stdout + p.stderr  # the engine's last log lines are shown
+    assert f"nice {os.nice(0) + 10}" in p.stdout + p.stderr  # --nice reached the engine
+    assert_user_error(
+        rllmtop("launch", "vllm", "m", "--headless", "--no-record", "--nice", "20"), "--nice 20"
+    )
     rec = open_recording(db)
     assert rec.status is SessionState.FAILED
     assert any("boom: no GPU" in e.text for e in rec.logs())
