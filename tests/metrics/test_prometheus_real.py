@@ -148,7 +148,8 @@ async def test_prometheus_source_agrees_with_the_direct_scrape_and_shows_a_stopp
             assert "kv_total_tokens" not in sg.missing and "sim_lag_seconds" in sg.missing
 
             # a stopped engine: down and stale through Prometheus, failed direct scrapes; never zeros
-            stop(procs[1])
+            await asyncio.to_thread(stop, procs[1])  # the direct scrapers go on meanwhile
+            t_stopped = clock.now()
             down: Scrape | None = None
             deadline = time.monotonic() + 20
             while down is None and time.monotonic() < deadline:
@@ -160,10 +161,22 @@ async def test_prometheus_source_agrees_with_the_direct_scrape_and_shows_a_stopp
             assert down is not None and down.stale and down.samples == () and down.histograms == ()
             assert inst1 in down.error and "down" in down.error
             assert polled[inst0].ok and gauge(polled[inst0], "requests_running") == 3.0
+
+            def after_stop() -> list[Scrape]:  # direct polls of the stopped engine begun after it was gone
+                return [
+                    s
+                    for s in direct
+                    if isinstance(s, Scrape) and s.engine_id == inst1 and s.t - s.latency_s >= t_stopped
+                ]
+
+            # Prometheus may say down before the direct scraper polled again (measured in CI: the last 3
+            # direct polls of the engine were still from before the stop): wait for 3 of its own
+            while len(after_stop()) < 3:
+                arrived.clear()
+                await asyncio.wait_for(arrived.wait(), 10)
             stop_direct.set()
             await asyncio.wait_for(direct_task, 5)
-            late = [s for s in direct if isinstance(s, Scrape) and s.engine_id == inst1][-3:]
-            assert all(not s.ok and not s.samples for s in late)
+            assert all(not s.ok and not s.samples for s in after_stop())
 
             # backfill: the window so far, in time order, per engine
             back = await src.backfill(8.0)
