@@ -271,7 +271,7 @@ async def test_a_calibrated_simulator_reproduces_the_real_engine(
     assert prof.serving.num_gpu_blocks == BLOCKS and prof.serving.block_size == 128
     assert prof.timing.fitted is not None
     # the timing figures. Issue 16 asks for 20% of the real run; that is asserted when the measurement
-    # allows it: the real engine repeated itself (its second run B within 10% of A on that figure) and the
+    # allows it: the real engine repeated itself (its second run B within 10% of A on all three) and the
     # client saw most of A's streams token by token (fewer than half in bursts). Otherwise the bound that
     # holds, and why. The CPU engine does not repeat itself: with the client kept up (nice = 10), B differed
     # from A by 14% in tok/s, 17-54% in the E2E median and 31-90% in the TTFT median, while the simulator
@@ -281,20 +281,35 @@ async def test_a_calibrated_simulator_reproduces_the_real_engine(
     # size or output length (the figures that do not depend on the machine) would still break.
     bursty = _bursty_share(tmp_path / "A.db")
     say(f"{bursty:.0%} of A's streams reached the client in bursts")
-    for key in ("tok_s", "e2e_p50", "ttft_p50"):
-        spread = abs(_rel(b[key], a[key]))
-        runs = [("virtual E", figs["virtual E"])]
-        if figs["sim C"]["drift"] <= 0.05 * figs["sim C"]["span"]:
-            runs.append(("sim C", figs["sim C"]))
+    keys = ("tok_s", "e2e_p50", "ttft_p50")
+    spreads = {key: abs(_rel(b[key], a[key])) for key in keys}
+    # whether the real engine repeated itself is a property of the run, not of one figure: in one CI run
+    # B matched A within 7% in tok/s but not in E2E (19%) or TTFT (25%)
+    repeated = max(spreads.values()) <= 0.10 and bursty < 0.5
+    say(
+        "the real engine "
+        + ("repeated itself" if repeated else "did not repeat itself")
+        + " within 10% (B vs A: "
+        + ", ".join(f"{k} {v:.0%}" for k, v in spreads.items())
+        + f"): asserting {'the 20% bound' if repeated else 'the bounds that hold on a noisy run'}"
+    )
+    runs = [("virtual E", figs["virtual E"])]
+    if figs["sim C"]["drift"] <= 0.05 * figs["sim C"]["span"]:
+        runs.append(("sim C", figs["sim C"]))
+    for key in keys:
         for label, fig in runs:
             ratio = fig[key] / a[key]
-            if spread <= 0.10 and bursty < 0.5:
+            if repeated:
                 ok, bound = abs(ratio - 1) <= TOLERANCE, f"within {TOLERANCE:.0%}"
             elif key == "tok_s":
-                ok, bound = abs(ratio - 1) <= 0.5, "within 50% (a noisy measurement, see above)"
+                ok, bound = abs(ratio - 1) <= 0.5, "within 50% (a noisy run, see above)"
             else:
-                ok, bound = 1 / 3 <= ratio <= 3, "within a factor of 3 (a noisy measurement, see above)"
-            say(f"{key}: {label} {ratio - 1:+.0%} vs real A (B vs A {spread:.0%}), asserted {bound}")
+                ok, bound = 1 / 3 <= ratio <= 3, "within a factor of 3 (a noisy run, see above)"
+            met = "met" if abs(ratio - 1) <= TOLERANCE else "not met"
+            say(
+                f"{key}: {label} {ratio - 1:+.0%} vs real A (B vs A {spreads[key]:.0%}; the issue's 20%: {met}), "
+                f"asserted {bound}"
+            )
             assert ok, (key, label, fig[key], a[key], bound)
 
 
