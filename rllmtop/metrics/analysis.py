@@ -1474,12 +1474,14 @@ def client_delay_verdict(
     if clock == "simulated" and speed != 1:
         wall = f"; simulated seconds: {fmt.seconds(worst.lag_max / speed)} of wall time at speed {speed:g}"
     share = None
+    wall_s = 1.0 / speed if clock == "simulated" else 1.0  # wall seconds per session second
     if worst.cpu_s is not None and worst.interval > 0:
-        share = worst.cpu_s / (worst.interval / speed if clock == "simulated" else worst.interval)
+        share = worst.cpu_s / (worst.interval * wall_s)
     if fired:
+        cause = _delay_cause(share, worst.cpu_s, worst.lag_max * wall_s)
         sentence = (
             f"latencies include up to {fmt.seconds(worst.lag_max)} of client delay (client event loop "
-            f"late{wall}); {k} of {n} requests were touched{_delay_cause(share)}"
+            f"late{wall}); {k} of {n} requests were touched{cause}"
         )
     else:
         sentence = (
@@ -1491,22 +1493,29 @@ def client_delay_verdict(
     )
 
 
-STARVED_SHARE = 0.5
-"""A late client that used less than this share of a core in its worst interval was waiting for a CPU
-(other processes held the cores); one that used more was busy itself."""
+BUSY_SHARE = 0.9
+"""A late client that used at least this share of a core in its worst interval was busy itself."""
 
 
-def _delay_cause(share: float | None) -> str:
-    """Why the client was late, from its CPU use in the worst interval, and what to do about it."""
-    if share is None:
+def _delay_cause(share: float | None, cpu_s: float | None, late_s: float) -> str:
+    """Why the client was late, from its worst interval, and what to do about it. Late by ``late_s``
+    (wall seconds) with less than half that in CPU: it cannot have been running its own work all that
+    time, so it was waiting for a CPU. Busy for nearly the whole interval: its own work. In between
+    (say 44% of a core and 51 ms late: one long callback, or a short wait for the CPU) it says the
+    share and names neither."""
+    if share is None or cpu_s is None:
         return ""
-    if share < STARVED_SHARE:
+    if cpu_s < 0.5 * late_s:
         return (
             f"; it was waiting for a CPU (it used {share:.0%} of a core then): other processes held the "
             "cores. Give it cores of its own (taskset -c), lower a launched engine's priority "
             "([engine] nice = 10), or run the engine on another machine"
         )
-    return f"; it was busy itself ({share:.0%} of a core then): spread the load over processes (--workers N)"
+    if share >= BUSY_SHARE:
+        return (
+            f"; it was busy itself ({share:.0%} of a core then): spread the load over processes (--workers N)"
+        )
+    return f"; it used {share:.0%} of a core then (its own work, or other processes on the machine)"
 
 
 @dataclass(frozen=True)
