@@ -127,7 +127,8 @@ def p_value(v: float | None) -> str:
 
 
 def duration(v: float | None) -> str:
-    """A span of time as a window length: ``30s``, ``90s`` -> ``1.5m``, ``300`` -> ``5m``, ``3600`` -> ``1h``."""
+    """A span of time as a window length (the charts' and the timeline's axes): ``30s``, ``58.52`` ->
+    ``58.5s``, ``90s`` -> ``1.5m``, ``300`` -> ``5m``, ``3600`` -> ``1h``."""
     if _missing(v):
         return MISSING
     assert v is not None
@@ -137,7 +138,7 @@ def duration(v: float | None) -> str:
         return f"{v / 60:g}m"
     if v >= 60:
         return f"{v / 60:.1f}m"
-    return f"{v:g}s"
+    return f"{round(v, 1):g}s"  # a window that grows with a young session: 58.5s, not 58.5219s
 
 
 def elapsed(v: float | None) -> str:

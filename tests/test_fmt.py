@@ -88,3 +88,4 @@ def test_duration_and_elapsed() -> None:
     ]
     assert [fmt.elapsed(x) for x in (0, 42.9, 725, 3723)] == ["0:00", "0:42", "12:05", "1:02:03"]
     assert fmt.duration(None) == fmt.elapsed(None) == fmt.MISSING
+    assert fmt.duration(58.5219) == "58.5s"  # the charts' window while a young session grows

@@ -21,6 +21,7 @@ from rich.style import Style
 from textual.geometry import Region
 from textual.strip import Strip
 
+from rllmtop import fmt
 from rllmtop.tui.widgets.styles import BOLD, DIM, RED, RED_BOLD, CachedStyle, color
 from rllmtop.view import Series, ViewSnapshot
 
@@ -462,7 +463,7 @@ class BrailleChart(CachedStyle):
         for k in range(n_ticks + 1):
             x = round(k * (plot_w - 1) / n_ticks)
             ago = window * (1 - k / n_ticks)
-            label = "now" if k == n_ticks else f"-{_span(ago)}"
+            label = "now" if k == n_ticks else f"-{fmt.duration(ago)}"
             pos = min(max(0, x - len(label) // 2), plot_w - len(label))
             if k == n_ticks:
                 pos = plot_w - len(label)
@@ -471,13 +472,3 @@ class BrailleChart(CachedStyle):
             if all(ch == " " for ch in cells[max(0, pos - 1) : pos + len(label) + 1]):
                 cells[pos : pos + len(label)] = list(label)
         return Strip([Segment(" " * GUTTER + "".join(cells), muted)])
-
-
-def _span(seconds: float) -> str:
-    if seconds >= 3600 and seconds % 3600 == 0:
-        return f"{seconds / 3600:g}h"
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{seconds / 60:g}m"
-    if seconds >= 60:
-        return f"{seconds / 60:.1f}m"
-    return f"{round(seconds, 1):g}s"  # a window that grows with a young session: -58.5s, not -58.5219s

@@ -26,6 +26,7 @@ from rich.style import Style
 from rich.text import Text
 from textual.strip import Strip
 
+from rllmtop import fmt
 from rllmtop.events import Phase
 from rllmtop.metrics.analysis import KV_FULL, PHASES
 from rllmtop.tui.widgets.board import PHASE_STYLES
@@ -55,17 +56,6 @@ LABEL_W = 14  # "  1234 math    "
 HOLDERS_W = 38  # the holders' column beside the rows
 SIDE_MIN_W = 100  # holders beside the rows from this width, else below
 HEAD_LINES = 3  # status, KV line, time axis
-
-
-def _ago(seconds: float) -> str:
-    """A span as the charts' axes write it: ``30s``, ``1.5m``, ``2m``, ``1h``."""
-    if seconds >= 3600 and seconds % 3600 == 0:
-        return f"{seconds / 3600:g}h"
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{seconds / 60:g}m"
-    if seconds >= 60:
-        return f"{seconds / 60:.1f}m"
-    return f"{round(seconds, 1):g}s"
 
 
 def _tok(n: float) -> str:
@@ -205,7 +195,7 @@ class Timeline(CachedStyle):
         axis = [" "] * cols
         n_ticks = 4 if cols >= 40 else 2 if cols >= 12 else 0
         for k in range(n_ticks + 1):
-            lab = "now" if k == n_ticks else f"-{_ago(span * (1 - k / n_ticks))}"
+            lab = "now" if k == n_ticks else f"-{fmt.duration(span * (1 - k / n_ticks))}"
             x = round(k * (cols - 1) / n_ticks) if n_ticks else 0
             pos = 0 if k == 0 else cols - len(lab) if k == n_ticks else max(0, x - len(lab) // 2)
             if pos >= 0 and all(ch == " " for ch in axis[max(0, pos - 1) : pos + len(lab) + 1]):
@@ -326,10 +316,10 @@ class Timeline(CachedStyle):
                 top = 5
             elif m.kind == "kv peak":
                 kv = "-" if m.kv is None else f"{100 * m.kv:.0f}%"
-                head = f"KV peak {kv} · {_ago(now - m.t)} ago · {m.in_flight} in flight"
+                head = f"KV peak {kv} · {fmt.duration(now - m.t)} ago · {m.in_flight} in flight"
                 top = 3
             else:
-                head = f"{m.preemptions:.0f} preemptions · {_ago(now - m.t)} ago · {m.in_flight} in flight"
+                head = f"{m.preemptions:.0f} preemptions · {fmt.duration(now - m.t)} ago · {m.in_flight} in flight"
                 top = 3
             out.append([Segment(head[:width], bold)])
             if not m.holders:
