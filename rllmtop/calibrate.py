@@ -24,6 +24,11 @@ writes a profile TOML that starts from a built-in profile (``base = ...``) and o
 - **KV capacity** (``[serving] num_gpu_blocks``, ``block_size``): the engine's block count when it
   serves it (vLLM ``cache_config_info``); the block size that best predicts the ``kv_cache_usage`` gauge
   from the tokens in flight, at scrapes where the rebuilt batch matches ``requests_running``.
+- **Prompt length** (``[model] prompt_token_scale``): the engine's tokens per token of the simulator's
+  stand-in tokenizer, the ratio of the engine's ``usage.prompt_tokens`` to the stand-in's count of the
+  same prompts, rendered as the simulator renders them (rebuilt from the recorded workload and prompt ids;
+  single-turn requests of built-in or still readable prompt sets). A prompt's KV blocks and prefill then
+  match the engine's.
 - **Serving settings** from the recorded launch command (vLLM flag names), when rllmtop launched it.
 - **Output lengths** (``[outputs.<tier>]``): per tier, reasoning and answer lengths as lognormals, fitted
   by maximum likelihood with right-censoring (a request cut by ``max_tokens`` says only "at least this
@@ -59,10 +64,10 @@ import numpy as np
 from scipy import optimize, special
 
 from rllmtop.errors import UserError, run_command
-from rllmtop.events import MetricSample, RequestRecord, RequestStatus, SessionInfo, decode_gaps
+from rllmtop.events import MetricSample, Provenance, RequestRecord, RequestStatus, SessionInfo, decode_gaps
 from rllmtop.record.reader import open_recording
 
-__all__ = ["Calibration", "calibrate", "main", "profile_toml"]
+__all__ = ["Calibration", "StandIn", "calibrate", "main", "profile_toml"]
 
 WINDOW_STEPS = 16  # tokens (engine steps) per fitted window
 STALL_FACTOR = 8.0  # a gap this many times the request's median gap is a stall (preemption, client)
@@ -121,6 +126,7 @@ class _Rec:
     engine: str
     scale: float = 1.0  # session seconds -> engine (model) seconds
     skipped: Counter[str] = field(default_factory=Counter)
+    provenance: Provenance | None = None  # the recorded workload (to rebuild the prompts)
 
 
 def _finite(*xs: float | None) -> bool:
@@ -195,6 +201,7 @@ def _reduce(
         model=info.model,
         engine=f"{info.engine_kind} {info.engine_version}".strip(),
         scale=scale,
+        provenance=info.provenance,
     )
     for r in records:
         if r.status is not RequestStatus.OK:
@@ -739,6 +746,87 @@ def _fit_tiers(records: Sequence[RequestRecord]) -> tuple[list[TierFit], list[st
     return sorted(fits, key=lambda f: TIERS.index(f.tier)), notes
 
 
+# ---------------------------------------------------------------------------------------------- prompts
+
+
+@dataclass(frozen=True)
+class PromptFit:
+    """The engine's prompt tokens against the simulator's stand-in tokenizer on the same prompts."""
+
+    scale: float | None  # None: not fitted (``why``)
+    requests: int = 0
+    engine_mean: float = 0.0  # usage.prompt_tokens per request
+    stand_in_mean: float = 0.0  # the simulator's count of the same rendered prompts
+    why: str = ""
+
+
+MIN_PROMPT_REQUESTS = 5
+
+
+@dataclass(frozen=True)
+class StandIn:
+    """What the fit needs of the simulator, handed in by the CLI (this client-side module does not import
+    the simulator): a base profile's kind, and how many tokens the simulator's stand-in tokenizer counts
+    for one prompt, rendered as its server renders it: ``prompt_tokens(api, system, text, thinking,
+    reasons)`` (``reasons``: a reasoning model's chat template, which opens ``<think>``)."""
+
+    base_kind: Callable[[str], str]
+    prompt_tokens: Callable[[str, str | None, str, bool, bool], int]
+
+
+def _fit_prompts(recs: Sequence[_Rec], stand_in: StandIn | None, reasons: bool) -> PromptFit:
+    """``prompt_token_scale``: sum of the engine's prompt tokens over the stand-in's, on the single-turn
+    requests whose prompt the recorded workload rebuilds (see the module docstring)."""
+    from rllmtop.scenario.provenance import workload_scenario
+    from rllmtop.workload.prompts import load_scenario_prompts
+
+    if stand_in is None:
+        return PromptFit(None, why="no stand-in tokenizer was given (calibrate() called without one)")
+
+    engine_sum = stand_in_sum = n = 0
+    why: list[str] = []
+    for rec in recs:
+        if rec.provenance is None or not rec.provenance.workload:
+            why.append(f"{rec.path} holds no workload (recorded without a scenario)")
+            continue
+        try:
+            sc = workload_scenario(rec.provenance)
+            items = load_scenario_prompts(sc)
+        except (UserError, OSError, ValueError) as e:
+            why.append(f"{rec.path}: its prompts cannot be rebuilt ({' '.join(str(e).split())[:160]})")
+            continue
+        texts: dict[tuple[str, str], int] = {}
+        for c, its in zip(sc.classes, items, strict=True):
+            for it in its:
+                texts[(c.name, it.id)] = stand_in.prompt_tokens(
+                    sc.load.api, c.system, it.text, c.thinking, reasons
+                )
+        for r in rec.records:
+            got = texts.get((r.cls, r.prompt_id))
+            if got is None or r.conversation is not None or r.target_input_tokens is not None:
+                continue
+            if r.prompt_tokens is None or not 0 < r.prompt_tokens <= 1 << 24 or got <= 0:
+                continue
+            engine_sum += r.prompt_tokens
+            stand_in_sum += got
+            n += 1
+    if n < MIN_PROMPT_REQUESTS:
+        reason = "; ".join(why) or (
+            f"{n} single-turn request(s) with a known prompt and the engine's prompt_tokens (need "
+            f"{MIN_PROMPT_REQUESTS})"
+        )
+        return PromptFit(None, n, why=reason)
+    scale = engine_sum / stand_in_sum
+    fit = PromptFit(scale, n, engine_sum / n, stand_in_sum / n)
+    if not 0.1 <= scale <= 10.0:
+        return dataclasses.replace(
+            fit,
+            scale=None,
+            why=f"the ratio {scale:.3g} is outside 0.1-10 (a prompt_tokens field that is not a count?)",
+        )
+    return fit
+
+
 # ---------------------------------------------------------------------------------------------- the whole
 
 
@@ -765,22 +853,26 @@ class Calibration:
     engine: str
     model: str
     trust: tuple[str, ...] = ()  # the recordings' trust warnings (client late, simulator behind), by file
+    prompts: PromptFit = PromptFit(None, why="not fitted")
 
 
-def calibrate(paths: Sequence[str | Path], base: str = "rllm-7b") -> Calibration:
-    """Fit a simulator profile to recordings (see the module docstring). Raises UserError on bad input."""
+def calibrate(
+    paths: Sequence[str | Path], base: str = "rllm-7b", *, stand_in: StandIn | None = None
+) -> Calibration:
+    """Fit a simulator profile to recordings (see the module docstring). Raises UserError on bad input.
+    Without ``stand_in`` the prompt length is not fitted (the report says so)."""
     if not paths:
         raise UserError(
             "no recordings given", "pass one or more recordings: rllmtop sim calibrate REC.db -o out.toml"
         )
     from rllmtop.session.results import recording_results
 
-    cal = _calibrate([_load(str(p)) for p in paths], base)
+    cal = _calibrate([_load(str(p)) for p in paths], base, stand_in)
     trust = tuple(f"{p}: {w}" for p in paths for w in recording_results(p).warnings)
     return dataclasses.replace(cal, trust=trust)
 
 
-def _calibrate(recs: Sequence[_Rec], base: str) -> Calibration:
+def _calibrate(recs: Sequence[_Rec], base: str, stand_in: StandIn | None = None) -> Calibration:
     models = {r.model for r in recs if r.model}
     if len(models) > 1:
         raise UserError(
@@ -882,6 +974,14 @@ def _calibrate(recs: Sequence[_Rec], base: str) -> Calibration:
         )
     tiers, tier_notes = _fit_tiers(records)
     notes += tier_notes
+    # the simulator renders a reasoning model's chat prompts with an open <think> (its profile's kind)
+    reasons = any((t.reasoning.median or 0) > 0 for t in tiers) or _base_kind(stand_in, base) == "reasoning"
+    prompts = _fit_prompts(recs, stand_in, reasons)
+    if prompts.scale is None:
+        notes.append(
+            f"prompt_token_scale: not fitted ({prompts.why}); the simulator counts prompts with its stand-in "
+            "tokenizer, so their KV and prefill may differ from the engine's"
+        )
     clocks = {
         f"{r.clock} clock"
         + (f", speed {r.speed:g}" if r.clock == "simulated" else "")
@@ -911,7 +1011,15 @@ def _calibrate(recs: Sequence[_Rec], base: str) -> Calibration:
         clock="; ".join(sorted(clocks)),
         engine=", ".join(sorted({r.engine for r in recs if r.engine})) or "unknown engine",
         model=", ".join(sorted(models)) or "unknown model",
+        prompts=prompts,
     )
+
+
+def _base_kind(stand_in: StandIn | None, base: str) -> str:
+    try:
+        return stand_in.base_kind(base) if stand_in is not None else "reasoning"
+    except UserError:
+        return "reasoning"
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -936,6 +1044,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_num_seqs": (1, 1 << 20),
     "max_num_batched_tokens": (1, 1 << 24),
     "max_model_len": (16, 1 << 24),
+    "prompt_token_scale": (0.1, 10.0),
 }
 
 
@@ -977,6 +1086,8 @@ def profile_toml(cal: Calibration, name: str = "calibrated") -> str:
         serving.setdefault("num_gpu_blocks", cal.kv.blocks)
     if "num_gpu_blocks" in serving and "block_size" not in serving:
         del serving["num_gpu_blocks"]  # a block count without its block size is no capacity (see the notes)
+    if cal.prompts.scale is not None:
+        model["prompt_token_scale"] = cal.prompts.scale
     if "num_gpu_blocks" in serving:
         capacity = int(serving["num_gpu_blocks"]) * int(serving["block_size"])
         model["max_model_len"] = min(int(model.get("max_model_len", capacity)), capacity)
@@ -1056,6 +1167,12 @@ def _summary_lines(cal: Calibration) -> list[str]:
         )
     if cal.kv.block_size is not None:
         out.append(f"KV capacity {cal.kv.blocks} blocks x {cal.kv.block_size} tokens ({cal.kv.source})")
+    p = cal.prompts
+    if p.scale is not None:
+        out.append(
+            f"prompts: {p.engine_mean:.1f} engine tokens per request where the stand-in tokenizer counts "
+            f"{p.stand_in_mean:.1f} (prompt_token_scale {p.scale:.3f}, {p.requests} requests)"
+        )
     out.append("output lengths: per tier lognormals fitted with cut-off requests censored; no runaway draws")
     return out
 
@@ -1115,6 +1232,12 @@ def report(cal: Calibration) -> list[str]:
             f"KV cache: {cal.kv.blocks} blocks x {cal.kv.block_size} tokens ({cal.kv.source}); residual, used "
             f"blocks: {_res(cal.kv.residuals)}"
         )
+    p = cal.prompts
+    if p.scale is not None:
+        lines.append(
+            f"prompts: the engine counted {p.engine_mean:.1f} tokens per request where the simulator's stand-in "
+            f"tokenizer counts {p.stand_in_mean:.1f}: prompt_token_scale {p.scale:.4g} ({p.requests} requests)"
+        )
     if cal.serving:
         facts = ", ".join(f"{k[1]} {v}" for k, v in sorted(cal.serving.items()))
         lines.append(f"serving, from the launch command: {facts}")
@@ -1162,15 +1285,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None, *, verify: Callable[[Path], object] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    verify: Callable[[Path], object] | None = None,
+    stand_in: StandIn | None = None,
+) -> int:
     """``rllmtop sim calibrate ...``. ``verify``: called with the written file (the CLI passes the
-    simulator's profile loader, so a profile it would refuse is reported here)."""
+    simulator's profile loader, so a profile it would refuse is reported here); ``stand_in``: the
+    simulator's tokenizer and profile kinds (the CLI's, see :class:`StandIn`)."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     debug = args.debug or bool(os.environ.get("RLLMTOP_DEBUG"))
-    return run_command("rllmtop sim calibrate", lambda: _run(args, verify), debug=debug)
+    return run_command("rllmtop sim calibrate", lambda: _run(args, verify, stand_in), debug=debug)
 
 
-def _run(args: argparse.Namespace, verify: Callable[[Path], object] | None) -> int:
+def _run(args: argparse.Namespace, verify: Callable[[Path], object] | None, stand_in: StandIn | None) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".toml":
         raise UserError(f"-o {out}: a profile file must end in .toml", "e.g. -o mybox.toml")
@@ -1178,7 +1307,7 @@ def _run(args: argparse.Namespace, verify: Callable[[Path], object] | None) -> i
         raise UserError(f"{out} exists", "pass --force to overwrite it, or choose another -o")
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", args.base):
         raise UserError(f"--base {args.base!r} is not a profile name", "see `rllmtop sim profiles`")
-    cal = calibrate(args.recordings, base=args.base)
+    cal = calibrate(args.recordings, base=args.base, stand_in=stand_in)
     text = profile_toml(cal, args.name or out.stem)
     for line in report(cal):
         print(line)

@@ -21,8 +21,12 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rllmtop.errors import run_command
+
+if TYPE_CHECKING:
+    from rllmtop.calibrate import StandIn
 
 __all__ = ["main"]
 
@@ -381,15 +385,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def sim_stand_in() -> StandIn:
+    """The simulator's side of `sim calibrate` (see rllmtop.calibrate.StandIn)."""
+    from rllmtop.calibrate import StandIn
+    from rllmtop.sim.outputs import stand_in_prompt_tokens
+    from rllmtop.sim.profiles import load_profile
+
+    return StandIn(base_kind=lambda base: load_profile(base).kind, prompt_tokens=stand_in_prompt_tokens)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # `rllmtop sim calibrate ...` reads recordings (client side); it hands the simulator's profile loader
-    # in to check what it wrote
+    # in to check what it wrote, and its stand-in tokenizer to fit prompt lengths by
     if argv[:2] == ["sim", "calibrate"]:
         from rllmtop.calibrate import main as calibrate_main
         from rllmtop.sim.profiles import load_profile_file
 
-        return calibrate_main(argv[2:], verify=load_profile_file)
+        return calibrate_main(argv[2:], verify=load_profile_file, stand_in=sim_stand_in())
     # `rllmtop sim ...` is the simulator's own CLI (it can live as its own program)
     if argv and argv[0] == "sim":
         from rllmtop.sim.cli import main as sim_main

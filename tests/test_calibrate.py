@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from rllmtop.calibrate import _calibrate, _censored_lognormal, _reduce, calibrate, main, profile_toml, report
+from rllmtop.cli import sim_stand_in
 from rllmtop.commands import build_session
 from rllmtop.errors import UserError
 from rllmtop.events import (
@@ -40,6 +41,7 @@ TRUTH = """base = "rllm-7b"
 name = "truth"
 [model]
 max_model_len = 4096
+prompt_token_scale = 1.5
 [serving]
 max_num_seqs = 16
 num_gpu_blocks = 600
@@ -137,7 +139,7 @@ def test_calibrate_recovers_the_simulators_own_profile(
     truth_recording: tuple[Path, Path], tmp_path: Path
 ) -> None:
     db, prof = truth_recording
-    cal = calibrate([db])
+    cal = calibrate([db], stand_in=sim_stand_in())
     text = "\n".join(report(cal))
     assert all(f"warning: {w}" in text for w in cal.trust)  # a trust warning is said first, in the report
     if any(_too_busy(w) for w in cal.trust):  # the recording's times are not the simulator's own
@@ -173,8 +175,44 @@ def test_calibrate_recovers_the_simulators_own_profile(
     assert hard.reasoning.censored > 10 and hard.reasoning.how == "mle"
     # tiers no class declared keep the base's
     assert tiers["medium"] == load_profile("rllm-7b").outputs.tiers["medium"]
+    # prompts: the engine's (here the simulator's, at scale 1.5) tokens per stand-in token, on prompts
+    # rebuilt from the recorded workload: each prompt of N stand-in tokens had floor(1.5 N)
+    assert cal.prompts.requests == 80, text
+    assert cal.prompts.scale == pytest.approx(1.5, rel=0.02) and cal.prompts.scale <= 1.5, text
+    assert load_profile_file(out).model.prompt_token_scale == pytest.approx(cal.prompts.scale, rel=1e-5)
+    assert "prompt_token_scale 1.4" in text
     # and the report names the speed conversion and what it left out
     assert "speed 10" in text and "not fitted" in text
+
+
+def test_prompts_that_cannot_be_rebuilt_leave_the_scale_unfitted_and_say_why(
+    truth_recording: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import dataclasses
+
+    from rllmtop.calibrate import _fit_prompts, _load
+
+    db, _ = truth_recording
+    rec = _load(str(db))
+    assert rec.provenance is not None
+    stand_in = sim_stand_in()
+    assert _fit_prompts([rec], stand_in, reasons=True).scale == pytest.approx(1.5, rel=0.02)
+    assert "no stand-in" in _fit_prompts([rec], None, reasons=True).why
+    bare = dataclasses.replace(rec, provenance=None)
+    fit = _fit_prompts([bare], stand_in, reasons=True)
+    assert fit.scale is None and "holds no workload" in fit.why
+    # a prompt file that is gone: named
+    gone = dataclasses.replace(
+        rec.provenance,
+        source=str(tmp_path / "s.toml"),
+        workload=rec.provenance.workload.replace('{"builtin":"math-easy"}', '{"file":"gone.jsonl"}'),
+    )
+    fit = _fit_prompts([dataclasses.replace(rec, provenance=gone)], stand_in, reasons=True)
+    assert fit.scale is None and "gone.jsonl" in fit.why, fit.why
+    cal = _calibrate([bare], "rllm-7b", stand_in)
+    assert cal.prompts.scale is None
+    assert any(n.startswith("prompt_token_scale: not fitted") for n in cal.notes)
+    assert "prompt_token_scale" not in profile_toml(cal)
 
 
 def test_the_cli_writes_a_profile_the_simulator_serves(

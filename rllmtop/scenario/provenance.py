@@ -22,7 +22,13 @@ from rllmtop.scenario.messages import Ctx
 from rllmtop.scenario.overrides import apply_override
 from rllmtop.scenario.schema import OVERRIDE_FLAGS, Scenario
 
-__all__ = ["canonical_workload", "planned_requests", "provenance", "provenance_from_text"]
+__all__ = [
+    "canonical_workload",
+    "planned_requests",
+    "provenance",
+    "provenance_from_text",
+    "workload_scenario",
+]
 
 # keys of [load] that steer the run but not which requests are sent when (left out of the workload)
 _RUN_CONTROL_LOAD = frozenset(
@@ -156,3 +162,19 @@ def provenance_from_text(scenario_text: str, source: str = "") -> Provenance | N
         workload=workload,
         workload_digest=hashlib.sha256(workload.encode()).hexdigest()[:12],
     )
+
+
+def workload_scenario(p: Provenance) -> Scenario:
+    """The recorded workload (``p.workload``: seed, model, arrival, load and classes after overrides and
+    the matrix cell) as a Scenario on the default engine; relative files resolve next to ``p.source``.
+    Raises UserError when the recorded text no longer builds (e.g. written by another version)."""
+    where = f"the workload recorded from {p.source or 'a scenario'}"
+    try:
+        raw = json.loads(p.workload)
+    except ValueError:
+        raw = None
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: not a JSON table", "record the run again with this version")
+    path = Path(p.source) if p.source.endswith(".toml") else Path("recorded.toml")
+    doc = {"name": "recorded", **{k: v for k, v in raw.items() if v is not None}}
+    return build_scenario(Ctx(where), doc, path)

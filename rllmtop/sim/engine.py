@@ -73,6 +73,7 @@ class EngineConfig:
     draft_fraction: float = 0.0  # cost of one draft pass relative to a target pass
     draft_overhead: float = 0.0  # fixed proposer cost per step, seconds
     seed: int = 0  # for speculative acceptance draws
+    prompt_token_scale: float = 1.0  # engine tokens per stand-in token of a prompt (outputs.tokenize)
 
     @property
     def capacity_tokens(self) -> int:

@@ -55,6 +55,7 @@ __all__ = [
     "piece_text",
     "render_chat",
     "request_key",
+    "stand_in_prompt_tokens",
     "tokenize",
 ]
 
@@ -70,8 +71,13 @@ _VOCAB_SIZE = 151_000
 _prompt_ids: dict[str, int] = {}
 
 
-def tokenize(text: str) -> list[int]:
-    """Token ids of ``text`` (stable across processes: crc32 of each piece)."""
+def tokenize(text: str, scale: float = 1.0) -> list[int]:
+    """Token ids of ``text`` (stable across processes: crc32 of each piece).
+
+    ``scale``: the engine's tokens per piece (a calibrated profile's ``model.prompt_token_scale``). The
+    n-th piece becomes floor((n+1)*scale) - floor(n*scale) tokens, so N pieces make floor(N*scale) tokens,
+    and a prefix of a text still tokenizes to a prefix of its ids (the prefix cache sees the same blocks).
+    """
     pieces = _PIECE_RE.findall(text)
     ids = _prompt_ids
     if len(ids) > 200_000:
@@ -82,7 +88,13 @@ def tokenize(text: str) -> list[int]:
         if i is None:
             i = ids[p] = zlib.crc32(p.encode()) % _VOCAB_SIZE
         out.append(i)
-    return out
+    if scale == 1.0:
+        return out
+    scaled: list[int] = []
+    for n, i in enumerate(out):
+        k = math.floor((n + 1) * scale) - math.floor(n * scale)
+        scaled.extend((i + 7919 * j) % _VOCAB_SIZE for j in range(k))
+    return scaled
 
 
 # Output vocabulary: ids index these pieces; each piece is pre-encoded as JSON-escaped UTF-8 bytes.
@@ -560,6 +572,15 @@ def render_chat(messages: list[tuple[str, str]], *, thinking: bool = True, reaso
     if reasons:
         parts.append("<think>\n" if thinking else "<think>\n\n</think>\n\n")
     return "".join(parts)
+
+
+def stand_in_prompt_tokens(api: str, system: str | None, text: str, thinking: bool, reasons: bool) -> int:
+    """The tokens the simulator counts (at scale 1) for one single-turn request's prompt, rendered as its
+    server renders it: ``api`` "chat" (an optional system message, the user's ``text``) or "completions"."""
+    if api == "chat":
+        msgs = [("system", system)] if system else []
+        text = render_chat([*msgs, ("user", text)], thinking=thinking, reasons=reasons)
+    return len(tokenize(text))
 
 
 class RequestFactory:

@@ -113,6 +113,9 @@ class ModelSpec:
     tied_embeddings: bool
     dtype_bytes: int
     max_model_len: int
+    # the engine's tokenizer counts this many tokens per token of the simulator's stand-in tokenizer, on
+    # prompts (fitted by `rllmtop sim calibrate` from the engine's usage.prompt_tokens; None: 1.0)
+    prompt_token_scale: float | None = None
 
 
 @dataclass(frozen=True)
@@ -263,6 +266,7 @@ _SECTIONS: dict[str, dict[str, Any]] = {
 }
 # optional fields of a section (absent: None)
 _OPTIONAL: dict[str, dict[str, Any]] = {
+    "model": {"prompt_token_scale": (float, 0.1, 10.0)},
     "serving": {"num_gpu_blocks": (int, 1, 1 << 30)},
 }
 _FITTED: dict[str, Any] = {
@@ -745,6 +749,7 @@ def derive(profile: Profile, options: EngineOptions | None = None) -> tuple[Engi
         comm_fixed=comm_fixed,
         comm_per_token=comm_per_token,
         seed=o.seed,
+        prompt_token_scale=profile.model.prompt_token_scale or 1.0,
         **spec_kw,
     )
     derived = Derived(

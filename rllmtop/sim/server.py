@@ -803,7 +803,7 @@ class SimServer:
         else:
             text = _prompt(body)
             user_text = text
-        prompt_ids = tokenize(text)
+        prompt_ids = tokenize(text, self.config.prompt_token_scale)
         max_len = self.config.max_model_len
         n_prompt = len(prompt_ids)
         if n_prompt >= max_len:

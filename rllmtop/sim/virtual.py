@@ -116,7 +116,7 @@ def prepare_request(
         text = render_chat(messages, thinking=arrival.thinking, reasons=reasons)
     else:
         text = arrival.prompt
-    prompt_ids = tokenize(text)
+    prompt_ids = tokenize(text, config.prompt_token_scale)
     room = max(1, config.max_model_len - len(prompt_ids))
     max_tokens = room if arrival.max_tokens is None else min(arrival.max_tokens, room)
     plan = factory.plan(

@@ -38,9 +38,7 @@ N_REQUESTS = 160
 # capacity and the latency medians are set by it: at 16 req/s (4,096 tok/s asked) the queue grew slowly, and a
 # 14% change in capacity moved the TTFT median 90% (run B against A) or, in one CI run, emptied it (-96%)
 RATE = 32.0
-MAX_TOKENS = (
-    256  # the prompt is a small share of a request's KV (the simulator tokenizes prompts its own way)
-)
+MAX_TOKENS = 256
 BLOCKS, MAX_SEQS, MAX_LEN = 24, 32, 1024
 TOLERANCE = 0.20  # issue 16: within 20% of the real run
 
@@ -122,6 +120,7 @@ def _figures(path: Path) -> dict[str, float]:
         "tok_s": sum(r.output_tokens for r in reqs) / (end - start),
         "span": end - start,
         "drift": drift[-1] - drift[0] if drift else 0.0,
+        "prompt_mean": float(np.mean([r.prompt_tokens or 0 for r in reqs])),
     }
     for name in ("ttft_seconds", "e2e_seconds", "itl_seconds"):
         # this run's share of the engine's cumulative histogram (runs A and B share one engine)
@@ -166,6 +165,7 @@ def _virtual(path: Path, profile: Path) -> dict[str, float]:
         "tok_s": tokens / (max(r.t_done or 0.0 for r in done) - arrivals[0].t),
         "span": max(r.t_done or 0.0 for r in done),
         "drift": 0.0,
+        "prompt_mean": float(np.mean([r.prompt_tokens for r in done])),
         "engine_ttft_mean": float(np.mean([r.ttft for r in done])),
         "engine_e2e_mean": float(np.mean([r.e2e for r in done])),
         "engine_itl_mean": itl.sum / itl.count if itl.count else math.nan,
@@ -244,6 +244,7 @@ async def test_a_calibrated_simulator_reproduces_the_real_engine(
         ("engine E2E mean (s)", "engine_e2e_mean"),
         ("engine ITL mean (ms)", "engine_itl_mean"),
         ("sim drift (s)", "drift"),
+        ("prompt tokens", "prompt_mean"),
     ]
     head = f"{'':22}" + "".join(f"{k:>11}{'vs A':>7}" for k in figs)
     lines = [head]
@@ -270,6 +271,12 @@ async def test_a_calibrated_simulator_reproduces_the_real_engine(
     prof = load_profile_file(profile)
     assert prof.serving.num_gpu_blocks == BLOCKS and prof.serving.block_size == 128
     assert prof.timing.fitted is not None
+    # and the engine's prompt lengths: vLLM's tokenizer counted ~99 tokens for a prompt the simulator's
+    # stand-in counts as ~73; uncalibrated, that 26% less KV and prefill per request made the simulator
+    # ~10% faster in tok/s and 26% short in the TTFT median (a CI run, against B within 10% of A)
+    assert prof.model.prompt_token_scale is not None
+    for label in ("sim C", "virtual E"):
+        assert abs(_rel(figs[label]["prompt_mean"], a["prompt_mean"])) <= 0.03, (label, figs[label], a)
     # the timing figures. Issue 16 asks for 20% of the real run; that is asserted when the measurement
     # allows it: the real engine repeated itself (its second run B within 10% of A on all three) and the
     # client saw most of A's streams token by token (fewer than half in bursts). Otherwise the bound that

@@ -242,3 +242,20 @@ def test_request_key_and_tokenizer_are_stable() -> None:
     rng = random.Random(0)
     text = " ".join(str(rng.random()) for _ in range(50))
     assert len(tokenize(text)) > 50
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=300), cut=st.integers(0, 300), scale=st.floats(0.1, 10.0))
+def test_a_scaled_tokenizer_counts_floor_n_scale_and_keeps_prefixes(
+    text: str, cut: int, scale: float
+) -> None:
+    # a calibrated profile's prompt_token_scale: N stand-in tokens become floor(N * scale) tokens, and the
+    # prefix of a text still tokenizes to a prefix of the text's ids (the prefix cache's blocks hold)
+    n = len(tokenize(text))
+    ids = tokenize(text, scale)
+    assert len(ids) == math.floor(n * scale)
+    prefix = text[:cut]
+    if tokenize(prefix) == tokenize(text)[: len(tokenize(prefix))]:  # a cut inside a piece changes that piece
+        assert ids[: len(tokenize(prefix, scale))] == tokenize(prefix, scale)
+    assert tokenize(text, 1.0) == tokenize(text)
+    assert all(0 <= i < 151_000 for i in ids)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from rllmtop.sim.profiles import (
     load_profile_file,
     parse_speculative_config,
 )
+from rllmtop.sim.virtual import Arrival, run_virtual
 
 REQUIRED = {"rllm-7b", "llm-7b", "rllm-1.5b", "rllm-14b", "rllm-32b"}
 
@@ -126,6 +128,21 @@ def test_user_profile_file_with_base(tmp_path: Path) -> None:
     assert prof.outputs.tiers["hard"].accuracy == 0.99
     assert prof.outputs.tiers["easy"] == load_profile("rllm-7b").outputs.tiers["easy"]
     assert prof.source == str(f)
+    assert prof.model.prompt_token_scale is None and build_engine_config(prof).prompt_token_scale == 1.0
+
+
+def test_a_prompt_token_scale_reaches_the_engine_and_its_prompts(tmp_path: Path) -> None:
+    f = tmp_path / "scaled.toml"
+    f.write_text('base = "rllm-7b"\nname = "scaled"\n[model]\nprompt_token_scale = 1.5\n')
+    prof = load_profile_file(f)
+    assert prof.model.prompt_token_scale == 1.5 and build_engine_config(prof).prompt_token_scale == 1.5
+    arrivals = [
+        Arrival(t=0.1 * i, prompt=f"What is {i} + 4? Answer with the number.", max_tokens=8) for i in range(4)
+    ]
+    plain = run_virtual(arrivals, profile=load_profile("rllm-7b"), seed=1)
+    scaled = run_virtual(arrivals, profile=prof, seed=1)
+    for a, b in zip(plain.requests, scaled.requests, strict=True):
+        assert b.prompt_tokens == math.floor(a.prompt_tokens * 1.5)
 
 
 @pytest.mark.parametrize(
@@ -144,6 +161,8 @@ def test_user_profile_file_with_base(tmp_path: Path) -> None:
         ('name = "x"\n', "missing field"),
         ("name = \n", "not valid TOML"),
         ('base = "rllm-7b"\n[model]\nnum_heads = 7\n', "not a multiple of num_kv_heads"),
+        ('base = "rllm-7b"\n[model]\nprompt_token_scale = 0\n', "model.prompt_token_scale"),
+        ('base = "rllm-7b"\n[model]\nprompt_token_scale = "x"\n', "model.prompt_token_scale"),
     ],
 )
 def test_bad_profile_files_name_file_and_field(tmp_path: Path, text: str, message: str) -> None:
