@@ -1274,7 +1274,7 @@ def report(cal: Calibration) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rllmtop sim calibrate",
-        description="Fit a simulator profile (iteration time, KV capacity, output lengths) to recordings of an engine.",
+        description="Fit a simulator profile (iteration time, KV capacity, prompt length, output lengths) to recordings of an engine.",
     )
     p.add_argument("recordings", nargs="+", metavar="REC.db", help="recordings of one engine and model")
     p.add_argument("-o", "--out", required=True, metavar="PROFILE.toml", help="where to write the profile")
