@@ -792,7 +792,7 @@ def _fit_prompts(recs: Sequence[_Rec], stand_in: StandIn | None, reasons: bool) 
         try:
             sc = workload_scenario(rec.provenance)
             items = load_scenario_prompts(sc)
-        except (UserError, OSError, ValueError) as e:
+        except (UserError, OSError, ValueError, TypeError, KeyError) as e:  # a damaged workload text too
             why.append(f"{rec.path}: its prompts cannot be rebuilt ({' '.join(str(e).split())[:160]})")
             continue
         texts: dict[tuple[str, str], int] = {}
@@ -1167,14 +1167,17 @@ def _summary_lines(cal: Calibration) -> list[str]:
         )
     if cal.kv.block_size is not None:
         out.append(f"KV capacity {cal.kv.blocks} blocks x {cal.kv.block_size} tokens ({cal.kv.source})")
-    p = cal.prompts
-    if p.scale is not None:
-        out.append(
-            f"prompts: {p.engine_mean:.1f} engine tokens per request where the stand-in tokenizer counts "
-            f"{p.stand_in_mean:.1f} (prompt_token_scale {p.scale:.3f}, {p.requests} requests)"
-        )
+    if cal.prompts.scale is not None:
+        out.append(_prompts_line(cal.prompts))
     out.append("output lengths: per tier lognormals fitted with cut-off requests censored; no runaway draws")
     return out
+
+
+def _prompts_line(p: PromptFit) -> str:
+    return (
+        f"prompts: the engine counted {p.engine_mean:.1f} tokens per request where the simulator's stand-in "
+        f"tokenizer counts {p.stand_in_mean:.1f}: prompt_token_scale {p.scale:.4g} ({p.requests} requests)"
+    )
 
 
 def _pct(x: float) -> str:
@@ -1232,12 +1235,8 @@ def report(cal: Calibration) -> list[str]:
             f"KV cache: {cal.kv.blocks} blocks x {cal.kv.block_size} tokens ({cal.kv.source}); residual, used "
             f"blocks: {_res(cal.kv.residuals)}"
         )
-    p = cal.prompts
-    if p.scale is not None:
-        lines.append(
-            f"prompts: the engine counted {p.engine_mean:.1f} tokens per request where the simulator's stand-in "
-            f"tokenizer counts {p.stand_in_mean:.1f}: prompt_token_scale {p.scale:.4g} ({p.requests} requests)"
-        )
+    if cal.prompts.scale is not None:
+        lines.append(_prompts_line(cal.prompts))
     if cal.serving:
         facts = ", ".join(f"{k[1]} {v}" for k, v in sorted(cal.serving.items()))
         lines.append(f"serving, from the launch command: {facts}")
