@@ -175,6 +175,8 @@ def workload_scenario(p: Provenance) -> Scenario:
         raw = None
     if not isinstance(raw, dict):
         raise UserError(f"{where}: not a JSON table", "record the run again with this version")
-    path = Path(p.source) if p.source.endswith(".toml") else Path("recorded.toml")
+    from rllmtop.scenario.loader import _shipped  # the loader imports this module
+
+    path = Path(p.source) if p.source.endswith(".toml") else _shipped().get(p.source, Path("recorded.toml"))
     doc = {"name": "recorded", **{k: v for k, v in raw.items() if v is not None}}
     return build_scenario(Ctx(where), doc, path)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
+from rllmtop.errors import UserError
 from rllmtop.events import Provenance
 from rllmtop.scenario import canonical_workload, load_scenario, matrix_cells, provenance_from_text
 
@@ -87,3 +91,32 @@ def test_legacy_reader_never_raises(text: str) -> None:
 def test_legacy_reader_keeps_what_it_can() -> None:
     p = provenance_from_text("# rllmtop: overrides: --seed x\n[load]\nnum_prompts = 2\n")
     assert p is not None and dict(p.overrides) == {"seed": '"x"'} and p.planned_requests is None
+
+
+def test_the_recorded_workload_rebuilds_its_scenario_from_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`workload_scenario` (what `sim calibrate` rebuilds prompts from): a shipped scenario's trace and a
+    file's relative prompt set resolve where the scenario was, whatever the working directory."""
+    from rllmtop.scenario.provenance import workload_scenario
+    from rllmtop.workload.prompts import load_scenario_prompts
+
+    (tmp_path / "p.jsonl").write_text(
+        '{"question": "What is 2 + 2?", "answer": "4"}\n{"question": "What is 3 * 3?", "answer": "9"}\n'
+    )
+    f = tmp_path / "mine.toml"
+    f.write_text(
+        'name = "mine"\nseed = 4\n[load]\nnum_prompts = 5\n[[classes]]\nname = "own"\nprompts = { file = "p.jsonl" }\n'
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for sc in (load_scenario("fleet", {"num_prompts": 7}), load_scenario(str(f), {"seed": 9})):
+        assert sc.provenance is not None
+        again = workload_scenario(sc.provenance)
+        assert (again.seed, again.arrival, again.load.api) == (sc.seed, sc.arrival, sc.load.api)
+        assert [c.name for c in again.classes] == [c.name for c in sc.classes]
+        assert load_scenario_prompts(again) == load_scenario_prompts(sc)
+    bad = dataclasses.replace(sc.provenance, workload='{"classes": 3}')
+    with pytest.raises(UserError, match=r"the workload recorded from .*mine\.toml: classes"):
+        workload_scenario(bad)
