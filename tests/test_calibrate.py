@@ -41,7 +41,6 @@ TRUTH = """base = "rllm-7b"
 name = "truth"
 [model]
 max_model_len = 4096
-prompt_token_scale = 1.5
 [serving]
 max_num_seqs = 16
 num_gpu_blocks = 600
@@ -175,29 +174,85 @@ def test_calibrate_recovers_the_simulators_own_profile(
     assert hard.reasoning.censored > 10 and hard.reasoning.how == "mle"
     # tiers no class declared keep the base's
     assert tiers["medium"] == load_profile("rllm-7b").outputs.tiers["medium"]
-    # prompts: the engine's (here the simulator's, at scale 1.5) tokens per stand-in token, on prompts
-    # rebuilt from the recorded workload: each prompt of N stand-in tokens had floor(1.5 N)
-    assert cal.prompts.requests == 80, text
-    assert cal.prompts.scale == pytest.approx(1.5, rel=0.02) and cal.prompts.scale <= 1.5, text
-    assert load_profile_file(out).model.prompt_token_scale == pytest.approx(cal.prompts.scale, rel=1e-5)
-    assert re.search(r"prompt_token_scale 1\.[45]\d* \(80 requests\)", text), text
+    # prompts: the simulator's own tokenizer is the stand-in, so the engine's tokens per stand-in token are
+    # 1, on every prompt rebuilt from the recorded workload (a scaled engine: the test below)
+    assert cal.prompts.requests == 80 and cal.prompts.scale == 1.0, text
+    assert "prompt_token_scale 1 (80 requests)" in text
     # and the report names the speed conversion and what it left out
     assert "speed 10" in text and "not fitted" in text
 
 
+SCALED = """name = "calibrate-prompts"
+seed = 5
+[engine]
+kind = "sim"
+profile = "{profile}"
+[arrival]
+process = "gamma"
+rate = 200
+burstiness = 0.5
+[load]
+num_prompts = 24
+[[classes]]
+name = "easy"
+max_tokens = 4
+prompts = {{ builtin = "math-easy" }}
+[[classes]]
+name = "terse"
+max_tokens = 4
+thinking = false
+system = "Answer with the number only."
+prompts = {{ builtin = "math-hard" }}
+"""
+
+
+@pytest.fixture(scope="module")
+def scaled_recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short recording of the simulator counting prompts at prompt_token_scale = 1.5 (an engine whose
+    tokenizer makes 1.5 tokens of each stand-in token), over HTTP, with and without a system prompt."""
+    d = tmp_path_factory.mktemp("scaled")
+    prof = d / "scaled.toml"
+    prof.write_text(
+        'base = "rllm-7b"\nname = "scaled"\n[model]\nprompt_token_scale = 1.5\n', encoding="utf-8"
+    )
+    sc = d / "scenario.toml"
+    sc.write_text(SCALED.format(profile=prof), encoding="utf-8")
+    db = d / "scaled.db"
+    outcome = asyncio.run(build_session(load_scenario(str(sc), {}), mode="headless", record=db).run())
+    assert outcome.state is SessionState.DONE, outcome.detail
+    return db
+
+
+def test_calibrate_fits_the_engines_prompt_length(scaled_recording: Path, tmp_path: Path) -> None:
+    # each prompt of N stand-in tokens had floor(1.5 N): the fit is the ratio of the sums, so within 2% and
+    # never above 1.5; the profile carries it, and the simulator serving that profile counts as the engine did
+    cal = calibrate([scaled_recording], stand_in=sim_stand_in())
+    text = "\n".join(report(cal))
+    assert cal.prompts.requests == 24, text
+    assert cal.prompts.scale is not None and 1.47 <= cal.prompts.scale <= 1.5, text
+    assert re.search(r"prompt_token_scale 1\.4\d* \(24 requests\)", text), text
+    out = tmp_path / "fitted.toml"
+    out.write_text(profile_toml(cal, "fitted"), encoding="utf-8")
+    assert load_profile_file(out).model.prompt_token_scale == pytest.approx(cal.prompts.scale, rel=1e-5)
+
+
 def test_prompts_that_cannot_be_rebuilt_leave_the_scale_unfitted_and_say_why(
-    truth_recording: tuple[Path, Path], tmp_path: Path
+    scaled_recording: Path, tmp_path: Path
 ) -> None:
     import dataclasses
 
     from rllmtop.calibrate import _fit_prompts, _load
 
-    db, _ = truth_recording
-    rec = _load(str(db))
+    rec = _load(str(scaled_recording))
     assert rec.provenance is not None
     stand_in = sim_stand_in()
     assert _fit_prompts([rec], stand_in, reasons=True).scale == pytest.approx(1.5, rel=0.02)
-    assert "no stand-in" in _fit_prompts([rec], None, reasons=True).why
+    # rendered without the reasoning template's open <think>, the stand-in counts differ: the flag matters
+    assert (
+        _fit_prompts([rec], stand_in, reasons=False).scale
+        != _fit_prompts([rec], stand_in, reasons=True).scale
+    )
+    assert "no stand-in" in (_fit_prompts([rec], None, reasons=True).why or "")
     bare = dataclasses.replace(rec, provenance=None)
     fit = _fit_prompts([bare], stand_in, reasons=True)
     assert fit.scale is None and "holds no workload" in fit.why
